@@ -1,0 +1,3 @@
+//! The FarmFlow client and its wire models.
+
+pub mod model;

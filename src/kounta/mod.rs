@@ -1,0 +1,3 @@
+//! The Kounta-style CRM client and its wire models.
+
+pub mod model;

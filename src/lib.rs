@@ -1,0 +1,17 @@
+//! # farmsync
+//!
+//! Keeps the customers of a Kounta-style CRM and of FarmFlow in step, in both directions.
+//!
+//! ## Layout
+//! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
+//! - [`customer`]: the canonical customer, field mapping and normalisation.
+//! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
+//! - [`store`]: the SQLite state store.
+//! - [`sync`]: policy, the pure plan, apply and the run.
+
+pub mod customer;
+pub mod farmflow;
+pub mod ids;
+pub mod kounta;
+pub mod store;
+pub mod sync;
