@@ -3,15 +3,27 @@
 //! Keeps the customers of a Kounta-style CRM and of FarmFlow in step, in both directions.
 //!
 //! ## Layout
+//! - [`cli`]: the command line; maps outcomes to DESIGN.md's exit codes.
+//! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
+//! - [`telemetry`]: the tracing subscriber (pretty or JSON lines) and secret redaction.
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
-//! - [`store`]: the SQLite state store.
+//! - [`store`]: the SQLite state store (links, journal, runs, conflicts, tokens, hints).
+//! - [`lock`]: the single-instance lock beside the state DB.
+//! - [`schedule`]: the cron expression, parsed as the scheduler parses it.
+//! - [`status`]: the health report behind `farmsync status`.
 //! - [`sync`]: policy, the pure plan, apply and the run.
 
+pub mod cli;
+pub mod config;
 pub mod customer;
 pub mod farmflow;
 pub mod ids;
 pub mod kounta;
+pub mod lock;
+pub mod schedule;
+pub mod status;
 pub mod store;
 pub mod sync;
+pub mod telemetry;

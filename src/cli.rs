@@ -1,0 +1,152 @@
+//! The command line: parses arguments, runs a command, maps its outcome to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings};
+use crate::telemetry::{self, LogFormat};
+
+/// The exit codes of DESIGN.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Everything applied / healthy.
+    Ok = 0,
+    /// Some records failed (others applied) / unhealthy.
+    Failed = 1,
+    /// Configuration or usage error.
+    Config = 2,
+    /// Stopped by a safety guard.
+    Guard = 3,
+    /// Could not run: lock held, API unreachable, credentials refused.
+    Unavailable = 4,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// A command's failure: what to print, and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub exit: Exit,
+    pub message: String,
+}
+
+impl CliError {
+    /// A failure with the given exit code.
+    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
+        CliError {
+            exit,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::new(Exit::Config, e.to_string())
+    }
+}
+
+/// farmsync keeps the customers of a Kounta-style point-of-sale CRM and of FarmFlow in step,
+/// in both directions, without losing, duplicating or wrongly deleting anyone.
+#[derive(Debug, Parser)]
+#[command(name = "farmsync", version, about, long_about = None)]
+pub struct Cli {
+    /// A TOML config file, layered over the built-in defaults (then FARMSYNC__SECTION__KEY variables).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Log format: human text, or one JSON object a line (the default under systemd).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// farmsync's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report the last runs, link counts, blocked deletes, conflicts and records needing attention.
+    ///
+    /// Reads the state DB without taking the lock, so it works while the daemon runs. Exits 0
+    /// when healthy, 1 when the last run failed or none finished within 3 schedule periods —
+    /// usable directly as a monitoring check.
+    Status {
+        /// Print the report as one JSON object (the shape is documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command line and returns the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = LogFormat::resolve(cli.log_format);
+    match run(cli, format) {
+        Ok(exit) => exit.into(),
+        Err(e) => {
+            eprintln!("farmsync: {}", e.message);
+            e.exit.into()
+        }
+    }
+}
+
+fn load_settings(cli: &Cli) -> Result<Settings, CliError> {
+    Ok(Settings::load(cli.config.as_deref())?)
+}
+
+/// Every secret in the settings, for the log redactor.
+fn secrets_of(settings: &Settings) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    [
+        &settings.kounta.client_secret,
+        &settings.kounta.refresh_token,
+        &settings.farmflow.api_key,
+        &settings.webhooks.signature_token,
+        &settings.webhooks.shared_secret,
+    ]
+    .into_iter()
+    .map(|s| s.expose_secret().to_owned())
+    .collect()
+}
+
+fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
+    let settings = load_settings(&cli)?;
+    telemetry::init(format, &settings.log.level, secrets_of(&settings));
+    tracing::debug!(config = ?cli.config, "config.loaded");
+    match cli.command {
+        Command::Status { json } => status(&settings, json),
+    }
+}
+
+fn status(settings: &Settings, json: bool) -> Result<Exit, CliError> {
+    use crate::store::StoreError;
+    let report = match crate::status::report(settings, chrono::Local::now()) {
+        Ok(r) => r,
+        Err(e @ StoreError::Missing(_)) => return Err(CliError::new(Exit::Failed, e.to_string())),
+        Err(e @ StoreError::TooNew { .. }) => {
+            return Err(CliError::new(Exit::Config, e.to_string()));
+        }
+        Err(e) => return Err(CliError::new(Exit::Failed, e.to_string())),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report)
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(if report.healthy {
+        Exit::Ok
+    } else {
+        Exit::Failed
+    })
+}

@@ -1,0 +1,1071 @@
+//! Settings: built-in defaults, then one `--config` file, then `FARMSYNC__SECTION__KEY`
+//! environment variables; strictly validated, with every error naming the key and its source.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use crate::sync::policy::{
+    ConflictWinner, CountryFormat, FarmflowDelete, KountaOnFarmflowDelete, Policy,
+};
+
+/// The built-in defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "FARMSYNC__";
+
+/// Keys that hold secrets: each may instead be given as `<key>_file = "/path"`.
+const SECRET_KEYS: &[&str] = &[
+    "kounta.client_secret",
+    "kounta.refresh_token",
+    "farmflow.api_key",
+    "webhooks.signature_token",
+    "webhooks.shared_secret",
+];
+
+/// Keys that are valid but have no default value.
+const OPTIONAL_KEYS: &[&str] = &["kounta.company_id"];
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// The compiled-in defaults.
+    Default,
+    /// A configuration file.
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the built-in defaults"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+        }
+    }
+}
+
+/// A configuration problem, naming the key and where its value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read or parsed as TOML.
+    #[error("cannot read config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    /// A key that farmsync does not know.
+    #[error("unknown config key {key} in {origin}")]
+    UnknownKey { key: String, origin: Origin },
+    /// A key whose value is wrong.
+    #[error("invalid value for {key} in {origin}: {message}")]
+    Invalid {
+        key: String,
+        origin: Origin,
+        message: String,
+    },
+    /// A credential the chosen mode needs is empty.
+    #[error(
+        "{key} is empty, but {needed_for} needs it; set it in the config file, as {key}_file, or as {env}"
+    )]
+    MissingCredential {
+        key: String,
+        needed_for: String,
+        env: String,
+    },
+}
+
+/// The state store's settings.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// The SQLite file; created 0600.
+    pub path: PathBuf,
+}
+
+/// The daemon's schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    /// Seconds-first cron expression, as tokio-cron-scheduler reads it.
+    pub cron: String,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    /// A tracing filter directive (`info`, `farmsync=debug`, ...).
+    pub level: String,
+}
+
+/// How farmsync authenticates to the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KountaAuthMode {
+    /// `client_id:client_secret` as HTTP basic auth (own company only).
+    Basic,
+    /// OAuth bearer tokens, refreshed with a rotating refresh token.
+    Oauth,
+}
+
+/// The CRM's settings.
+#[derive(Clone)]
+pub struct KountaSettings {
+    pub base_url: Url,
+    /// Discovered through `/companies/me` when not set.
+    pub company_id: Option<i64>,
+    pub auth: KountaAuthMode,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// OAuth only: the first refresh token; rotated ones live in the state DB.
+    pub refresh_token: SecretString,
+    pub requests_per_minute: u32,
+    pub timeout: Duration,
+}
+
+/// FarmFlow's settings.
+#[derive(Clone)]
+pub struct FarmflowSettings {
+    pub base_url: Url,
+    pub api_key: SecretString,
+    pub auth_header: String,
+    pub auth_prefix: String,
+    pub requests_per_minute: u32,
+    pub timeout: Duration,
+    pub country_format: CountryFormat,
+}
+
+/// The sync's policy settings.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub conflict_winner: ConflictWinner,
+    pub max_delete_fraction: f64,
+    pub farmflow_delete: FarmflowDelete,
+    pub kounta_on_farmflow_delete: KountaOnFarmflowDelete,
+    pub deleted_tag: String,
+}
+
+/// The webhook listener's settings.
+#[derive(Clone)]
+pub struct WebhookSettings {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// The URL Kounta can reach; `http://<listen>` when not set.
+    pub public_url: Url,
+    pub signature_token: SecretString,
+    pub shared_secret: SecretString,
+}
+
+/// Every setting, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub state: StateSettings,
+    pub schedule: ScheduleSettings,
+    pub log: LogSettings,
+    pub kounta: KountaSettings,
+    pub farmflow: FarmflowSettings,
+    pub sync: SyncSettings,
+    pub webhooks: WebhookSettings,
+    /// Where each key's value came from, for error messages.
+    origins: BTreeMap<String, Origin>,
+}
+
+const REDACTED: &str = "[redacted]";
+
+impl fmt::Debug for KountaSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KountaSettings")
+            .field("base_url", &self.base_url.as_str())
+            .field("company_id", &self.company_id)
+            .field("auth", &self.auth)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &REDACTED)
+            .field("refresh_token", &REDACTED)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for FarmflowSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FarmflowSettings")
+            .field("base_url", &self.base_url.as_str())
+            .field("api_key", &REDACTED)
+            .field("auth_header", &self.auth_header)
+            .field("auth_prefix", &self.auth_prefix)
+            .field("requests_per_minute", &self.requests_per_minute)
+            .field("timeout", &self.timeout)
+            .field("country_format", &self.country_format)
+            .finish()
+    }
+}
+
+impl fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url.as_str())
+            .field("signature_token", &REDACTED)
+            .field("shared_secret", &REDACTED)
+            .finish()
+    }
+}
+
+/// Which credentials a command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Both APIs (`sync`, `run`, `check`).
+    BothApis,
+    /// The CRM and the webhook secrets (`webhooks register|list|remove`).
+    Webhooks,
+}
+
+impl Settings {
+    /// A builder that reads only what it is given: tests use it without touching the process environment.
+    pub fn builder() -> SettingsBuilder {
+        SettingsBuilder::default()
+    }
+
+    /// Loads the defaults, then `file` if given, then the process's `FARMSYNC__…` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut builder = Settings::builder().env_vars(std::env::vars_os().filter_map(|(k, v)| {
+            Some((k.into_string().ok()?, v.into_string().unwrap_or_default()))
+        }));
+        if let Some(file) = file {
+            builder = builder.file(file);
+        }
+        builder.build()
+    }
+
+    /// Where a key's value came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// Fails with exit-2 material when a credential the command needs is empty.
+    pub fn require_credentials(&self, needs: Needs) -> Result<(), ConfigError> {
+        let mut required: Vec<(&str, &SecretString, &str)> = Vec::new();
+        let client_id = SecretString::from(self.kounta.client_id.clone());
+        let auth_name = match self.kounta.auth {
+            KountaAuthMode::Basic => "kounta.auth = \"basic\"",
+            KountaAuthMode::Oauth => "kounta.auth = \"oauth\"",
+        };
+        required.push(("kounta.client_id", &client_id, auth_name));
+        required.push((
+            "kounta.client_secret",
+            &self.kounta.client_secret,
+            auth_name,
+        ));
+        if self.kounta.auth == KountaAuthMode::Oauth {
+            required.push((
+                "kounta.refresh_token",
+                &self.kounta.refresh_token,
+                auth_name,
+            ));
+        }
+        match needs {
+            Needs::BothApis => {
+                required.push((
+                    "farmflow.api_key",
+                    &self.farmflow.api_key,
+                    "FarmFlow access",
+                ));
+                if self.webhooks.enabled {
+                    required.push((
+                        "webhooks.signature_token",
+                        &self.webhooks.signature_token,
+                        "webhooks.enabled = true",
+                    ));
+                    required.push((
+                        "webhooks.shared_secret",
+                        &self.webhooks.shared_secret,
+                        "webhooks.enabled = true",
+                    ));
+                }
+            }
+            Needs::Webhooks => {
+                required.push((
+                    "webhooks.shared_secret",
+                    &self.webhooks.shared_secret,
+                    "webhook registration",
+                ));
+            }
+        }
+        for (key, value, needed_for) in required {
+            if value.expose_secret().trim().is_empty() {
+                return Err(ConfigError::MissingCredential {
+                    key: key.to_owned(),
+                    needed_for: needed_for.to_owned(),
+                    env: env_var_for(key),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The sync policy these settings describe (`allow_mass_delete` comes from the command line).
+    pub fn policy(&self, allow_mass_delete: bool) -> Policy {
+        Policy {
+            conflict_winner: self.sync.conflict_winner,
+            farmflow_delete: self.sync.farmflow_delete,
+            kounta_on_farmflow_delete: self.sync.kounta_on_farmflow_delete,
+            deleted_tag: self.sync.deleted_tag.clone(),
+            max_delete_fraction: self.sync.max_delete_fraction,
+            allow_mass_delete,
+            country_format: self.farmflow.country_format,
+        }
+    }
+
+    /// The lock file that keeps two writers off one state DB.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.state.path.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+}
+
+/// The environment variable that sets `section.key`.
+pub fn env_var_for(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_uppercase())
+}
+
+/// Builds [`Settings`] from explicit layers.
+#[derive(Debug, Default)]
+pub struct SettingsBuilder {
+    file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+/// One layer's values, flattened to `section.key`, with secrets from `_file` keys resolved.
+type Layer = BTreeMap<String, (toml::Value, Origin)>;
+
+impl SettingsBuilder {
+    /// Layers a TOML file over the defaults.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Layers environment variables (only `FARMSYNC__…` ones are read) over the file.
+    pub fn env_vars(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env.extend(
+            vars.into_iter()
+                .filter(|(k, _)| k.to_uppercase().starts_with(ENV_PREFIX)),
+        );
+        self
+    }
+
+    /// Reads, layers and validates.
+    pub fn build(self) -> Result<Settings, ConfigError> {
+        let defaults: toml::Table =
+            toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError::File {
+                path: PathBuf::from("config/default.toml (built in)"),
+                message: e.to_string(),
+            })?;
+        let known = known_keys(&defaults);
+
+        let mut layers: Vec<Layer> = vec![flatten(&defaults, &Origin::Default, &known)?];
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.clone(),
+                message: e.to_string().trim_end().to_owned(),
+            })?;
+            layers.push(flatten(&table, &Origin::File(path.clone()), &known)?);
+        }
+        layers.push(env_layer(&self.env, &known)?);
+
+        // Later layers win, key by key; the config crate does the typed deserialisation.
+        let mut merged: BTreeMap<String, (toml::Value, Origin)> = BTreeMap::new();
+        for layer in layers {
+            merged.extend(layer);
+        }
+        let mut builder = config::Config::builder();
+        for (key, (value, _)) in &merged {
+            builder = builder
+                .set_override(key.as_str(), to_config_value(value))
+                .map_err(|e| invalid(key, &merged, e.to_string()))?;
+        }
+        let raw: RawSettings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| from_config_error(e, &merged))?;
+        let origins = merged
+            .into_iter()
+            .map(|(k, (_, origin))| (k, origin))
+            .collect();
+        raw.validate(origins)
+    }
+}
+
+/// Every key the defaults define, plus the optional ones and the `_file` forms of secrets.
+fn known_keys(defaults: &toml::Table) -> Vec<String> {
+    let mut keys = Vec::new();
+    for (section, value) in defaults {
+        if let Some(table) = value.as_table() {
+            keys.extend(table.keys().map(|k| format!("{section}.{k}")));
+        }
+    }
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| (*k).to_owned()));
+    keys.extend(SECRET_KEYS.iter().map(|k| format!("{k}_file")));
+    keys
+}
+
+/// Flattens a TOML document to `section.key`, rejecting unknown keys and resolving `_file` secrets.
+fn flatten(table: &toml::Table, origin: &Origin, known: &[String]) -> Result<Layer, ConfigError> {
+    let mut layer = Layer::new();
+    for (section, value) in table {
+        let Some(inner) = value.as_table() else {
+            return Err(ConfigError::UnknownKey {
+                key: section.clone(),
+                origin: origin.clone(),
+            });
+        };
+        for (key, value) in inner {
+            let full = format!("{section}.{key}");
+            if !known.contains(&full) {
+                return Err(ConfigError::UnknownKey {
+                    key: full,
+                    origin: origin.clone(),
+                });
+            }
+            layer.insert(full, (value.clone(), origin.clone()));
+        }
+    }
+    resolve_secret_files(layer)
+}
+
+/// Reads the `FARMSYNC__SECTION__KEY` variables into a layer.
+fn env_layer(vars: &[(String, String)], known: &[String]) -> Result<Layer, ConfigError> {
+    let mut layer = Layer::new();
+    for (var, value) in vars {
+        let origin = Origin::Env(var.clone());
+        let rest = &var[ENV_PREFIX.len()..];
+        let key = rest.to_lowercase().replacen("__", ".", 1);
+        if !known.contains(&key) {
+            return Err(ConfigError::UnknownKey {
+                key: var.clone(),
+                origin,
+            });
+        }
+        layer.insert(key, (toml::Value::String(value.clone()), origin));
+    }
+    resolve_secret_files(layer)
+}
+
+/// Replaces `<secret>_file` keys by the file's content under `<secret>`.
+fn resolve_secret_files(mut layer: Layer) -> Result<Layer, ConfigError> {
+    for secret in SECRET_KEYS {
+        let file_key = format!("{secret}_file");
+        let Some((value, origin)) = layer.remove(&file_key) else {
+            continue;
+        };
+        if layer.contains_key(*secret) {
+            return Err(ConfigError::Invalid {
+                key: file_key,
+                origin,
+                message: format!("give either {secret} or {secret}_file, not both"),
+            });
+        }
+        let Some(path) = value.as_str() else {
+            return Err(ConfigError::Invalid {
+                key: file_key,
+                origin,
+                message: "expected a file path (a string)".to_owned(),
+            });
+        };
+        let content = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+            key: file_key.clone(),
+            origin: origin.clone(),
+            message: format!("cannot read {path}: {e}"),
+        })?;
+        let content = content.strip_suffix('\n').unwrap_or(&content);
+        let content = content.strip_suffix('\r').unwrap_or(content);
+        layer.insert(
+            (*secret).to_owned(),
+            (toml::Value::String(content.to_owned()), origin),
+        );
+    }
+    Ok(layer)
+}
+
+fn to_config_value(value: &toml::Value) -> config::Value {
+    use config::ValueKind;
+    let kind = match value {
+        toml::Value::String(s) => ValueKind::String(s.clone()),
+        toml::Value::Integer(i) => ValueKind::I64(*i),
+        toml::Value::Float(f) => ValueKind::Float(*f),
+        toml::Value::Boolean(b) => ValueKind::Boolean(*b),
+        toml::Value::Datetime(d) => ValueKind::String(d.to_string()),
+        toml::Value::Array(items) => ValueKind::Array(items.iter().map(to_config_value).collect()),
+        toml::Value::Table(t) => ValueKind::Table(
+            t.iter()
+                .map(|(k, v)| (k.clone(), to_config_value(v)))
+                .collect(),
+        ),
+    };
+    config::Value::new(None, kind)
+}
+
+fn invalid(key: &str, merged: &Layer, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        origin: merged
+            .get(key)
+            .map(|(_, o)| o.clone())
+            .unwrap_or(Origin::Default),
+        message,
+    }
+}
+
+fn from_config_error(error: config::ConfigError, merged: &Layer) -> ConfigError {
+    match error {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => invalid(
+            &key,
+            merged,
+            format!("expected {expected}, found {unexpected}"),
+        ),
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => invalid(&key, merged, error.to_string()),
+        other => {
+            // serde's messages name the field; find which key it was.
+            let text = other.to_string();
+            let key = merged
+                .keys()
+                .find(|k| text.contains(&format!("`{}`", k.rsplit('.').next().unwrap_or(k))))
+                .cloned()
+                .unwrap_or_else(|| "config".to_owned());
+            invalid(&key, merged, text)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSettings {
+    state: RawState,
+    schedule: RawSchedule,
+    log: RawLog,
+    kounta: RawKounta,
+    farmflow: RawFarmflow,
+    sync: RawSync,
+    webhooks: RawWebhooks,
+}
+
+#[derive(Deserialize)]
+struct RawState {
+    path: String,
+}
+
+#[derive(Deserialize)]
+struct RawSchedule {
+    cron: String,
+}
+
+#[derive(Deserialize)]
+struct RawLog {
+    level: String,
+}
+
+#[derive(Deserialize)]
+struct RawKounta {
+    base_url: String,
+    company_id: Option<i64>,
+    auth: KountaAuthMode,
+    client_id: String,
+    client_secret: String,
+    refresh_token: String,
+    requests_per_minute: i64,
+    timeout_secs: i64,
+}
+
+#[derive(Deserialize)]
+struct RawFarmflow {
+    base_url: String,
+    api_key: String,
+    auth_header: String,
+    auth_prefix: String,
+    requests_per_minute: i64,
+    timeout_secs: i64,
+    country_format: CountryFormat,
+}
+
+#[derive(Deserialize)]
+struct RawSync {
+    conflict_winner: ConflictWinner,
+    max_delete_fraction: f64,
+    farmflow_delete: FarmflowDelete,
+    kounta_on_farmflow_delete: KountaOnFarmflowDelete,
+    deleted_tag: String,
+}
+
+#[derive(Deserialize)]
+struct RawWebhooks {
+    enabled: bool,
+    listen: String,
+    public_url: String,
+    signature_token: String,
+    shared_secret: String,
+}
+
+impl RawSettings {
+    fn validate(self, origins: BTreeMap<String, Origin>) -> Result<Settings, ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_owned(),
+            origin: origins.get(key).cloned().unwrap_or(Origin::Default),
+            message,
+        };
+
+        if self.state.path.trim().is_empty() {
+            return Err(bad("state.path", "must not be empty".into()));
+        }
+        crate::schedule::parse(&self.schedule.cron).map_err(|m| bad("schedule.cron", m))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| bad("log.level", format!("not a log level or filter: {e}")))?;
+
+        let kounta_url =
+            parse_http_url(&self.kounta.base_url).map_err(|m| bad("kounta.base_url", m))?;
+        let farmflow_url =
+            parse_http_url(&self.farmflow.base_url).map_err(|m| bad("farmflow.base_url", m))?;
+        if let Some(id) = self.kounta.company_id
+            && id <= 0
+        {
+            return Err(bad(
+                "kounta.company_id",
+                "must be a positive integer".into(),
+            ));
+        }
+        let rate = |key: &str, v: i64| -> Result<u32, ConfigError> {
+            u32::try_from(v)
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| bad(key, format!("must be a positive integer, got {v}")))
+        };
+        let timeout = |key: &str, v: i64| -> Result<Duration, ConfigError> {
+            if (1..=3600).contains(&v) {
+                Ok(Duration::from_secs(v as u64))
+            } else {
+                Err(bad(
+                    key,
+                    format!("must be between 1 and 3600 seconds, got {v}"),
+                ))
+            }
+        };
+        let kounta_rate = rate(
+            "kounta.requests_per_minute",
+            self.kounta.requests_per_minute,
+        )?;
+        let farmflow_rate = rate(
+            "farmflow.requests_per_minute",
+            self.farmflow.requests_per_minute,
+        )?;
+        let kounta_timeout = timeout("kounta.timeout_secs", self.kounta.timeout_secs)?;
+        let farmflow_timeout = timeout("farmflow.timeout_secs", self.farmflow.timeout_secs)?;
+
+        let header = self.farmflow.auth_header.trim();
+        if header.is_empty() || reqwest::header::HeaderName::from_bytes(header.as_bytes()).is_err()
+        {
+            return Err(bad(
+                "farmflow.auth_header",
+                format!("{header:?} is not a valid HTTP header name"),
+            ));
+        }
+
+        let fraction = self.sync.max_delete_fraction;
+        if !(0.0..=1.0).contains(&fraction) {
+            return Err(bad(
+                "sync.max_delete_fraction",
+                format!("must be between 0.0 and 1.0, got {fraction}"),
+            ));
+        }
+        if self.sync.deleted_tag.trim().is_empty() {
+            return Err(bad("sync.deleted_tag", "must not be empty".into()));
+        }
+
+        let listen: SocketAddr = self.webhooks.listen.parse().map_err(|_| {
+            bad(
+                "webhooks.listen",
+                format!(
+                    "{:?} is not an address and port like 127.0.0.1:8787",
+                    self.webhooks.listen
+                ),
+            )
+        })?;
+        let public_url = if self.webhooks.public_url.trim().is_empty() {
+            Url::parse(&format!("http://{listen}"))
+                .map_err(|e| bad("webhooks.listen", e.to_string()))?
+        } else {
+            parse_http_url(&self.webhooks.public_url).map_err(|m| bad("webhooks.public_url", m))?
+        };
+
+        Ok(Settings {
+            state: StateSettings {
+                path: PathBuf::from(self.state.path),
+            },
+            schedule: ScheduleSettings {
+                cron: self.schedule.cron,
+            },
+            log: LogSettings {
+                level: self.log.level,
+            },
+            kounta: KountaSettings {
+                base_url: kounta_url,
+                company_id: self.kounta.company_id,
+                auth: self.kounta.auth,
+                client_id: self.kounta.client_id,
+                client_secret: self.kounta.client_secret.into(),
+                refresh_token: self.kounta.refresh_token.into(),
+                requests_per_minute: kounta_rate,
+                timeout: kounta_timeout,
+            },
+            farmflow: FarmflowSettings {
+                base_url: farmflow_url,
+                api_key: self.farmflow.api_key.into(),
+                auth_header: header.to_owned(),
+                auth_prefix: self.farmflow.auth_prefix,
+                requests_per_minute: farmflow_rate,
+                timeout: farmflow_timeout,
+                country_format: self.farmflow.country_format,
+            },
+            sync: SyncSettings {
+                conflict_winner: self.sync.conflict_winner,
+                max_delete_fraction: fraction,
+                farmflow_delete: self.sync.farmflow_delete,
+                kounta_on_farmflow_delete: self.sync.kounta_on_farmflow_delete,
+                deleted_tag: self.sync.deleted_tag,
+            },
+            webhooks: WebhookSettings {
+                enabled: self.webhooks.enabled,
+                listen,
+                public_url,
+                signature_token: self.webhooks.signature_token.into(),
+                shared_secret: self.webhooks.shared_secret.into(),
+            },
+            origins,
+        })
+    }
+}
+
+/// Parses an `http` or `https` URL.
+fn parse_http_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim()).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    match url.scheme() {
+        "http" | "https" if url.host().is_some() => Ok(url),
+        _ => Err(format!("{text:?} is not an http:// or https:// URL")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        path
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_design() {
+        let s = Settings::builder().build().unwrap();
+        assert_eq!(s.state.path, PathBuf::from("farmsync.db"));
+        assert_eq!(s.schedule.cron, "0 */5 * * * *");
+        assert_eq!(s.kounta.base_url.as_str(), "https://api.kounta.com/v1");
+        assert_eq!(s.kounta.auth, KountaAuthMode::Basic);
+        assert_eq!(s.kounta.requests_per_minute, 60);
+        assert_eq!(s.farmflow.requests_per_minute, 120);
+        assert_eq!(s.farmflow.auth_header, "Authorization");
+        assert_eq!(s.farmflow.auth_prefix, "Bearer ");
+        assert_eq!(s.farmflow.country_format, CountryFormat::Alpha3);
+        assert_eq!(s.sync.farmflow_delete, FarmflowDelete::ProtectOrders);
+        assert_eq!(
+            s.sync.kounta_on_farmflow_delete,
+            KountaOnFarmflowDelete::Tag
+        );
+        assert_eq!(s.webhooks.public_url.as_str(), "http://127.0.0.1:8787/");
+        assert_eq!(s.origin("kounta.base_url"), Origin::Default);
+    }
+
+    #[test]
+    fn file_then_env_layer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            "f.toml",
+            "[kounta]\nrequests_per_minute = 180\nauth = \"oauth\"\n[farmflow]\napi_key = \"from-file\"\n",
+        );
+        let s = Settings::builder()
+            .file(&file)
+            .env_vars(env(&[
+                ("FARMSYNC__FARMFLOW__API_KEY", "from-env"),
+                ("UNRELATED", "x"),
+            ]))
+            .build()
+            .unwrap();
+        assert_eq!(s.kounta.requests_per_minute, 180);
+        assert_eq!(s.kounta.auth, KountaAuthMode::Oauth);
+        assert_eq!(s.farmflow.api_key.expose_secret(), "from-env");
+        assert_eq!(s.origin("kounta.requests_per_minute"), Origin::File(file));
+        assert_eq!(
+            s.origin("farmflow.api_key"),
+            Origin::Env("FARMSYNC__FARMFLOW__API_KEY".into())
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "bad.toml", "[kounta]\nbse_url = \"x\"\n");
+        let err = Settings::builder().file(&file).build().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("kounta.bse_url"), "{text}");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn unknown_section_and_unknown_env_var_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "bad.toml", "[kountaa]\nbase_url = \"x\"\n");
+        let text = Settings::builder()
+            .file(&file)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("kountaa.base_url"), "{text}");
+
+        let text = Settings::builder()
+            .env_vars(env(&[("FARMSYNC__FARMFLOW__APIKEY", "x")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("FARMSYNC__FARMFLOW__APIKEY"), "{text}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_name_the_key_and_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "[kounta]\nrequests_per_minute = \"lots\"\n",
+                "kounta.requests_per_minute",
+            ),
+            (
+                "[kounta]\nrequests_per_minute = 0\n",
+                "kounta.requests_per_minute",
+            ),
+            ("[farmflow]\ntimeout_secs = -1\n", "farmflow.timeout_secs"),
+            ("[kounta]\nbase_url = \"not a url\"\n", "kounta.base_url"),
+            ("[kounta]\nbase_url = \"ftp://x\"\n", "kounta.base_url"),
+            (
+                "[schedule]\ncron = \"every five minutes\"\n",
+                "schedule.cron",
+            ),
+            ("[schedule]\ncron = \"*/5 * * * *\"\n", "schedule.cron"),
+            (
+                "[sync]\nmax_delete_fraction = 1.5\n",
+                "sync.max_delete_fraction",
+            ),
+            (
+                "[sync]\nfarmflow_delete = \"sometimes\"\n",
+                "sync.farmflow_delete",
+            ),
+            ("[kounta]\nauth = \"token\"\n", "kounta.auth"),
+            ("[webhooks]\nlisten = \"localhost\"\n", "webhooks.listen"),
+            (
+                "[farmflow]\nauth_header = \"Bad Header\"\n",
+                "farmflow.auth_header",
+            ),
+            ("[log]\nlevel = \"lots=of=noise\"\n", "log.level"),
+        ];
+        for (text, key) in cases {
+            let file = write_file(&dir, "c.toml", text);
+            let err = Settings::builder()
+                .file(&file)
+                .build()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text:?} → {err}");
+            assert!(err.contains("c.toml"), "{text:?} → {err}");
+        }
+    }
+
+    #[test]
+    fn env_values_are_typed_and_errors_name_the_variable() {
+        let s = Settings::builder()
+            .env_vars(env(&[("FARMSYNC__KOUNTA__REQUESTS_PER_MINUTE", "100000")]))
+            .build()
+            .unwrap();
+        assert_eq!(s.kounta.requests_per_minute, 100_000);
+        let err = Settings::builder()
+            .env_vars(env(&[("FARMSYNC__KOUNTA__TIMEOUT_SECS", "soon")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kounta.timeout_secs"), "{err}");
+        assert!(err.contains("FARMSYNC__KOUNTA__TIMEOUT_SECS"), "{err}");
+    }
+
+    #[test]
+    fn secrets_from_files_trim_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write_file(&dir, "key", "abc123\n");
+        let file = write_file(
+            &dir,
+            "f.toml",
+            &format!(
+                "[farmflow]\napi_key_file = {:?}\n",
+                secret.display().to_string()
+            ),
+        );
+        let s = Settings::builder().file(&file).build().unwrap();
+        assert_eq!(s.farmflow.api_key.expose_secret(), "abc123");
+
+        let s = Settings::builder()
+            .env_vars(env(&[(
+                "FARMSYNC__KOUNTA__CLIENT_SECRET_FILE",
+                secret.to_str().unwrap(),
+            )]))
+            .build()
+            .unwrap();
+        assert_eq!(s.kounta.client_secret.expose_secret(), "abc123");
+    }
+
+    #[test]
+    fn key_and_key_file_in_one_layer_is_an_error_but_later_layers_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write_file(&dir, "key", "from-file\n");
+        let both = write_file(
+            &dir,
+            "both.toml",
+            &format!(
+                "[farmflow]\napi_key = \"x\"\napi_key_file = {:?}\n",
+                secret.display().to_string()
+            ),
+        );
+        let err = Settings::builder()
+            .file(&both)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("farmflow.api_key_file"), "{err}");
+
+        let plain = write_file(&dir, "plain.toml", "[farmflow]\napi_key = \"in-file\"\n");
+        let s = Settings::builder()
+            .file(&plain)
+            .env_vars(env(&[(
+                "FARMSYNC__FARMFLOW__API_KEY_FILE",
+                secret.to_str().unwrap(),
+            )]))
+            .build()
+            .unwrap();
+        assert_eq!(s.farmflow.api_key.expose_secret(), "from-file");
+    }
+
+    #[test]
+    fn missing_secret_file_names_the_key() {
+        let err = Settings::builder()
+            .env_vars(env(&[(
+                "FARMSYNC__FARMFLOW__API_KEY_FILE",
+                "/nonexistent/key",
+            )]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("farmflow.api_key_file"), "{err}");
+        assert!(err.contains("/nonexistent/key"), "{err}");
+    }
+
+    #[test]
+    fn credentials_required_per_auth_mode() {
+        let s = Settings::builder().build().unwrap();
+        let err = s
+            .require_credentials(Needs::BothApis)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kounta.client_id"), "{err}");
+
+        let ok = Settings::builder()
+            .env_vars(env(&[
+                ("FARMSYNC__KOUNTA__CLIENT_ID", "id"),
+                ("FARMSYNC__KOUNTA__CLIENT_SECRET", "secret"),
+                ("FARMSYNC__FARMFLOW__API_KEY", "key"),
+            ]))
+            .build()
+            .unwrap();
+        ok.require_credentials(Needs::BothApis).unwrap();
+
+        let oauth = Settings::builder()
+            .env_vars(env(&[
+                ("FARMSYNC__KOUNTA__AUTH", "oauth"),
+                ("FARMSYNC__KOUNTA__CLIENT_ID", "id"),
+                ("FARMSYNC__KOUNTA__CLIENT_SECRET", "secret"),
+                ("FARMSYNC__FARMFLOW__API_KEY", "key"),
+            ]))
+            .build()
+            .unwrap();
+        let err = oauth
+            .require_credentials(Needs::BothApis)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kounta.refresh_token"), "{err}");
+        assert!(err.contains("FARMSYNC__KOUNTA__REFRESH_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let s = Settings::builder()
+            .env_vars(env(&[
+                ("FARMSYNC__KOUNTA__CLIENT_SECRET", "s3cr3t-A"),
+                ("FARMSYNC__KOUNTA__REFRESH_TOKEN", "s3cr3t-B"),
+                ("FARMSYNC__FARMFLOW__API_KEY", "s3cr3t-C"),
+                ("FARMSYNC__WEBHOOKS__SIGNATURE_TOKEN", "s3cr3t-D"),
+                ("FARMSYNC__WEBHOOKS__SHARED_SECRET", "s3cr3t-E"),
+            ]))
+            .build()
+            .unwrap();
+        let text = format!("{s:?} {s:#?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("[redacted]"));
+    }
+
+    #[test]
+    fn example_config_is_valid_and_documents_every_key() {
+        let example = include_str!("../config/example.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(&dir, "example.toml", example);
+        Settings::builder().file(&file).build().unwrap();
+        let defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+        for key in known_keys(&defaults) {
+            let name = key.rsplit('.').next().unwrap();
+            assert!(
+                example.contains(name),
+                "config/example.toml does not mention {key}"
+            );
+        }
+    }
+}

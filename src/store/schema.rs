@@ -1,0 +1,89 @@
+//! Versioned migrations, applied in order and recorded in `PRAGMA user_version`.
+
+/// Each entry migrates the schema from version `index` to `index + 1`. Never edit a released
+/// entry: add a new one.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE links (
+        reference_id         TEXT PRIMARY KEY,
+        farmflow_id          INTEGER NOT NULL UNIQUE,
+        kounta_id            INTEGER UNIQUE,
+        kounta_snapshot      TEXT,
+        farmflow_snapshot    TEXT,
+        kounta_verified      INTEGER NOT NULL DEFAULT 0,
+        state                TEXT NOT NULL
+                             CHECK (state IN ('active', 'delete_blocked', 'tombstone')),
+        last_verified_at     INTEGER,
+        last_synced_at       INTEGER,
+        last_error           TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX links_by_verification ON links (last_verified_at);
+
+    CREATE TABLE journal (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id       TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        side         TEXT NOT NULL CHECK (side IN ('kounta', 'farmflow')),
+        op           TEXT NOT NULL,
+        reference_id TEXT,
+        kounta_id    INTEGER,
+        farmflow_id  INTEGER,
+        payload      TEXT NOT NULL,
+        watermark    INTEGER,
+        settled_at   INTEGER,
+        outcome      TEXT
+    );
+    CREATE INDEX journal_unsettled ON journal (settled_at) WHERE settled_at IS NULL;
+
+    CREATE TABLE runs (
+        run_id      TEXT PRIMARY KEY,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER,
+        dry_run     INTEGER NOT NULL,
+        exit_code   INTEGER,
+        summary     TEXT
+    );
+    CREATE INDEX runs_by_start ON runs (started_at);
+
+    CREATE TABLE conflicts (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id         TEXT NOT NULL,
+        created_at     INTEGER NOT NULL,
+        reference_id   TEXT NOT NULL,
+        field          TEXT NOT NULL,
+        kounta_value   TEXT NOT NULL,
+        farmflow_value TEXT NOT NULL,
+        winner         TEXT NOT NULL,
+        acknowledged   INTEGER NOT NULL DEFAULT 0
+    );
+
+    CREATE TABLE tokens (
+        name          TEXT PRIMARY KEY,
+        access_token  TEXT NOT NULL,
+        refresh_token TEXT NOT NULL,
+        expires_at    INTEGER,
+        updated_at    INTEGER NOT NULL
+    );
+
+    CREATE TABLE hints (
+        kounta_id   INTEGER PRIMARY KEY,
+        topic       TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        deliveries  INTEGER NOT NULL DEFAULT 1
+    );
+
+    CREATE TABLE attention (
+        kind       TEXT NOT NULL,
+        subject    TEXT NOT NULL,
+        message    TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        PRIMARY KEY (kind, subject)
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub(super) const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,0 +1,4 @@
+//! farmsync's integration tests: one binary, one module per topic.
+
+mod cli;
+mod support;

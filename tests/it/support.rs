@@ -1,0 +1,67 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `farmsync` binary under test, with a clean environment: no `FARMSYNC__…`, `RUST_LOG`
+/// or `JOURNAL_STREAM` leaks in from the shell that runs the tests.
+pub fn farmsync() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_farmsync"));
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().to_string();
+        if key.starts_with("FARMSYNC__") || key == "RUST_LOG" || key == "JOURNAL_STREAM" {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A temp dir with a config file pointing the state DB into it.
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    /// A new temp dir with `farmsync.toml` holding `[state] path` and `extra`.
+    pub fn new(extra: &str) -> Workdir {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let w = Workdir { dir };
+        let state = w.state_path();
+        std::fs::write(
+            w.config_path(),
+            format!("[state]\npath = {:?}\n{extra}", state.display().to_string()),
+        )
+        .expect("write config");
+        w
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("farmsync.toml")
+    }
+
+    /// The state DB.
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.path().join("state.db")
+    }
+
+    /// `farmsync --config <this config> args…`.
+    pub fn run(&self, args: &[&str]) -> Output {
+        farmsync()
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .output()
+            .expect("run farmsync")
+    }
+}
+
+/// Lossy text of a byte stream.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Whether `path` exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
