@@ -5,10 +5,12 @@
 //! ## Layout
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
+//! - [`country`]: country spellings to ISO alpha-2 and back.
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
 //! - [`store`]: the SQLite state store.
 //! - [`sync`]: policy, the pure plan, apply and the run.
 
+pub mod country;
 pub mod customer;
 pub mod farmflow;
 pub mod ids;
