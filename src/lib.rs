@@ -8,6 +8,7 @@
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON lines) and secret redaction.
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
+//! - [`country`]: country spellings to ISO alpha-2 and back.
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
 //! - [`store`]: the SQLite state store (links, journal, runs, conflicts, tokens, hints).
 //! - [`lock`]: the single-instance lock beside the state DB.
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod country;
 pub mod customer;
 pub mod farmflow;
 pub mod ids;

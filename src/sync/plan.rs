@@ -1,0 +1,1207 @@
+//! `plan`: the rules of the sync, as one pure function from both sides' records and the links
+//! to an ordered list of actions (DESIGN.md, "The sync, precisely", steps 1–6).
+//!
+//! No I/O, no clock (today's date is an input), no randomness: the same input always gives the
+//! same plan. `sync::apply` carries the actions out; `--dry-run` prints them.
+//!
+//! Reading guide:
+//! - [`plan`] classifies every link (both present, gone from one side, gone from both, unknown),
+//!   matches new records ([`crate::sync::matching`]), counts planned deletions for the guard,
+//!   then emits actions link by link, then creates.
+//! - `merge` is the three-way merge of one link against each side's own snapshot.
+//! - Deletions: `crm_gone` and `farmflow_gone`.
+//!
+//! Two places where the plan asks the caller for more before it acts, rather than guess:
+//! [`Plan::needs_orders`] (a FarmFlow delete must check orders) and [`Plan::needs_kounta_reads`]
+//! (a CRM write needs the full current record: a partial update must not clobber an address
+//! line or a same-field edit the list could not show). The caller reads those and plans again.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use crate::customer::{self, Customer, Field, FromFarmflow};
+use crate::farmflow::model::{FarmflowCustomer, OneTimeOrder, RecurringOrder};
+use crate::ids::{FarmflowId, KountaId, ReferenceId};
+use crate::kounta::model::{KountaCustomer, KountaCustomerWrite, KountaListItem};
+use crate::store::{Link, LinkState};
+use crate::sync::action::{
+    Action, Attention, AttentionKind, BlockReason, ConflictRecord, FarmflowCreate, KountaCreate,
+    LinkAfter, SkipReason, Subject, TombstoneReason,
+};
+use crate::sync::matching::{self, CrmCandidate, FfCandidate, KnownIds};
+use crate::sync::policy::{ConflictWinner, FarmflowDelete, KountaOnFarmflowDelete, Policy};
+
+/// FarmFlow's orders, read only to respect its delete restrictions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderBook {
+    pub recurring: Vec<RecurringOrder>,
+    pub one_time: Vec<OneTimeOrder>,
+}
+
+impl OrderBook {
+    /// Why deleting this FarmFlow customer is not allowed under `policy`, if it is not.
+    pub fn block_reason(
+        &self,
+        customer: FarmflowId,
+        policy: FarmflowDelete,
+        today: NaiveDate,
+    ) -> Option<BlockReason> {
+        if policy == FarmflowDelete::Never {
+            return Some(BlockReason::PolicyNever);
+        }
+        if let Some(order) = self
+            .recurring
+            .iter()
+            .filter(|o| o.customer_id == customer && o.is_active())
+            .min_by_key(|o| o.id)
+        {
+            return Some(BlockReason::ActiveRecurringOrder { order_id: order.id });
+        }
+        if policy == FarmflowDelete::ProtectOrders
+            && let Some(order) = self
+                .one_time
+                .iter()
+                .filter(|o| o.customer_id == customer && is_upcoming(o, today))
+                .min_by_key(|o| o.id)
+        {
+            return Some(BlockReason::UpcomingOneTimeOrder {
+                order_id: order.id,
+                fulfill_date: order.fulfill_date.clone(),
+            });
+        }
+        None
+    }
+}
+
+/// Due today or later; an empty or unreadable date counts as upcoming.
+fn is_upcoming(order: &OneTimeOrder, today: NaiveDate) -> bool {
+    match NaiveDate::parse_from_str(order.fulfill_date.trim(), "%Y-%m-%d") {
+        Ok(date) => date >= today,
+        Err(_) => true,
+    }
+}
+
+/// Everything the plan is made from.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// FarmFlow's full list (it has no paging).
+    pub farmflow: &'a [FarmflowCustomer],
+    /// Every CRM list item seen.
+    pub kounta_list: &'a [KountaListItem],
+    /// False when the CRM listing was cut short.
+    pub kounta_list_complete: bool,
+    /// Full CRM records read this run.
+    pub kounta_full: &'a HashMap<KountaId, KountaCustomer>,
+    /// Every link row.
+    pub links: &'a [Link],
+    /// Recurring and one-time orders, when read.
+    pub orders: Option<&'a OrderBook>,
+    /// The local date, for "due today or later".
+    pub today: NaiveDate,
+}
+
+/// Why the safety guard stopped destructive actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardReason {
+    /// More planned deletions than `max_delete_fraction` of the links.
+    TooManyDeletions,
+    /// The CRM list came back empty while links exist.
+    EmptyKountaList,
+    /// The FarmFlow list came back empty while links exist.
+    EmptyFarmflowList,
+}
+
+/// The safety guard tripped (DESIGN.md step 6): the numbers for `sync.guard.tripped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GuardTrip {
+    /// Live links whose record is missing from a complete listing on either side (plus CRM
+    /// customers whose `reference_id` names a FarmFlow customer that no longer exists).
+    pub planned_deletions: usize,
+    /// Links that are not tombstones (plus CRM customers carrying a `reference_id` that no link
+    /// row accounts for yet, as after a lost state DB).
+    pub live_links: usize,
+    pub reason: GuardReason,
+}
+
+/// How many actions of each kind a plan holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PlanCounts {
+    pub linked: usize,
+    pub kounta_updates: usize,
+    pub farmflow_updates: usize,
+    pub kounta_creates: usize,
+    pub farmflow_creates: usize,
+    pub conflicts: usize,
+    pub farmflow_deletes: usize,
+    pub blocked: usize,
+    pub tagged: usize,
+    pub unlinked: usize,
+    pub tombstoned: usize,
+    pub recreated: usize,
+    pub refreshed: usize,
+    pub skipped: usize,
+}
+
+impl PlanCounts {
+    fn of(actions: &[Action]) -> PlanCounts {
+        let mut c = PlanCounts::default();
+        for a in actions {
+            let slot = match a {
+                Action::Link { .. } => &mut c.linked,
+                Action::UpdateKounta { .. } => &mut c.kounta_updates,
+                Action::UpdateFarmflow { .. } => &mut c.farmflow_updates,
+                Action::CreateKounta(_) => &mut c.kounta_creates,
+                Action::CreateFarmflow(_) => &mut c.farmflow_creates,
+                Action::Conflict(_) => &mut c.conflicts,
+                Action::DeleteFarmflow { .. } => &mut c.farmflow_deletes,
+                Action::BlockDelete { .. } => &mut c.blocked,
+                Action::TagKounta { .. } => &mut c.tagged,
+                Action::UnlinkKounta { .. } => &mut c.unlinked,
+                Action::Tombstone { .. } => &mut c.tombstoned,
+                Action::RecreateKounta { .. } | Action::RecreateFarmflow { .. } => &mut c.recreated,
+                Action::Refresh { .. } => &mut c.refreshed,
+                Action::Skip { .. } => &mut c.skipped,
+            };
+            *slot += 1;
+        }
+        c
+    }
+}
+
+/// The result of planning.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// In a stable order; each subject's actions stand together (see `sync::action`).
+    pub actions: Vec<Action>,
+    /// Set when the safety guard tripped (never with `allow_mass_delete`).
+    pub guard: Option<GuardTrip>,
+    /// Records needing a person: skipped records, reference collisions, unmappable countries.
+    pub attention: Vec<Attention>,
+    /// A FarmFlow delete was considered but orders were not provided: read them, plan again.
+    pub needs_orders: bool,
+    /// CRM records that must be read in full before the plan can act on them: read, plan again.
+    pub needs_kounta_reads: Vec<KountaId>,
+    pub counts: PlanCounts,
+}
+
+impl Plan {
+    /// How many actions write to either API.
+    pub fn remote_writes(&self) -> usize {
+        self.actions.iter().filter(|a| a.is_remote_write()).count()
+    }
+
+    /// Whether the caller should read more (orders, CRM records) and plan again.
+    pub fn wants_more_input(&self) -> bool {
+        self.needs_orders || !self.needs_kounta_reads.is_empty()
+    }
+}
+
+/// The CRM side of a link as this run sees it.
+enum CrmView<'a> {
+    /// Read in full this run.
+    Full(&'a KountaCustomer, Customer),
+    /// Listed, not read in full; the listed fields equal the snapshot, so the snapshot stands.
+    Unchanged(Customer),
+    /// Listed, not read in full, and the listed fields differ from the snapshot.
+    ListedChanged,
+    /// Missing from a complete listing.
+    Gone,
+    /// Missing from an incomplete listing: unknown.
+    Unknown,
+}
+
+/// Builds the plan. Pure: see the module documentation.
+pub fn plan(input: &PlanInput<'_>, policy: &Policy) -> Plan {
+    let world = World::new(input, policy);
+    Planner::new(&world).run()
+}
+
+/// The inputs, indexed once; read-only while planning.
+struct World<'a> {
+    input: &'a PlanInput<'a>,
+    policy: &'a Policy,
+    farmflow: BTreeMap<FarmflowId, (&'a FarmflowCustomer, FromFarmflow)>,
+    listed: BTreeMap<KountaId, &'a KountaListItem>,
+    full: BTreeMap<KountaId, &'a KountaCustomer>,
+    full_mapped: BTreeMap<KountaId, Customer>,
+    /// Link rows by FarmFlow id (the link key is derived from it).
+    links: BTreeMap<FarmflowId, &'a Link>,
+    linked_kounta: BTreeSet<KountaId>,
+}
+
+impl<'a> World<'a> {
+    fn new(input: &'a PlanInput<'a>, policy: &'a Policy) -> Self {
+        let mut farmflow = BTreeMap::new();
+        for f in input.farmflow {
+            farmflow
+                .entry(f.id)
+                .or_insert_with(|| (f, Customer::from_farmflow(&f.fields)));
+        }
+        let mut listed = BTreeMap::new();
+        for item in input.kounta_list {
+            listed.entry(item.id).or_insert(item);
+        }
+        let full: BTreeMap<KountaId, &KountaCustomer> =
+            input.kounta_full.iter().map(|(k, v)| (*k, v)).collect();
+        let full_mapped = full
+            .iter()
+            .map(|(k, v)| (*k, Customer::from_kounta(v)))
+            .collect();
+        let mut links: BTreeMap<FarmflowId, &Link> = BTreeMap::new();
+        for l in input.links {
+            links.entry(l.farmflow_id).or_insert(l);
+        }
+        let linked_kounta = links.values().filter_map(|l| l.kounta_id).collect();
+        World {
+            input,
+            policy,
+            farmflow,
+            listed,
+            full,
+            full_mapped,
+            links,
+            linked_kounta,
+        }
+    }
+}
+
+/// The plan being built.
+struct Planner<'a> {
+    w: &'a World<'a>,
+    actions: Vec<Action>,
+    attention: Vec<Attention>,
+    needs_orders: bool,
+    needs_reads: BTreeSet<KountaId>,
+    guard: Option<GuardTrip>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(w: &'a World<'a>) -> Self {
+        Planner {
+            w,
+            actions: Vec::new(),
+            attention: Vec::new(),
+            needs_orders: false,
+            needs_reads: BTreeSet::new(),
+            guard: None,
+        }
+    }
+
+    fn run(mut self) -> Plan {
+        let matching = self.match_new_records();
+        self.guard = self.check_guard(&matching);
+
+        let links: Vec<&Link> = self.w.links.values().copied().collect();
+        for link in links {
+            self.plan_link(link);
+        }
+        for pair in &matching.pairs {
+            self.plan_new_link(pair);
+        }
+        for d in &matching.dangling {
+            self.plan_dangling(d);
+        }
+        for c in &matching.collisions {
+            self.attention.push(Attention {
+                kind: AttentionKind::ReferenceCollision,
+                kounta_id: Some(c.kounta_id),
+                farmflow_id: Some(c.farmflow_id),
+                detail: SkipReason::ReferenceCollision {
+                    farmflow_id: c.farmflow_id,
+                    linked_to: c.linked_to,
+                }
+                .to_string(),
+            });
+            self.actions.push(Action::Skip {
+                subject: Subject::Kounta(c.kounta_id),
+                reason: SkipReason::ReferenceCollision {
+                    farmflow_id: c.farmflow_id,
+                    linked_to: c.linked_to,
+                },
+            });
+        }
+        for &k in &matching.unread_kounta {
+            self.needs_reads.insert(k);
+            self.actions.push(Action::Skip {
+                subject: Subject::Kounta(k),
+                reason: SkipReason::KountaNotRead,
+            });
+        }
+        self.plan_creates_in_kounta(&matching);
+        self.plan_creates_in_farmflow(&matching);
+        self.report_unmappable_countries();
+
+        let counts = PlanCounts::of(&self.actions);
+        Plan {
+            actions: self.actions,
+            guard: self.guard,
+            attention: self.attention,
+            needs_orders: self.needs_orders,
+            needs_kounta_reads: self.needs_reads.into_iter().collect(),
+            counts,
+        }
+    }
+
+    // ----- classification ------------------------------------------------------------------
+
+    /// Runs the matching rules over every record without a link row.
+    fn match_new_records(&self) -> matching::Matching {
+        let mut crm_records: Vec<(KountaId, Customer, Option<ReferenceId>, bool)> = Vec::new();
+        let crm_ids: BTreeSet<KountaId> = self
+            .w
+            .listed
+            .keys()
+            .chain(self.w.full.keys())
+            .copied()
+            .collect();
+        for id in crm_ids {
+            if self.w.linked_kounta.contains(&id) {
+                continue;
+            }
+            match (self.w.full.get(&id), self.w.full_mapped.get(&id)) {
+                (Some(record), Some(mapped)) => crm_records.push((
+                    id,
+                    mapped.clone(),
+                    ReferenceId::parse(&record.reference_id),
+                    true,
+                )),
+                _ => {
+                    if let Some(item) = self.w.listed.get(&id) {
+                        let listed = Customer {
+                            first_name: item.first_name.clone(),
+                            last_name: item.last_name.clone(),
+                            email: item.email.clone(),
+                            ..Customer::default()
+                        };
+                        crm_records.push((id, listed, None, false));
+                    }
+                }
+            }
+        }
+        let crm: Vec<CrmCandidate<'_>> = crm_records
+            .iter()
+            .map(|(id, customer, reference, read)| CrmCandidate {
+                id: *id,
+                customer,
+                reference: reference.clone(),
+                read: *read,
+            })
+            .collect();
+        let ff: Vec<FfCandidate<'_>> = self
+            .w
+            .farmflow
+            .iter()
+            .filter(|(id, _)| !self.w.links.contains_key(id))
+            .map(|(id, (_, f))| FfCandidate {
+                id: *id,
+                customer: &f.customer,
+            })
+            .collect();
+        let known = KnownIds {
+            linked_farmflow: self
+                .w
+                .links
+                .iter()
+                .map(|(id, l)| (*id, l.kounta_id))
+                .collect(),
+            existing_farmflow: self.w.farmflow.keys().copied().collect(),
+        };
+        matching::match_new(&crm, &ff, &known)
+    }
+
+    fn crm_view(&self, link: &Link) -> CrmView<'a> {
+        let Some(k) = link.kounta_id else {
+            return CrmView::Unknown;
+        };
+        if let (Some(record), Some(mapped)) = (self.w.full.get(&k), self.w.full_mapped.get(&k)) {
+            return CrmView::Full(record, mapped.clone());
+        }
+        match self.w.listed.get(&k) {
+            Some(item) => match &link.kounta_snapshot {
+                Some(snapshot) if listed_equals(item, snapshot) => {
+                    CrmView::Unchanged(snapshot.clone())
+                }
+                _ => CrmView::ListedChanged,
+            },
+            None if self.w.input.kounta_list_complete => CrmView::Gone,
+            None => CrmView::Unknown,
+        }
+    }
+
+    fn farmflow_changed(&self, link: &Link, f: &FromFarmflow) -> bool {
+        match &link.farmflow_snapshot {
+            Some(s) => !f.customer.eq_normalised(s),
+            None => true,
+        }
+    }
+
+    /// Live links whose record is missing from a complete listing, counted before any 404
+    /// confirmation, plus dangling references; and the links the share is taken of.
+    fn check_guard(&self, matching: &matching::Matching) -> Option<GuardTrip> {
+        let mut planned = matching.dangling.len();
+        let mut live = 0;
+        for link in self.w.links.values() {
+            if link.state == LinkState::Tombstone {
+                continue;
+            }
+            live += 1;
+            if link.state != LinkState::Active {
+                continue;
+            }
+            let crm_gone = matches!(self.crm_view(link), CrmView::Gone);
+            let ff_gone = !self.w.farmflow.contains_key(&link.farmflow_id);
+            if crm_gone || ff_gone {
+                planned += 1;
+            }
+        }
+        // CRM customers carrying a reference no link row accounts for (a lost state DB) are
+        // links in all but name: count them so an empty FarmFlow list cannot tombstone them all.
+        live += self
+            .w
+            .full
+            .iter()
+            .filter(|(k, r)| {
+                !self.w.linked_kounta.contains(k) && ReferenceId::parse(&r.reference_id).is_some()
+            })
+            .count();
+        if self.w.policy.allow_mass_delete {
+            return None;
+        }
+        let reason = if live > 0 && self.w.input.farmflow.is_empty() {
+            Some(GuardReason::EmptyFarmflowList)
+        } else if live > 0
+            && self.w.input.kounta_list_complete
+            && self.w.input.kounta_list.is_empty()
+        {
+            Some(GuardReason::EmptyKountaList)
+        } else if planned as f64 > self.w.policy.max_delete_fraction * live as f64 {
+            Some(GuardReason::TooManyDeletions)
+        } else {
+            None
+        };
+        reason.map(|reason| GuardTrip {
+            planned_deletions: planned,
+            live_links: live,
+            reason,
+        })
+    }
+
+    fn guard_blocks_creates_into_kounta(&self) -> bool {
+        matches!(
+            self.guard,
+            Some(GuardTrip {
+                reason: GuardReason::EmptyKountaList,
+                ..
+            })
+        )
+    }
+
+    fn guard_blocks_creates_into_farmflow(&self) -> bool {
+        matches!(
+            self.guard,
+            Some(GuardTrip {
+                reason: GuardReason::EmptyFarmflowList,
+                ..
+            })
+        )
+    }
+
+    // ----- existing links ------------------------------------------------------------------
+
+    fn plan_link(&mut self, link: &'a Link) {
+        if link.state == LinkState::Tombstone {
+            if self.w.farmflow.contains_key(&link.farmflow_id) {
+                self.skip_link(link, SkipReason::LinkedToTombstone);
+                self.attention.push(Attention {
+                    kind: AttentionKind::TombstoneReappeared,
+                    kounta_id: link.kounta_id,
+                    farmflow_id: Some(link.farmflow_id),
+                    detail: format!(
+                        "farmflow {} exists but its link is a tombstone; it is not synced",
+                        link.farmflow_id
+                    ),
+                });
+            }
+            return;
+        }
+        let Some(kounta_id) = link.kounta_id else {
+            self.skip_link(link, SkipReason::NoKountaId);
+            return;
+        };
+        let crm = self.crm_view(link);
+        let ff = self.w.farmflow.get(&link.farmflow_id);
+        let blocked = link.state == LinkState::DeleteBlocked;
+        match (crm, ff) {
+            (CrmView::Unknown, _) => {
+                if ff.is_none() && !blocked && self.guard.is_none() {
+                    // Gone from FarmFlow; what the CRM did is unknown until it is read.
+                    self.needs_reads.insert(kounta_id);
+                    self.skip_link(link, SkipReason::KountaNotRead);
+                } else {
+                    self.skip_link(link, SkipReason::KountaListIncomplete);
+                }
+            }
+            (CrmView::Gone, Some((record, _))) if blocked => {
+                // Retried every run; never recreated in the CRM, whatever FarmFlow did since.
+                self.plan_delete(link, record.id, Some(kounta_id));
+            }
+            (CrmView::Gone, None) => {
+                if self.guard.is_some() {
+                    self.skip_link(link, SkipReason::GuardTripped);
+                } else {
+                    self.actions.push(Action::Tombstone {
+                        reason: TombstoneReason::DeletedOnBoth,
+                        link: LinkAfter {
+                            state: LinkState::Tombstone,
+                            ..keep(link)
+                        },
+                    });
+                }
+            }
+            (CrmView::Gone, Some((record, f))) => self.crm_gone(link, record, f),
+            (crm, None) => self.farmflow_gone(link, kounta_id, crm),
+            (crm, Some((record, f))) => {
+                self.plan_merge(link, kounta_id, crm, record, f);
+            }
+        }
+    }
+
+    fn skip_link(&mut self, link: &Link, reason: SkipReason) {
+        self.actions.push(Action::Skip {
+            subject: Subject::Link(link.reference_id.clone()),
+            reason,
+        });
+    }
+
+    fn plan_merge(
+        &mut self,
+        link: &Link,
+        kounta_id: KountaId,
+        crm: CrmView<'a>,
+        record: &FarmflowCustomer,
+        f: &FromFarmflow,
+    ) {
+        match crm {
+            CrmView::Full(full, k) => self.merge(MergeInput {
+                reference_id: link.reference_id.clone(),
+                farmflow_id: link.farmflow_id,
+                kounta_id,
+                stored: Some(link),
+                full: Some(full),
+                k,
+                farmflow: record,
+                f,
+            }),
+            CrmView::Unchanged(k) => self.merge(MergeInput {
+                reference_id: link.reference_id.clone(),
+                farmflow_id: link.farmflow_id,
+                kounta_id,
+                stored: Some(link),
+                full: None,
+                k,
+                farmflow: record,
+                f,
+            }),
+            CrmView::ListedChanged => {
+                self.needs_reads.insert(kounta_id);
+                self.skip_link(link, SkipReason::KountaNotRead);
+            }
+            CrmView::Gone | CrmView::Unknown => {}
+        }
+    }
+
+    // ----- deletions -----------------------------------------------------------------------
+
+    /// Gone from a complete CRM listing (first seen): changed-beats-deleted, else delete.
+    fn crm_gone(&mut self, link: &Link, record: &FarmflowCustomer, f: &FromFarmflow) {
+        if self.guard.is_some() {
+            self.skip_link(link, SkipReason::GuardTripped);
+            return;
+        }
+        if self.farmflow_changed(link, f) {
+            let Some(old_kounta_id) = link.kounta_id else {
+                return;
+            };
+            if let Err(reason) = kounta_can_hold(&f.customer) {
+                self.skip_link(link, reason.clone());
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: link.kounta_id,
+                    farmflow_id: Some(record.id),
+                    detail: format!(
+                        "crm {old_kounta_id} was deleted but farmflow {} changed since; it cannot be recreated in the crm: {reason}",
+                        record.id
+                    ),
+                });
+                return;
+            }
+            let create = self.kounta_create(link.reference_id.clone(), record.id, &f.customer);
+            self.actions.push(Action::RecreateKounta {
+                old_kounta_id,
+                create,
+            });
+            return;
+        }
+        self.plan_delete(link, record.id, link.kounta_id);
+    }
+
+    /// A FarmFlow delete, unless the policy or an order forbids it.
+    fn plan_delete(&mut self, link: &Link, farmflow_id: FarmflowId, kounta_id: Option<KountaId>) {
+        if self.guard.is_some() {
+            self.skip_link(link, SkipReason::GuardTripped);
+            return;
+        }
+        let reason = if self.w.policy.farmflow_delete == FarmflowDelete::Never {
+            Some(BlockReason::PolicyNever)
+        } else {
+            let Some(orders) = self.w.input.orders else {
+                self.needs_orders = true;
+                self.skip_link(link, SkipReason::OrdersNotRead);
+                return;
+            };
+            orders.block_reason(
+                farmflow_id,
+                self.w.policy.farmflow_delete,
+                self.w.input.today,
+            )
+        };
+        match reason {
+            Some(reason) => self.actions.push(Action::BlockDelete {
+                farmflow_id,
+                reason,
+                link: LinkAfter {
+                    state: LinkState::DeleteBlocked,
+                    ..keep(link)
+                },
+            }),
+            None => self.actions.push(Action::DeleteFarmflow {
+                farmflow_id,
+                kounta_id,
+                link: LinkAfter {
+                    state: LinkState::Tombstone,
+                    ..keep(link)
+                },
+            }),
+        }
+    }
+
+    /// Gone from FarmFlow, present in the CRM: changed-beats-deleted, else show the deletion in
+    /// the CRM per policy and tombstone the link.
+    fn farmflow_gone(&mut self, link: &Link, kounta_id: KountaId, crm: CrmView<'a>) {
+        if self.guard.is_some() {
+            self.skip_link(link, SkipReason::GuardTripped);
+            return;
+        }
+        let CrmView::Full(full, k) = crm else {
+            // Both the changed-since check and a tag need the full record.
+            self.needs_reads.insert(kounta_id);
+            self.skip_link(link, SkipReason::KountaNotRead);
+            return;
+        };
+        let crm_changed = match &link.kounta_snapshot {
+            Some(s) => !k.eq_normalised(s),
+            None => true,
+        };
+        // A blocked delete was seen before: changed-beats-deleted applies only at first sight.
+        if crm_changed && link.state == LinkState::Active {
+            if k.first_name.trim().is_empty() {
+                self.skip_link(link, SkipReason::NoFirstName);
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: Some(kounta_id),
+                    farmflow_id: Some(link.farmflow_id),
+                    detail: format!(
+                        "farmflow {} was deleted but crm {kounta_id} changed since; it cannot be recreated in farmflow without a first name",
+                        link.farmflow_id
+                    ),
+                });
+                return;
+            }
+            let create = self.farmflow_create(kounta_id, &k);
+            self.actions.push(Action::RecreateFarmflow {
+                old_reference_id: link.reference_id.clone(),
+                create,
+            });
+            return;
+        }
+        let tombstone = LinkAfter {
+            state: LinkState::Tombstone,
+            kounta_snapshot: Some(k.clone()),
+            kounta_read: true,
+            kounta_verified: true,
+            ..keep(link)
+        };
+        self.show_farmflow_deletion(full, tombstone, TombstoneReason::DeletedInFarmflow);
+    }
+
+    /// Tag, unlink or ignore per policy; the link becomes a tombstone either way.
+    fn show_farmflow_deletion(
+        &mut self,
+        full: &KountaCustomer,
+        tombstone: LinkAfter,
+        reason: TombstoneReason,
+    ) {
+        let kounta_id = full.id;
+        match self.w.policy.kounta_on_farmflow_delete {
+            KountaOnFarmflowDelete::Tag => {
+                let tag = self.w.policy.deleted_tag.trim();
+                let tagged = full.tags.iter().any(|t| t.trim().eq_ignore_ascii_case(tag));
+                if !tagged && !tag.is_empty() {
+                    let mut tags = full.tags.clone();
+                    tags.push(tag.to_owned());
+                    self.actions.push(Action::TagKounta {
+                        kounta_id,
+                        write: KountaCustomerWrite {
+                            tags: Some(tags),
+                            ..KountaCustomerWrite::default()
+                        },
+                        link: tombstone,
+                    });
+                    return;
+                }
+            }
+            KountaOnFarmflowDelete::Unlink => {
+                if !full.reference_id.trim().is_empty() {
+                    self.actions.push(Action::UnlinkKounta {
+                        kounta_id,
+                        write: KountaCustomerWrite {
+                            reference_id: Some(String::new()),
+                            ..KountaCustomerWrite::default()
+                        },
+                        link: tombstone,
+                    });
+                    return;
+                }
+            }
+            KountaOnFarmflowDelete::Ignore => {}
+        }
+        self.actions.push(Action::Tombstone {
+            reason,
+            link: tombstone,
+        });
+    }
+
+    /// A CRM customer whose `reference_id` names a FarmFlow customer that no longer exists.
+    fn plan_dangling(&mut self, d: &matching::Dangling) {
+        let reference_id = ReferenceId::for_farmflow(d.farmflow_id);
+        if self.guard.is_some() {
+            self.actions.push(Action::Skip {
+                subject: Subject::Kounta(d.kounta_id),
+                reason: SkipReason::GuardTripped,
+            });
+            return;
+        }
+        let (Some(full), Some(k)) = (
+            self.w.full.get(&d.kounta_id),
+            self.w.full_mapped.get(&d.kounta_id),
+        ) else {
+            return;
+        };
+        let previous = self.w.links.get(&d.farmflow_id);
+        let tombstone = LinkAfter {
+            reference_id,
+            farmflow_id: d.farmflow_id,
+            kounta_id: Some(d.kounta_id),
+            state: LinkState::Tombstone,
+            kounta_snapshot: Some(k.clone()),
+            farmflow_snapshot: previous.and_then(|l| l.farmflow_snapshot.clone()),
+            kounta_verified: true,
+            kounta_read: true,
+        };
+        self.show_farmflow_deletion(full, tombstone, TombstoneReason::DanglingReference);
+    }
+
+    // ----- new links and the merge ---------------------------------------------------------
+
+    fn plan_new_link(&mut self, pair: &matching::MatchedPair) {
+        let (Some(full), Some(k)) = (
+            self.w.full.get(&pair.kounta_id).copied(),
+            self.w.full_mapped.get(&pair.kounta_id).cloned(),
+        ) else {
+            return;
+        };
+        let Some((record, f)) = self.w.farmflow.get(&pair.farmflow_id) else {
+            return;
+        };
+        let reference_id = ReferenceId::for_farmflow(pair.farmflow_id);
+        self.actions.push(Action::Link {
+            rule: pair.rule,
+            kounta_id: pair.kounta_id,
+            farmflow_id: pair.farmflow_id,
+            link: LinkAfter {
+                reference_id: reference_id.clone(),
+                farmflow_id: pair.farmflow_id,
+                kounta_id: Some(pair.kounta_id),
+                state: LinkState::Active,
+                kounta_snapshot: None,
+                farmflow_snapshot: None,
+                kounta_verified: false,
+                kounta_read: false,
+            },
+        });
+        self.merge(MergeInput {
+            reference_id,
+            farmflow_id: pair.farmflow_id,
+            kounta_id: pair.kounta_id,
+            stored: None,
+            full: Some(full),
+            k,
+            farmflow: record,
+            f,
+        });
+    }
+
+    /// The three-way merge of one link, each side against its own snapshot (DESIGN.md step 3).
+    fn merge(&mut self, m: MergeInput<'_>) {
+        let stored_k = m.stored.and_then(|l| l.kounta_snapshot.as_ref());
+        let stored_f = m.stored.and_then(|l| l.farmflow_snapshot.as_ref());
+        let base_k = stored_k.cloned().unwrap_or_default();
+        let base_f = stored_f.cloned().unwrap_or_default();
+        let fc = &m.f.customer;
+
+        let mut agree = Vec::new();
+        let mut to_kounta = Vec::new();
+        let mut to_farmflow = Vec::new();
+        let mut conflicts = Vec::new();
+        for field in Field::ALL {
+            if field == Field::Country && m.f.unmapped_country.is_some() {
+                // FarmFlow's text names no country: it is never copied to the CRM, and only a
+                // country change made in the CRM since a known snapshot overwrites it.
+                if stored_k.is_some() && !Customer::field_eq_normalised(&m.k, &base_k, field) {
+                    to_farmflow.push(field);
+                } else {
+                    agree.push(field);
+                }
+                continue;
+            }
+            if Customer::field_eq_normalised(&m.k, fc, field) {
+                agree.push(field);
+                continue;
+            }
+            let k_changed = !Customer::field_eq_normalised(&m.k, &base_k, field);
+            let f_changed = !Customer::field_eq_normalised(fc, &base_f, field);
+            match (k_changed, f_changed) {
+                (true, false) => to_farmflow.push(field),
+                (false, true) => to_kounta.push(field),
+                (true, true) => {
+                    conflicts.push(field);
+                    match self.w.policy.conflict_winner {
+                        ConflictWinner::Kounta => to_farmflow.push(field),
+                        ConflictWinner::Farmflow => to_kounta.push(field),
+                    }
+                }
+                // Neither side moved since its snapshot: a difference the sides cannot hold
+                // alike (a CRM phone that falls back to mobile). Writing would only ping-pong.
+                (false, false) => {}
+            }
+        }
+
+        if m.full.is_none() && !to_kounta.is_empty() {
+            // A CRM write needs the full current record (partial update, address replaced
+            // whole), and a listed-only record may hide a same-field edit: read it first.
+            self.needs_reads.insert(m.kounta_id);
+            self.actions.push(Action::Skip {
+                subject: Subject::Link(m.reference_id),
+                reason: SkipReason::KountaNotRead,
+            });
+            return;
+        }
+        self.merge_writes(&m, agree, to_kounta, to_farmflow, conflicts);
+    }
+
+    /// Emits a link's writes, each carrying the snapshots as they will be once it and the
+    /// link's earlier actions succeeded: a side's snapshot of a field moves only when the
+    /// other side holds the value too.
+    fn merge_writes(
+        &mut self,
+        m: &MergeInput<'_>,
+        agree: Vec<Field>,
+        to_kounta: Vec<Field>,
+        to_farmflow: Vec<Field>,
+        conflicts: Vec<Field>,
+    ) {
+        let fc = &m.f.customer;
+        let full = m.full;
+        let mut snap_k = m
+            .stored
+            .and_then(|l| l.kounta_snapshot.clone())
+            .unwrap_or_default();
+        let mut snap_f = m
+            .stored
+            .and_then(|l| l.farmflow_snapshot.clone())
+            .unwrap_or_default();
+        for &field in &agree {
+            snap_k.set(field, m.k.get(field));
+            snap_f.set(field, fc.get(field));
+        }
+        let read = full.is_some();
+        let stored_verified = m.stored.is_some_and(|l| l.kounta_verified);
+        let mut verified = if read { true } else { stored_verified };
+        let after = |snap_k: &Customer, snap_f: &Customer, verified: bool| LinkAfter {
+            reference_id: m.reference_id.clone(),
+            farmflow_id: m.farmflow_id,
+            kounta_id: Some(m.kounta_id),
+            state: LinkState::Active,
+            kounta_snapshot: Some(snap_k.clone()),
+            farmflow_snapshot: Some(snap_f.clone()),
+            kounta_verified: verified,
+            kounta_read: read,
+        };
+        let mut wrote = false;
+
+        if let Some(full) = full {
+            let mut write = customer::kounta_update(full, fc, &to_kounta);
+            if ReferenceId::parse(&full.reference_id).as_ref() != Some(&m.reference_id) {
+                write.reference_id = Some(m.reference_id.as_str().to_owned());
+            }
+            let k_after = Customer::from_kounta(&customer::kounta_after_write(full, &write));
+            for &field in &to_kounta {
+                snap_k.set(field, k_after.get(field));
+                snap_f.set(field, fc.get(field));
+            }
+            if !customer::kounta_write_is_empty(&write) {
+                verified = false;
+                wrote = true;
+                self.actions.push(Action::UpdateKounta {
+                    kounta_id: m.kounta_id,
+                    fields: to_kounta.clone(),
+                    write,
+                    link: after(&snap_k, &snap_f, verified),
+                });
+            }
+        }
+
+        if !to_farmflow.is_empty() {
+            let body = customer::farmflow_update(
+                &m.farmflow.fields,
+                &m.k,
+                &to_farmflow,
+                self.w.policy.country_format,
+            );
+            let f_after = Customer::from_farmflow(&body).customer;
+            for &field in &to_farmflow {
+                snap_f.set(field, f_after.get(field));
+                snap_k.set(field, m.k.get(field));
+            }
+            if body != m.farmflow.fields {
+                wrote = true;
+                self.actions.push(Action::UpdateFarmflow {
+                    farmflow_id: m.farmflow_id,
+                    fields: to_farmflow.clone(),
+                    body,
+                    link: after(&snap_k, &snap_f, verified),
+                });
+            }
+        }
+
+        for field in conflicts {
+            self.actions.push(Action::Conflict(ConflictRecord {
+                reference_id: m.reference_id.clone(),
+                field,
+                kounta_value: m.k.get(field).to_owned(),
+                farmflow_value: fc.get(field).to_owned(),
+                winner: self.w.policy.conflict_winner,
+            }));
+        }
+
+        if !wrote {
+            let link = after(&snap_k, &snap_f, verified);
+            let unchanged = m.stored.is_some_and(|l| {
+                l.state == LinkState::Active
+                    && l.kounta_snapshot.as_ref() == link.kounta_snapshot.as_ref()
+                    && l.farmflow_snapshot.as_ref() == link.farmflow_snapshot.as_ref()
+                    && l.kounta_verified == link.kounta_verified
+            });
+            // A full read is a verification worth recording even when nothing else moved.
+            if !unchanged || read {
+                self.actions.push(Action::Refresh { link });
+            }
+        }
+    }
+
+    // ----- creates -------------------------------------------------------------------------
+
+    fn kounta_create(
+        &self,
+        reference_id: ReferenceId,
+        farmflow_id: FarmflowId,
+        source: &Customer,
+    ) -> KountaCreate {
+        let write = customer::kounta_create(source, &reference_id);
+        let kounta_snapshot = Customer::from_kounta(&customer::kounta_created(&write));
+        KountaCreate {
+            reference_id,
+            farmflow_id,
+            write,
+            kounta_snapshot,
+            farmflow_snapshot: source.clone(),
+        }
+    }
+
+    fn farmflow_create(&self, kounta_id: KountaId, source: &Customer) -> FarmflowCreate {
+        let fields = customer::farmflow_create(source, self.w.policy.country_format);
+        let farmflow_snapshot = Customer::from_farmflow(&fields).customer;
+        FarmflowCreate {
+            kounta_id,
+            fields,
+            kounta_snapshot: source.clone(),
+            farmflow_snapshot,
+        }
+    }
+
+    fn plan_creates_in_kounta(&mut self, matching: &matching::Matching) {
+        let paired: BTreeSet<FarmflowId> = matching.pairs.iter().map(|p| p.farmflow_id).collect();
+        let held: BTreeSet<FarmflowId> = matching.held_farmflow.iter().copied().collect();
+        let candidates: Vec<FarmflowId> = self
+            .w
+            .farmflow
+            .keys()
+            .filter(|id| !self.w.links.contains_key(id) && !paired.contains(id))
+            .copied()
+            .collect();
+        for id in candidates {
+            let Some((_, f)) = self.w.farmflow.get(&id) else {
+                continue;
+            };
+            let customer = f.customer.clone();
+            let reason = if !self.w.input.kounta_list_complete {
+                Some(SkipReason::KountaListIncomplete)
+            } else if held.contains(&id) || !matching.unread_kounta.is_empty() {
+                Some(SkipReason::UnreadKountaRecords)
+            } else if self.guard_blocks_creates_into_kounta() {
+                Some(SkipReason::GuardTripped)
+            } else {
+                kounta_can_hold(&customer).err()
+            };
+            if let Some(reason) = reason {
+                if matches!(reason, SkipReason::NoContact | SkipReason::NoFirstName) {
+                    self.attention.push(Attention {
+                        kind: AttentionKind::Skipped,
+                        kounta_id: None,
+                        farmflow_id: Some(id),
+                        detail: format!("farmflow {id} is not created in the crm: {reason}"),
+                    });
+                }
+                self.actions.push(Action::Skip {
+                    subject: Subject::Farmflow(id),
+                    reason,
+                });
+                continue;
+            }
+            let create = self.kounta_create(ReferenceId::for_farmflow(id), id, &customer);
+            self.actions.push(Action::CreateKounta(create));
+        }
+    }
+
+    fn plan_creates_in_farmflow(&mut self, matching: &matching::Matching) {
+        let candidates: Vec<KountaId> = self
+            .w
+            .full
+            .keys()
+            .filter(|k| !self.w.linked_kounta.contains(k) && !matching.kounta_settled(**k))
+            .copied()
+            .collect();
+        for kounta_id in candidates {
+            let Some(k) = self.w.full_mapped.get(&kounta_id).cloned() else {
+                continue;
+            };
+            let reason = if self.guard_blocks_creates_into_farmflow() {
+                Some(SkipReason::GuardTripped)
+            } else if k.first_name.trim().is_empty() {
+                Some(SkipReason::NoFirstName)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                if reason == SkipReason::NoFirstName {
+                    self.attention.push(Attention {
+                        kind: AttentionKind::Skipped,
+                        kounta_id: Some(kounta_id),
+                        farmflow_id: None,
+                        detail: format!("crm {kounta_id} is not created in farmflow: {reason}"),
+                    });
+                }
+                self.actions.push(Action::Skip {
+                    subject: Subject::Kounta(kounta_id),
+                    reason,
+                });
+                continue;
+            }
+            let create = self.farmflow_create(kounta_id, &k);
+            self.actions.push(Action::CreateFarmflow(create));
+        }
+    }
+
+    fn report_unmappable_countries(&mut self) {
+        for (id, (_, f)) in &self.w.farmflow {
+            if let Some(text) = &f.unmapped_country {
+                self.attention.push(Attention {
+                    kind: AttentionKind::UnmappableCountry,
+                    kounta_id: self.w.links.get(id).and_then(|l| l.kounta_id),
+                    farmflow_id: Some(*id),
+                    detail: format!(
+                        "farmflow {id} country {text:?} names no country; left out of crm writes"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+struct MergeInput<'m> {
+    reference_id: ReferenceId,
+    farmflow_id: FarmflowId,
+    kounta_id: KountaId,
+    /// The link row; `None` for a link made this run.
+    stored: Option<&'m Link>,
+    /// The CRM record read in full this run.
+    full: Option<&'m KountaCustomer>,
+    /// The CRM side's canonical record (read, or the snapshot when unchanged).
+    k: Customer,
+    farmflow: &'m FarmflowCustomer,
+    f: &'m FromFarmflow,
+}
+
+/// The link row as it is, to be adjusted with struct-update syntax.
+fn keep(link: &Link) -> LinkAfter {
+    LinkAfter {
+        reference_id: link.reference_id.clone(),
+        farmflow_id: link.farmflow_id,
+        kounta_id: link.kounta_id,
+        state: link.state,
+        kounta_snapshot: link.kounta_snapshot.clone(),
+        farmflow_snapshot: link.farmflow_snapshot.clone(),
+        kounta_verified: link.kounta_verified,
+        kounta_read: false,
+    }
+}
+
+/// Whether a list item's fields (first, last, email) equal a snapshot's, normalised.
+fn listed_equals(item: &KountaListItem, snapshot: &Customer) -> bool {
+    let listed = Customer {
+        first_name: item.first_name.clone(),
+        last_name: item.last_name.clone(),
+        email: item.email.clone(),
+        ..Customer::default()
+    };
+    Field::LISTED
+        .into_iter()
+        .all(|f| Customer::field_eq_normalised(&listed, snapshot, f))
+}
+
+/// Whether the CRM can hold this customer: a first name and an email or phone.
+fn kounta_can_hold(c: &Customer) -> Result<(), SkipReason> {
+    if !c.has_contact() {
+        Err(SkipReason::NoContact)
+    } else if c.first_name.trim().is_empty() {
+        Err(SkipReason::NoFirstName)
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
