@@ -5,12 +5,14 @@
 //! ## Layout
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
+//! - [`http`]: shared client plumbing: error taxonomy, rate limiter, retries, counters.
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
 //! - [`store`]: the SQLite state store.
 //! - [`sync`]: policy, the pure plan, apply and the run.
 
 pub mod customer;
 pub mod farmflow;
+pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod store;
