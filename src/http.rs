@@ -805,11 +805,13 @@ fn classify(err: &reqwest::Error) -> TransportKind {
         .iter()
         .any(|word| chain.contains(word));
     if err.is_connect() {
-        if mentions_tls {
+        let io = io_kind(err);
+        // rustls reports handshake failures as `InvalidData` I/O errors.
+        if mentions_tls || io == Some(std::io::ErrorKind::InvalidData) {
             TransportKind::Tls
         } else if err.is_dns() {
             TransportKind::Dns
-        } else if io_kind(err) == Some(std::io::ErrorKind::ConnectionRefused) {
+        } else if io == Some(std::io::ErrorKind::ConnectionRefused) {
             TransportKind::Refused
         } else {
             TransportKind::Connect

@@ -807,14 +807,24 @@ impl KountaClient {
         let status = raw.status.as_u16();
         let message = self.explanation(raw);
         match status {
-            401 | 403 => ApiError::Auth {
+            403 => ApiError::Auth {
+                api: Api::Kounta,
+                message: format!(
+                    "Kounta denied access (403, sent Authorization: {}): {message} — check kounta.company_id and the credentials",
+                    match self.auth {
+                        AuthMode::Basic(_) => "Basic",
+                        AuthMode::OAuth(_) => "Bearer",
+                    }
+                ),
+            },
+            401 => ApiError::Auth {
                 api: Api::Kounta,
                 message: match self.auth {
                     AuthMode::Basic(_) => format!(
-                        "Kounta refused the credentials ({status}, sent Authorization: Basic): {message} — check kounta.client_id and kounta.client_secret"
+                        "Kounta refused the credentials (401, sent Authorization: Basic): {message} — check kounta.client_id and kounta.client_secret"
                     ),
                     AuthMode::OAuth(_) => format!(
-                        "Kounta refused the access token ({status}, sent Authorization: Bearer): {message} — authorise farmsync again and set kounta.refresh_token"
+                        "Kounta refused the access token (401, sent Authorization: Bearer): {message} — authorise farmsync again and set kounta.refresh_token"
                     ),
                 },
             },
