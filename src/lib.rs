@@ -9,6 +9,7 @@
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
 //! - [`country`]: country spellings to ISO alpha-2 and back.
+//! - [`http`]: shared client plumbing: error taxonomy, rate limiter, retries, counters.
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
 //! - [`store`]: the SQLite state store (links, journal, runs, conflicts, tokens, hints).
 //! - [`lock`]: the single-instance lock beside the state DB.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod country;
 pub mod customer;
 pub mod farmflow;
+pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod lock;

@@ -1,0 +1,1165 @@
+//! Shared client plumbing: the error taxonomy, a per-API rate limiter, retries with backoff,
+//! request counters and the lenient JSON helpers both clients decode with.
+//!
+//! Both API clients send every request through [`HttpCore::execute`], which waits for the rate
+//! limiter before *each* attempt (so retries count against the limit too), retries what is safe
+//! to retry, and turns what is not into a typed [`ApiError`].
+
+use std::collections::VecDeque;
+use std::error::Error as _;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tokio::time::Instant;
+
+/// The `User-Agent` every request carries.
+pub const USER_AGENT: &str = concat!("farmsync/", env!("CARGO_PKG_VERSION"));
+
+/// Longest excerpt of a response body an error carries, in characters.
+pub const EXCERPT_CHARS: usize = 200;
+
+/// Which remote API a request, error or counter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Api {
+    /// The Kounta-style CRM.
+    Kounta,
+    /// FarmFlow.
+    Farmflow,
+}
+
+impl Api {
+    /// The config section holding this API's settings, for messages that say what to check.
+    pub fn config_section(self) -> &'static str {
+        match self {
+            Api::Kounta => "kounta",
+            Api::Farmflow => "farmflow",
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Api::Kounta => "Kounta",
+            Api::Farmflow => "FarmFlow",
+        })
+    }
+}
+
+/// How a request failed below HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// The connection was refused: the request was never sent.
+    Refused,
+    /// The connection could not be opened for another reason: the request was never sent.
+    Connect,
+    /// The host name did not resolve: the request was never sent.
+    Dns,
+    /// The TLS handshake failed (certificate, protocol): the request was never sent.
+    Tls,
+    /// No complete answer within the timeout: the request may have been applied.
+    Timeout,
+    /// The connection broke after the request went out: it may have been applied.
+    Connection,
+}
+
+impl TransportKind {
+    /// Whether the request certainly never reached the server, so even a create may be resent.
+    pub fn never_sent(self) -> bool {
+        matches!(
+            self,
+            TransportKind::Refused
+                | TransportKind::Connect
+                | TransportKind::Dns
+                | TransportKind::Tls
+        )
+    }
+
+    /// Whether trying again can help (a bad certificate will not fix itself).
+    pub fn is_transient(self) -> bool {
+        !matches!(self, TransportKind::Tls)
+    }
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportKind::Refused => "connection refused",
+            TransportKind::Connect => "could not connect",
+            TransportKind::Dns => "host name did not resolve",
+            TransportKind::Tls => "TLS handshake failed",
+            TransportKind::Timeout => "timed out",
+            TransportKind::Connection => "connection lost",
+        })
+    }
+}
+
+/// Every way a call to either API can fail. Messages are lower-case where they can be and say
+/// what to check next; none carries a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The API refused the credentials; `message` names the header sent and the settings to check.
+    #[error("{message}")]
+    Auth {
+        /// Which API.
+        api: Api,
+        /// What was refused, with which header, and what to check.
+        message: String,
+    },
+    /// The record (or company) does not exist.
+    #[error("{api} has no {what} (404)")]
+    NotFound {
+        /// Which API.
+        api: Api,
+        /// What was looked for, e.g. `customer 42`.
+        what: String,
+    },
+    /// The API rejected the request's content (400, 422, or a 2xx whose body says error).
+    #[error("{api} rejected the request ({status}): {message}")]
+    Validation {
+        /// Which API.
+        api: Api,
+        /// The HTTP status.
+        status: u16,
+        /// The API's own explanation.
+        message: String,
+    },
+    /// The write clashes with existing data (409), e.g. a duplicate mobile.
+    #[error("{api} reported a conflict (409): {message}")]
+    Conflict {
+        /// Which API.
+        api: Api,
+        /// The API's own explanation.
+        message: String,
+    },
+    /// Still answered 429 after every retry, or asked for a longer wait than farmsync will make.
+    #[error(
+        "{api} is rate limiting farmsync (429){}; lower {}.requests_per_minute or try later",
+        retry_after.map(|d| format!(", asked to wait {}s", d.as_secs())).unwrap_or_default(),
+        api.config_section()
+    )]
+    RateLimited {
+        /// Which API.
+        api: Api,
+        /// The wait the API advised, if any.
+        retry_after: Option<Duration>,
+    },
+    /// A 5xx answer, still failing after every retry.
+    #[error("{api} server error ({status}): {excerpt}")]
+    Server {
+        /// Which API.
+        api: Api,
+        /// The HTTP status.
+        status: u16,
+        /// A short excerpt of the body.
+        excerpt: String,
+    },
+    /// The request did not get an HTTP answer.
+    #[error("could not reach {api} at {url} ({kind}): {detail}")]
+    Transport {
+        /// Which API.
+        api: Api,
+        /// How it failed.
+        kind: TransportKind,
+        /// The URL tried, without its query.
+        url: String,
+        /// The underlying error chain.
+        detail: String,
+    },
+    /// A success answer farmsync cannot read.
+    #[error("{api} sent an answer farmsync cannot read ({reason}): {excerpt:?}")]
+    Decode {
+        /// Which API.
+        api: Api,
+        /// What was wrong with it.
+        reason: String,
+        /// A short excerpt of the body (at most [`EXCERPT_CHARS`] characters).
+        excerpt: String,
+    },
+    /// A create whose answer was lost: it may or may not have happened. Never retried blindly.
+    #[error(
+        "{api} {operation} may or may not have happened ({cause}); look the record up before creating it again"
+    )]
+    OutcomeUnknown {
+        /// Which API.
+        api: Api,
+        /// The operation, e.g. `customer create`.
+        operation: String,
+        /// Why the outcome is unknown.
+        cause: String,
+    },
+    /// The OAuth token store failed; a rotated token that could not be stored was not used.
+    #[error(
+        "the Kounta token store failed ({message}); no unstored token was used — fix the state database, then authorise farmsync again if Kounta refuses the old token"
+    )]
+    TokenStore {
+        /// The store's error.
+        message: String,
+    },
+    /// The client's own settings cannot work (a header name with a space, a base URL that is
+    /// not a URL).
+    #[error("{api} client settings are invalid: {message}")]
+    Config {
+        /// Which API.
+        api: Api,
+        /// What is wrong and which key to check.
+        message: String,
+    },
+}
+
+impl ApiError {
+    /// Whether the same request may succeed later without anyone changing anything.
+    ///
+    /// `OutcomeUnknown` is not transient: it must be resolved by a lookup, never by a resend.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::RateLimited { .. } | ApiError::Server { .. } => true,
+            ApiError::Transport { kind, .. } => kind.is_transient(),
+            _ => false,
+        }
+    }
+
+    /// Whether this failure means the credentials were refused (exit 4, not a per-record failure).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ApiError::Auth { .. } | ApiError::TokenStore { .. })
+    }
+
+    /// The API this error came from, when it came from one.
+    pub fn api(&self) -> Option<Api> {
+        match self {
+            ApiError::Auth { api, .. }
+            | ApiError::NotFound { api, .. }
+            | ApiError::Validation { api, .. }
+            | ApiError::Conflict { api, .. }
+            | ApiError::RateLimited { api, .. }
+            | ApiError::Server { api, .. }
+            | ApiError::Transport { api, .. }
+            | ApiError::Decode { api, .. }
+            | ApiError::OutcomeUnknown { api, .. }
+            | ApiError::Config { api, .. } => Some(*api),
+            ApiError::TokenStore { .. } => Some(Api::Kounta),
+        }
+    }
+}
+
+/// A body a pure decoder could not read: why, and a short excerpt of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    /// What was wrong, e.g. `customer 12: "phone" is an object`.
+    pub reason: String,
+    /// At most [`EXCERPT_CHARS`] characters of the body.
+    pub excerpt: String,
+}
+
+impl DecodeError {
+    /// A decode error for `body` with the given reason.
+    pub fn new(reason: impl Into<String>, body: &[u8]) -> Self {
+        DecodeError {
+            reason: reason.into(),
+            excerpt: excerpt(body),
+        }
+    }
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {:?}", self.reason, self.excerpt)
+    }
+}
+
+/// A short, single-line excerpt of a body for an error message: whitespace and control
+/// characters collapsed, at most [`EXCERPT_CHARS`] characters.
+pub fn excerpt(body: &[u8]) -> String {
+    excerpt_text(&String::from_utf8_lossy(body))
+}
+
+/// [`excerpt`] over text already decoded.
+pub fn excerpt_text(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = 0usize;
+    let mut pending_space = false;
+    for c in text.chars() {
+        if c.is_whitespace() || c.is_control() {
+            pending_space = chars > 0;
+            continue;
+        }
+        let needed = if pending_space { 2 } else { 1 };
+        if chars + needed > EXCERPT_CHARS - 1 {
+            out.push('…');
+            return out;
+        }
+        if pending_space {
+            out.push(' ');
+            chars += 1;
+            pending_space = false;
+        }
+        out.push(c);
+        chars += 1;
+    }
+    out
+}
+
+/// The answer of a successful read-only probe (`farmsync check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Which API answered.
+    pub api: Api,
+    /// What was read, e.g. `company 5678: 25 customers on the first page`.
+    pub detail: String,
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ok — {}", self.api, self.detail)
+    }
+}
+
+/// Request counters of one API, for the run summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestCounts {
+    /// Read attempts sent (retries included).
+    pub reads: u64,
+    /// Write attempts sent (retries included).
+    pub writes: u64,
+    /// How many of the reads and writes were retries.
+    pub retries: u64,
+    /// OAuth token refreshes sent.
+    pub refreshes: u64,
+    /// Answers that were 429.
+    pub throttled: u64,
+}
+
+impl RequestCounts {
+    /// Every request sent to the API.
+    pub fn total(&self) -> u64 {
+        self.reads + self.writes + self.refreshes
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    retries: AtomicU64,
+    refreshes: AtomicU64,
+    throttled: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            refreshes: self.refreshes.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A sliding-window rate limiter: no window of the configured length ever holds more grants
+/// than the limit. A token bucket would not do: a full bucket plus a window's refill lets
+/// through nearly twice the limit in one minute.
+#[derive(Debug)]
+pub struct RateLimiter {
+    limit: usize,
+    window: Duration,
+    grants: Mutex<VecDeque<Instant>>,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_minute` requests in any 60-second window (0 is treated as 1).
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self::new(per_minute, Duration::from_secs(60))
+    }
+
+    /// A limiter allowing `limit` grants in any `window`.
+    ///
+    /// The window is kept a little longer than asked (1/120 of it, half a second a minute) so
+    /// that a server timing arrivals, which lag grants by a varying few milliseconds, also never
+    /// counts more than `limit` in its own window.
+    pub fn new(limit: u32, window: Duration) -> Self {
+        let limit = limit.max(1) as usize;
+        RateLimiter {
+            limit,
+            window: window + window / 120,
+            grants: Mutex::new(VecDeque::with_capacity(limit.min(4096))),
+        }
+    }
+
+    /// The configured limit per window.
+    pub fn limit(&self) -> u32 {
+        u32::try_from(self.limit).unwrap_or(u32::MAX)
+    }
+
+    /// Waits until one more request fits in the window, then records it.
+    pub async fn acquire(&self) {
+        loop {
+            let wait_until = {
+                let mut grants = self.lock();
+                let now = Instant::now();
+                Self::expire(&mut grants, now, self.window);
+                if grants.len() < self.limit {
+                    grants.push_back(now);
+                    return;
+                }
+                match grants.front() {
+                    Some(oldest) => *oldest + self.window,
+                    None => now,
+                }
+            };
+            tokio::time::sleep_until(wait_until).await;
+        }
+    }
+
+    /// How many grants the current window holds (the requests of the last minute).
+    pub fn recent(&self) -> u32 {
+        let mut grants = self.lock();
+        Self::expire(&mut grants, Instant::now(), self.window);
+        u32::try_from(grants.len()).unwrap_or(u32::MAX)
+    }
+
+    fn expire(grants: &mut VecDeque<Instant>, now: Instant, window: Duration) {
+        while grants.front().is_some_and(|t| *t + window <= now) {
+            grants.pop_front();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+        // The guarded deque is always consistent, so a poisoned lock is still usable.
+        self.grants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// When and how often to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first backoff ceiling; it doubles with each retry.
+    pub base: Duration,
+    /// The largest backoff ceiling.
+    pub cap: Duration,
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// The longest wait a 429 may ask for; a longer one ends the request with `RateLimited`.
+    pub max_advised_wait: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+            max_retries: 5,
+            max_advised_wait: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all (for a quick `check`).
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..Self::default()
+        }
+    }
+
+    /// Full-jitter backoff before retry number `retry` (0 = the first retry): `unit` (in
+    /// `[0, 1]`, drawn at random) times `min(cap, base × 2^retry)`.
+    pub fn backoff(&self, retry: u32, unit: f64) -> Duration {
+        let ceiling = self
+            .base
+            .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
+            .unwrap_or(self.cap)
+            .min(self.cap);
+        ceiling.mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// The wait a 429 advises: the later of `X-Ratelimit-Reset` (below 10⁹ a delay in seconds,
+/// else epoch seconds) and `Retry-After` (seconds, or an HTTP date). `now` is the wall clock.
+pub fn advised_wait(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let now_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let reset = header_text(headers, "x-ratelimit-reset").and_then(|text| {
+        let value: f64 = text
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite() && *v >= 0.0)?;
+        if value < 1e9 {
+            Some(Duration::from_secs_f64(value.min(1e7)))
+        } else {
+            Some(Duration::from_secs_f64(value.min(1e12)).saturating_sub(now_epoch))
+        }
+    });
+    let retry_after = header_text(headers, RETRY_AFTER.as_str()).and_then(|text| {
+        if let Ok(secs) = text.parse::<u64>() {
+            return Some(Duration::from_secs(secs.min(10_000_000)));
+        }
+        let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
+        let at = u64::try_from(at.timestamp()).ok()?;
+        Some(Duration::from_secs(at).saturating_sub(now_epoch))
+    });
+    match (reset, retry_after) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// What a request is, which decides what may be retried and how it is counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    /// A read: retried on 429, 5xx, timeouts and connection errors.
+    Read,
+    /// A write that may safely be sent twice (Kounta PUT, FarmFlow update and delete).
+    IdempotentWrite,
+    /// A create: resent only when it certainly was not applied (429, never sent).
+    Create,
+    /// An OAuth token refresh: retried like a read, counted apart.
+    Refresh,
+}
+
+/// A complete HTTP answer, body read.
+#[derive(Debug, Clone)]
+pub(crate) struct Raw {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The part of each client that sends requests: one `reqwest::Client`, one rate limiter, one
+/// retry policy, one set of counters.
+#[derive(Debug)]
+pub(crate) struct HttpCore {
+    pub api: Api,
+    client: reqwest::Client,
+    limiter: RateLimiter,
+    retry: RetryPolicy,
+    counters: Counters,
+    /// Values that must never appear in an error message, even if a server echoes them.
+    secrets: RwLock<Vec<SecretString>>,
+}
+
+impl HttpCore {
+    /// A core for `api` with the given per-request timeout and rate.
+    pub fn new(api: Api, timeout: Duration, requests_per_minute: u32) -> Result<Self, ApiError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        let client = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .default_headers(headers)
+            .timeout(timeout)
+            // Lookups answer 302 with the id in `Location`; following it would also risk
+            // sending credentials elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            // Every attempt must pass the rate limiter, so the library may not resend on its own.
+            .retry(reqwest::retry::never())
+            .build()
+            .map_err(|e| ApiError::Config {
+                api,
+                message: format!("cannot build the HTTP client: {}", error_chain(&e)),
+            })?;
+        Ok(HttpCore {
+            api,
+            client,
+            limiter: RateLimiter::per_minute(requests_per_minute),
+            retry: RetryPolicy::default(),
+            counters: Counters::default(),
+            secrets: RwLock::new(Vec::new()),
+        })
+    }
+
+    /// The underlying HTTP client, to build requests with.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// Replaces the retry policy.
+    pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
+        self.retry = policy;
+    }
+
+    /// Replaces the rate limiter.
+    pub fn set_limiter(&mut self, limiter: RateLimiter) {
+        self.limiter = limiter;
+    }
+
+    /// The rate limiter, so the run can see the requests of the last minute.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    /// The counters so far.
+    pub fn counts(&self) -> RequestCounts {
+        self.counters.snapshot()
+    }
+
+    /// Adds a value that must be blanked out of every excerpt.
+    pub fn add_secret(&self, secret: &SecretString) {
+        if secret.expose_secret().len() >= 4 {
+            let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
+            secrets.push(secret.clone());
+        }
+    }
+
+    /// `text` with every known secret blanked out.
+    pub fn redact(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+        for secret in secrets.iter() {
+            text = text.replace(secret.expose_secret(), "[redacted]");
+        }
+        text
+    }
+
+    /// An excerpt of `body` with every known secret blanked out.
+    pub fn excerpt(&self, body: &[u8]) -> String {
+        excerpt_text(&self.redact(&String::from_utf8_lossy(body)))
+    }
+
+    /// A decode error for `body`, its excerpt redacted.
+    pub fn decode_error(&self, err: DecodeError, body: &[u8]) -> ApiError {
+        ApiError::Decode {
+            api: self.api,
+            reason: err.reason,
+            excerpt: self.excerpt(body),
+        }
+    }
+
+    /// A `Decode` error for an answer whose status the caller did not expect.
+    pub fn unexpected(&self, raw: &Raw) -> ApiError {
+        ApiError::Decode {
+            api: self.api,
+            reason: format!("unexpected status {}", raw.status.as_u16()),
+            excerpt: self.excerpt(&raw.body),
+        }
+    }
+
+    /// Sends the request `build` makes, retrying what may be retried. Answers 429 and 5xx never
+    /// come back as `Ok`; every other status does, for the caller to interpret.
+    ///
+    /// `operation` names the call in errors and logs, e.g. `customer create`.
+    pub async fn execute<F>(&self, call: Call, operation: &str, build: F) -> Result<Raw, ApiError>
+    where
+        F: Fn() -> reqwest::RequestBuilder,
+    {
+        let api = self.api;
+        let mut retries = 0u32;
+        loop {
+            self.limiter.acquire().await;
+            self.count_attempt(call, retries > 0);
+            let request = build();
+            let wait = match self.attempt(request).await {
+                Attempt::Answer(raw) if raw.status == StatusCode::TOO_MANY_REQUESTS => {
+                    // Refused by the limiter: not applied, so even a create may be resent.
+                    self.counters.throttled.fetch_add(1, Ordering::Relaxed);
+                    let advised = advised_wait(&raw.headers, SystemTime::now());
+                    let too_long = advised.is_some_and(|d| d > self.retry.max_advised_wait);
+                    if retries >= self.retry.max_retries || too_long {
+                        return Err(ApiError::RateLimited {
+                            api,
+                            retry_after: advised,
+                        });
+                    }
+                    advised.unwrap_or_else(|| self.jitter(retries))
+                }
+                Attempt::Answer(raw) if raw.status.is_server_error() => {
+                    let excerpt = self.excerpt(&raw.body);
+                    if call == Call::Create {
+                        return Err(ApiError::OutcomeUnknown {
+                            api,
+                            operation: operation.to_owned(),
+                            cause: format!("answered {}: {excerpt}", raw.status.as_u16()),
+                        });
+                    }
+                    if retries >= self.retry.max_retries {
+                        return Err(ApiError::Server {
+                            api,
+                            status: raw.status.as_u16(),
+                            excerpt,
+                        });
+                    }
+                    self.jitter(retries)
+                }
+                Attempt::Answer(raw) => return Ok(raw),
+                Attempt::Failed { kind, url, detail } => {
+                    if call == Call::Create && !kind.never_sent() {
+                        return Err(ApiError::OutcomeUnknown {
+                            api,
+                            operation: operation.to_owned(),
+                            cause: format!("{kind}: {detail}"),
+                        });
+                    }
+                    if !kind.is_transient() || retries >= self.retry.max_retries {
+                        return Err(ApiError::Transport {
+                            api,
+                            kind,
+                            url,
+                            detail,
+                        });
+                    }
+                    self.jitter(retries)
+                }
+            };
+            tracing::debug!(
+                api = %api,
+                operation,
+                retry = retries + 1,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "http.retry"
+            );
+            tokio::time::sleep(wait).await;
+            retries += 1;
+        }
+    }
+
+    async fn attempt(&self, request: reqwest::RequestBuilder) -> Attempt {
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(err) => return Attempt::failed(&err),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let url = strip_query(response.url());
+        match response.bytes().await {
+            Ok(body) => Attempt::Answer(Raw {
+                status,
+                headers,
+                body,
+            }),
+            // A 429 is a refusal whatever happened to its body.
+            Err(_) if status == StatusCode::TOO_MANY_REQUESTS => Attempt::Answer(Raw {
+                status,
+                headers,
+                body: Bytes::new(),
+            }),
+            Err(err) => Attempt::Failed {
+                kind: if err.is_timeout() {
+                    TransportKind::Timeout
+                } else {
+                    TransportKind::Connection
+                },
+                url,
+                detail: format!(
+                    "answer {} cut short: {}",
+                    status.as_u16(),
+                    error_chain(&err)
+                ),
+            },
+        }
+    }
+
+    fn jitter(&self, retry: u32) -> Duration {
+        self.retry.backoff(retry, rand::random::<f64>())
+    }
+
+    fn count_attempt(&self, call: Call, is_retry: bool) {
+        let counter = match call {
+            Call::Read => &self.counters.reads,
+            Call::IdempotentWrite | Call::Create => &self.counters.writes,
+            Call::Refresh => &self.counters.refreshes,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if is_retry {
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+enum Attempt {
+    Answer(Raw),
+    Failed {
+        kind: TransportKind,
+        url: String,
+        detail: String,
+    },
+}
+
+impl Attempt {
+    fn failed(err: &reqwest::Error) -> Self {
+        Attempt::Failed {
+            kind: classify(err),
+            url: err.url().map(strip_query).unwrap_or_default(),
+            detail: error_chain(err),
+        }
+    }
+}
+
+/// Sorts a transport error into a [`TransportKind`].
+fn classify(err: &reqwest::Error) -> TransportKind {
+    let chain = error_chain(err).to_ascii_lowercase();
+    let mentions_tls = ["certificate", "tls", "handshake", "ssl"]
+        .iter()
+        .any(|word| chain.contains(word));
+    if err.is_connect() {
+        let io = io_kind(err);
+        // rustls reports handshake failures as `InvalidData` I/O errors.
+        if mentions_tls || io == Some(std::io::ErrorKind::InvalidData) {
+            TransportKind::Tls
+        } else if err.is_dns() {
+            TransportKind::Dns
+        } else if io == Some(std::io::ErrorKind::ConnectionRefused) {
+            TransportKind::Refused
+        } else {
+            TransportKind::Connect
+        }
+    } else if err.is_timeout() {
+        TransportKind::Timeout
+    } else {
+        TransportKind::Connection
+    }
+}
+
+fn io_kind(err: &reqwest::Error) -> Option<std::io::ErrorKind> {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// The error's sources joined by `: ` (reqwest's own message names the URL, said elsewhere).
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p == &text) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    if parts.is_empty() {
+        parts.push(err.to_string());
+    }
+    excerpt_text(&parts.join(": "))
+}
+
+fn strip_query(url: &url::Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
+/// A URL under `base` with `segments` appended as path segments (each percent-encoded).
+pub(crate) fn endpoint(base: &url::Url, segments: &[&str]) -> url::Url {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    if let Ok(mut path) = url.path_segments_mut() {
+        path.pop_if_empty().extend(segments);
+    }
+    url
+}
+
+/// Checks that a base URL can carry paths (`http(s)://host/...`).
+pub(crate) fn check_base_url(api: Api, base: &url::Url) -> Result<(), ApiError> {
+    if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
+        return Err(ApiError::Config {
+            api,
+            message: format!(
+                "{}.base_url {base} is not an http(s) URL",
+                api.config_section()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Lenient readers over `serde_json::Value`, shared by both clients' decoders.
+///
+/// They accept the spellings the contracts tolerate (numbers for strings, `null` for empty)
+/// and reject what would silently blank a value (an object where text belongs).
+pub(crate) mod lenient {
+    use super::Value;
+
+    /// Text of a field: strings as they are, numbers and booleans spelled out, missing or
+    /// `null` as `""`. Arrays and objects are an error: reading them as empty would blank data.
+    pub fn text(value: Option<&Value>) -> Result<String, String> {
+        match value {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(Value::Bool(b)) => Ok(b.to_string()),
+            Some(Value::Array(_)) => Err("is a list, not text".to_owned()),
+            Some(Value::Object(_)) => Err("is an object, not text".to_owned()),
+        }
+    }
+
+    /// A positive integer id given as a number or a string of digits.
+    pub fn id(value: Option<&Value>) -> Result<i64, String> {
+        let id = match value {
+            None | Some(Value::Null) => return Err("is missing".to_owned()),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f > 0.0 && *f < 9.0e15)
+                        .map(|f| f as i64)
+                })
+                .ok_or_else(|| format!("{n} is not a whole number"))?,
+            Some(Value::String(s)) => {
+                let s = s.trim();
+                if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("{:?} is not a number", super::excerpt_text(s)));
+                }
+                s.parse::<i64>().map_err(|_| "is out of range".to_owned())?
+            }
+            Some(_) => return Err("is not a number".to_owned()),
+        };
+        if id > 0 {
+            Ok(id)
+        } else {
+            Err(format!("{id} is not a positive id"))
+        }
+    }
+
+    /// The first of `keys` present with a non-empty text value, else `""`.
+    pub fn first_text(
+        obj: &serde_json::Map<String, Value>,
+        keys: &[&str],
+    ) -> Result<String, String> {
+        for key in keys {
+            let value = text(obj.get(*key)).map_err(|e| format!("{key:?} {e}"))?;
+            if !value.is_empty() {
+                return Ok(value);
+            }
+        }
+        Ok(String::new())
+    }
+
+    /// The API's own explanation in an error body, from whichever of the usual keys it uses.
+    pub fn error_message(value: &Value) -> Option<String> {
+        let obj = value.as_object()?;
+        let pick = |key: &str| match obj.get(key) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Some(Value::Object(inner)) => inner
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            Some(Value::Array(items)) if !items.is_empty() => Some(
+                items
+                    .iter()
+                    .map(|i| {
+                        i.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| i.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            _ => None,
+        };
+        let description = ["error_description", "error_message", "message", "errors"]
+            .iter()
+            .find_map(|k| pick(k));
+        match (pick("error"), description) {
+            (Some(code), Some(text)) if code != text => Some(format!("{code}: {text}")),
+            (code, text) => text.or(code),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excerpt_is_short_single_line() {
+        let long = "<html>\n<body>\n".to_owned() + &"x".repeat(1000);
+        let e = excerpt(long.as_bytes());
+        assert!(e.chars().count() <= EXCERPT_CHARS, "{}", e.chars().count());
+        assert!(e.starts_with("<html> <body> xxx"));
+        assert!(e.ends_with('…'));
+        assert_eq!(excerpt(b"  short\r\n body "), "short body");
+        assert_eq!(excerpt(b""), "");
+        assert_eq!(excerpt(&[0xff, 0xfe, b'a']), "\u{fffd}\u{fffd}a");
+    }
+
+    #[test]
+    fn backoff_is_full_jitter_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(0, 1.0), Duration::from_millis(500));
+        assert_eq!(p.backoff(1, 1.0), Duration::from_secs(1));
+        assert_eq!(p.backoff(4, 1.0), Duration::from_secs(8));
+        assert_eq!(p.backoff(6, 1.0), Duration::from_secs(30));
+        assert_eq!(p.backoff(40, 1.0), Duration::from_secs(30));
+        assert_eq!(p.backoff(3, 0.0), Duration::ZERO);
+        assert_eq!(p.backoff(2, 0.5), Duration::from_secs(1));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn advised_wait_reads_both_headers_and_takes_the_later() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(advised_wait(&headers(&[]), now), None);
+        assert_eq!(
+            advised_wait(&headers(&[("x-ratelimit-reset", "7")]), now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            advised_wait(&headers(&[("x-ratelimit-reset", "1800000012")]), now),
+            Some(Duration::from_secs(12))
+        );
+        // An epoch already past means "now".
+        assert_eq!(
+            advised_wait(&headers(&[("x-ratelimit-reset", "1700000000")]), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            advised_wait(&headers(&[("retry-after", "3")]), now),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            advised_wait(
+                &headers(&[("x-ratelimit-reset", "2"), ("retry-after", "5")]),
+                now
+            ),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            advised_wait(
+                &headers(&[("x-ratelimit-reset", "1800000020"), ("retry-after", "5")]),
+                now
+            ),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            advised_wait(
+                &headers(&[("retry-after", "soon"), ("x-ratelimit-reset", "-4")]),
+                now
+            ),
+            None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_never_exceeds_the_limit_in_any_window() {
+        let limiter = std::sync::Arc::new(RateLimiter::per_minute(5));
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..17 {
+            let limiter = limiter.clone();
+            tasks.push(tokio::spawn(async move {
+                limiter.acquire().await;
+                Instant::now()
+            }));
+        }
+        let mut times = Vec::new();
+        for t in tasks {
+            times.push(t.await.unwrap());
+        }
+        times.sort();
+        for (i, t) in times.iter().enumerate() {
+            let in_window = times[i..]
+                .iter()
+                .take_while(|u| **u < *t + Duration::from_secs(60))
+                .count();
+            assert!(
+                in_window <= 5,
+                "{in_window} grants within a minute of grant {i}"
+            );
+        }
+        // 17 grants at 5 a minute need three full windows of waiting, and not much more.
+        let took = times.last().unwrap().duration_since(start);
+        assert!(took >= Duration::from_secs(180), "{took:?}");
+        assert!(took < Duration::from_secs(190), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limiter_at_a_very_high_rate_does_not_wait() {
+        let limiter = RateLimiter::per_minute(100_000);
+        let start = Instant::now();
+        for _ in 0..10_000 {
+            limiter.acquire().await;
+        }
+        assert_eq!(Instant::now(), start);
+        assert_eq!(limiter.recent(), 10_000);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(limiter.recent(), 0);
+    }
+
+    #[test]
+    fn lenient_text_and_ids() {
+        use serde_json::json;
+        assert_eq!(lenient::text(Some(&json!("a"))).unwrap(), "a");
+        assert_eq!(lenient::text(Some(&json!(2112))).unwrap(), "2112");
+        assert_eq!(lenient::text(Some(&json!(null))).unwrap(), "");
+        assert_eq!(lenient::text(None).unwrap(), "");
+        assert!(lenient::text(Some(&json!({"a": 1}))).is_err());
+        assert!(lenient::text(Some(&json!(["a"]))).is_err());
+        assert_eq!(lenient::id(Some(&json!(42))).unwrap(), 42);
+        assert_eq!(lenient::id(Some(&json!(" 42 "))).unwrap(), 42);
+        assert_eq!(lenient::id(Some(&json!(42.0))).unwrap(), 42);
+        for bad in [
+            json!(0),
+            json!(-3),
+            json!("4a"),
+            json!(""),
+            json!(1.5),
+            json!(null),
+            json!("99999999999999999999"),
+            json!([1]),
+        ] {
+            assert!(lenient::id(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_message_reads_each_shape() {
+        use serde_json::json;
+        let m = |v| lenient::error_message(&v);
+        assert_eq!(
+            m(json!({"error": "invalid_token", "error_description": "expired"})).as_deref(),
+            Some("invalid_token: expired")
+        );
+        assert_eq!(
+            m(json!({"error_message": "bad country"})).as_deref(),
+            Some("bad country")
+        );
+        assert_eq!(
+            m(json!({"status": "error", "message": "nope"})).as_deref(),
+            Some("nope")
+        );
+        assert_eq!(m(json!({"error": "x"})).as_deref(), Some("x"));
+        assert_eq!(m(json!([1])), None);
+    }
+
+    #[test]
+    fn endpoint_appends_segments() {
+        let base = url::Url::parse("http://h:1/v1/").unwrap();
+        assert_eq!(
+            endpoint(&base, &["companies", "5", "customers"]).as_str(),
+            "http://h:1/v1/companies/5/customers"
+        );
+        let base = url::Url::parse("http://h:1").unwrap();
+        assert_eq!(
+            endpoint(&base, &["customers-get"]).as_str(),
+            "http://h:1/customers-get"
+        );
+    }
+}

@@ -1,0 +1,907 @@
+//! The CRM client: one method per remote call, built to `api/kounta.md`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION};
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::http::{
+    Api, ApiError, Call, CheckReport, HttpCore, RateLimiter, Raw, RequestCounts, RetryPolicy,
+    check_base_url, endpoint,
+};
+use crate::ids::KountaId;
+use crate::kounta::auth::{OAuthTokens, TokenGrant, TokenStore, token_grant};
+use crate::kounta::decode;
+use crate::kounta::model::{KountaCustomer, KountaCustomerWrite, KountaListItem};
+
+/// The most list pages read in one listing unless [`KountaClient::with_page_cap`] says otherwise
+/// (25 customers a page: 250,000 customers).
+pub const DEFAULT_PAGE_CAP: u32 = 10_000;
+
+/// An access token this close to expiry (seconds) is refreshed before use.
+const EXPIRY_MARGIN_SECS: i64 = 60;
+
+/// How the client authenticates.
+#[derive(Debug, Clone)]
+pub enum KountaAuth {
+    /// `Authorization: Basic base64(client_id:client_secret)`.
+    Basic {
+        /// The app's client id.
+        client_id: String,
+        /// The app's client secret.
+        client_secret: SecretString,
+    },
+    /// `Authorization: Bearer <access token>`, refreshed with a rotating refresh token.
+    OAuth {
+        /// The app's client id.
+        client_id: String,
+        /// The app's client secret.
+        client_secret: SecretString,
+        /// The first refresh token; a newer one in the [`TokenStore`] beats it.
+        refresh_token: SecretString,
+    },
+}
+
+/// Everything the CRM client needs, independent of the config file format.
+#[derive(Debug, Clone)]
+pub struct KountaOptions {
+    /// E.g. `https://api.kounta.com/v1`.
+    pub base_url: Url,
+    /// The company; discovered via `/companies/me` when `None`.
+    pub company_id: Option<i64>,
+    /// Credentials.
+    pub auth: KountaAuth,
+    /// Never more requests than this in any minute (retries and refreshes included).
+    pub requests_per_minute: u32,
+    /// Per-request timeout, answer body included.
+    pub timeout: Duration,
+}
+
+/// The customer list as read: every item seen, and whether the listing is complete.
+///
+/// An incomplete listing must not be used to infer deletions: its missing pages may hold them.
+#[derive(Debug, Clone)]
+pub struct KountaListing {
+    /// Items of every page read, in order, each id once.
+    pub items: Vec<KountaListItem>,
+    /// True when the last page said there was no next page (or came back empty).
+    pub complete: bool,
+    /// Why the listing stopped early, when it did.
+    pub error: Option<ListingCut>,
+    /// Pages read.
+    pub pages: u32,
+}
+
+/// Why a listing stopped before its last page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListingCut {
+    /// A page after the first could not be read.
+    #[error("the customer list stopped after {pages_read} pages: {error}")]
+    Failed {
+        /// Pages read before the failure.
+        pages_read: u32,
+        /// The failure.
+        error: ApiError,
+    },
+    /// More pages than the cap.
+    #[error("the customer list has more than {pages} pages (the page cap); the rest was not read")]
+    PageCap {
+        /// The cap.
+        pages: u32,
+    },
+    /// `X-Next-Page` could not be followed.
+    #[error("the customer list's next page {next:?} was not followed: {reason}")]
+    BadNextPage {
+        /// The header's value.
+        next: String,
+        /// Why it was not followed.
+        reason: String,
+    },
+}
+
+impl ListingCut {
+    /// The cut as an error, for callers that need the whole list or nothing.
+    pub fn into_error(self) -> ApiError {
+        match self {
+            ListingCut::Failed { error, .. } => error,
+            other => ApiError::Decode {
+                api: Api::Kounta,
+                reason: other.to_string(),
+                excerpt: String::new(),
+            },
+        }
+    }
+}
+
+enum AuthMode {
+    Basic(HeaderValue),
+    OAuth(OAuth),
+}
+
+struct OAuth {
+    client_id: String,
+    client_secret: SecretString,
+    configured_refresh: SecretString,
+    store: Arc<dyn TokenStore>,
+    /// The tokens in use; the lock also makes concurrent refreshes wait for one another, since
+    /// a second refresh with the already-rotated token would be refused.
+    current: tokio::sync::Mutex<Option<OAuthTokens>>,
+}
+
+/// The Kounta-style CRM client.
+pub struct KountaClient {
+    core: HttpCore,
+    base: Url,
+    configured_company: Option<i64>,
+    company: tokio::sync::OnceCell<i64>,
+    auth: AuthMode,
+    page_cap: u32,
+}
+
+impl fmt::Debug for KountaClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KountaClient")
+            .field("base", &self.base.as_str())
+            .field(
+                "company",
+                &self.company.get().or(self.configured_company.as_ref()),
+            )
+            .field(
+                "auth",
+                &match self.auth {
+                    AuthMode::Basic(_) => "basic [redacted]",
+                    AuthMode::OAuth(_) => "oauth [redacted]",
+                },
+            )
+            .finish()
+    }
+}
+
+impl KountaClient {
+    /// A client for `options`. Rotated OAuth tokens are kept in `tokens` (ignored with basic auth).
+    pub fn new(options: KountaOptions, tokens: Arc<dyn TokenStore>) -> Result<Self, ApiError> {
+        check_base_url(Api::Kounta, &options.base_url)?;
+        let core = HttpCore::new(Api::Kounta, options.timeout, options.requests_per_minute)?;
+        let auth = match options.auth {
+            KountaAuth::Basic {
+                client_id,
+                client_secret,
+            } => {
+                core.add_secret(&client_secret);
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{client_id}:{}", client_secret.expose_secret()));
+                let mut value =
+                    HeaderValue::from_str(&format!("Basic {encoded}")).map_err(|_| {
+                        ApiError::Config {
+                            api: Api::Kounta,
+                            message: "kounta.client_id cannot be sent in a header".to_owned(),
+                        }
+                    })?;
+                value.set_sensitive(true);
+                AuthMode::Basic(value)
+            }
+            KountaAuth::OAuth {
+                client_id,
+                client_secret,
+                refresh_token,
+            } => {
+                core.add_secret(&client_secret);
+                core.add_secret(&refresh_token);
+                AuthMode::OAuth(OAuth {
+                    client_id,
+                    client_secret,
+                    configured_refresh: refresh_token,
+                    store: tokens,
+                    current: tokio::sync::Mutex::new(None),
+                })
+            }
+        };
+        Ok(KountaClient {
+            core,
+            base: options.base_url,
+            configured_company: options.company_id,
+            company: tokio::sync::OnceCell::new(),
+            auth,
+            page_cap: DEFAULT_PAGE_CAP,
+        })
+    }
+
+    /// Replaces the retry policy (e.g. [`RetryPolicy::none`] for a quick `check`).
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.core.set_retry_policy(policy);
+        self
+    }
+
+    /// Replaces the rate limiter (e.g. one with a shorter window, in tests).
+    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.core.set_limiter(limiter);
+        self
+    }
+
+    /// Caps the pages one listing reads; a longer list comes back incomplete.
+    pub fn with_page_cap(mut self, pages: u32) -> Self {
+        self.page_cap = pages.max(1);
+        self
+    }
+
+    /// Requests sent so far, by kind.
+    pub fn counts(&self) -> RequestCounts {
+        self.core.counts()
+    }
+
+    /// The rate limiter: [`RateLimiter::recent`] is the CRM requests of the last minute.
+    pub fn limiter(&self) -> &RateLimiter {
+        self.core.limiter()
+    }
+
+    /// The company id: the configured one, else `GET /companies/me` (asked once, then kept).
+    pub async fn company_id(&self) -> Result<i64, ApiError> {
+        if let Some(id) = self.configured_company {
+            return Ok(id);
+        }
+        self.company
+            .get_or_try_init(|| async {
+                let url = endpoint(&self.base, &["companies", "me"]);
+                let raw = self
+                    .send(Call::Read, "company lookup", || self.core.http().get(url.clone()))
+                    .await?;
+                if !raw.status.is_success() {
+                    return Err(self.status_error(
+                        &raw,
+                        "company behind these credentials (GET /companies/me) — set kounta.company_id",
+                    ));
+                }
+                decode::company_id(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))
+            })
+            .await
+            .copied()
+    }
+
+    /// Reads the whole customer list (abbreviated items), following `X-Next-Page`.
+    ///
+    /// `Err` when not even the first page could be read; a failure after that comes back as an
+    /// incomplete listing holding the items read so far.
+    pub async fn list(&self) -> Result<KountaListing, ApiError> {
+        let cid = self.company_id().await?;
+        self.read_pages(self.customers_url(cid), cid, "customer list")
+            .await
+    }
+
+    /// The full record of one customer, or `None` when the CRM answers 404.
+    pub async fn get(&self, id: KountaId) -> Result<Option<KountaCustomer>, ApiError> {
+        let cid = self.company_id().await?;
+        let url = endpoint(
+            &self.base,
+            &["companies", &cid.to_string(), "customers", &id.to_string()],
+        );
+        let raw = self
+            .send(Call::Read, "customer read", || {
+                self.core.http().get(url.clone())
+            })
+            .await?;
+        if raw.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !raw.status.is_success() {
+            return Err(self.status_error(&raw, format!("customer {id}")));
+        }
+        let customer =
+            decode::customer(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))?;
+        if customer.id != id {
+            return Err(ApiError::Decode {
+                api: Api::Kounta,
+                reason: format!("asked for customer {id}, got customer {}", customer.id),
+                excerpt: self.core.excerpt(&raw.body),
+            });
+        }
+        Ok(Some(customer))
+    }
+
+    /// Customers whose `reference_id` is exactly `reference_id` (not unique: 0..n), every page.
+    pub async fn find_by_reference(
+        &self,
+        reference_id: &str,
+    ) -> Result<Vec<KountaListItem>, ApiError> {
+        let cid = self.company_id().await?;
+        let mut url = self.customers_url(cid);
+        url.query_pairs_mut()
+            .append_pair("reference_id", reference_id);
+        let listing = self
+            .read_pages(url, cid, "customer lookup by reference_id")
+            .await?;
+        match listing.error {
+            None => Ok(listing.items),
+            Some(cut) => Err(cut.into_error()),
+        }
+    }
+
+    /// The customer with this email, or `None`.
+    pub async fn find_by_email(&self, email: &str) -> Result<Option<KountaId>, ApiError> {
+        self.find_one(&[("email", email)], "customer lookup by email")
+            .await
+    }
+
+    /// The customer with this mobile, or `None`.
+    pub async fn find_by_mobile(&self, mobile: &str) -> Result<Option<KountaId>, ApiError> {
+        self.find_one(&[("mobile", mobile)], "customer lookup by mobile")
+            .await
+    }
+
+    /// The customer with these names and phone (all three must match), or `None`.
+    pub async fn find_by_name_phone(
+        &self,
+        first_name: &str,
+        last_name: &str,
+        phone: &str,
+    ) -> Result<Option<KountaId>, ApiError> {
+        self.find_one(
+            &[
+                ("first_name", first_name),
+                ("last_name", last_name),
+                ("phone", phone),
+            ],
+            "customer lookup by name and phone",
+        )
+        .await
+    }
+
+    /// Creates a customer and returns its id (read from `Location`; the body is empty).
+    ///
+    /// Never resent once it may have reached the CRM: an answer lost to a timeout, a dropped
+    /// connection or a 5xx gives [`ApiError::OutcomeUnknown`].
+    pub async fn create(&self, customer: &KountaCustomerWrite) -> Result<KountaId, ApiError> {
+        let cid = self.company_id().await?;
+        let url = self.customers_url(cid);
+        let raw = self
+            .send(Call::Create, "customer create", || {
+                self.core.http().post(url.clone()).json(customer)
+            })
+            .await?;
+        if raw.status.is_client_error() {
+            return Err(self.status_error(&raw, format!("company {cid}")));
+        }
+        let unknown = |cause: String| ApiError::OutcomeUnknown {
+            api: Api::Kounta,
+            operation: "customer create".to_owned(),
+            cause,
+        };
+        if !raw.status.is_success() {
+            return Err(unknown(format!(
+                "unexpected answer {}",
+                raw.status.as_u16()
+            )));
+        }
+        let location = raw
+            .headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if let Some(id) = decode::location_id(location) {
+            return Ok(id);
+        }
+        // Tolerated: no `Location`, but the record in the body.
+        if let Ok(created) = decode::customer(&raw.body) {
+            return Ok(created.id);
+        }
+        Err(unknown(format!(
+            "answered {} without naming the new customer (Location {:?})",
+            raw.status.as_u16(),
+            crate::http::excerpt_text(location)
+        )))
+    }
+
+    /// Updates the fields that are `Some`; the rest stay as they are. Returns the record when
+    /// the answer carries one (an empty answer is fine).
+    pub async fn update(
+        &self,
+        id: KountaId,
+        changes: &KountaCustomerWrite,
+    ) -> Result<Option<KountaCustomer>, ApiError> {
+        let cid = self.company_id().await?;
+        let url = endpoint(
+            &self.base,
+            &["companies", &cid.to_string(), "customers", &id.to_string()],
+        );
+        let raw = self
+            .send(Call::IdempotentWrite, "customer update", || {
+                self.core.http().put(url.clone()).json(changes)
+            })
+            .await?;
+        if !raw.status.is_success() {
+            return Err(self.status_error(&raw, format!("customer {id}")));
+        }
+        if raw.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        match decode::customer(&raw.body) {
+            Ok(record) if record.id == id => Ok(Some(record)),
+            // The update was applied (2xx); an unreadable echo only costs the caller a re-read.
+            _ => {
+                tracing::debug!(customer = %id, "kounta.update.unreadable_answer");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Read-only probe for `farmsync check`: resolves the company and reads the first list page.
+    pub async fn check(&self) -> Result<CheckReport, ApiError> {
+        let cid = self.company_id().await?;
+        let (page, next) = self
+            .read_page(&self.customers_url(cid), cid, "check")
+            .await?;
+        Ok(CheckReport {
+            api: Api::Kounta,
+            detail: format!(
+                "company {cid}: {} customers on the first page{}",
+                page.len(),
+                if next.is_some() {
+                    ", more pages follow"
+                } else {
+                    ""
+                }
+            ),
+        })
+    }
+
+    fn customers_url(&self, cid: i64) -> Url {
+        endpoint(&self.base, &["companies", &cid.to_string(), "customers"])
+    }
+
+    async fn read_pages(
+        &self,
+        first: Url,
+        cid: i64,
+        operation: &str,
+    ) -> Result<KountaListing, ApiError> {
+        let mut listing = KountaListing {
+            items: Vec::new(),
+            complete: false,
+            error: None,
+            pages: 0,
+        };
+        let mut ids = HashSet::new();
+        let mut visited = HashSet::new();
+        let mut url = first;
+        loop {
+            if listing.pages >= self.page_cap {
+                listing.error = Some(ListingCut::PageCap {
+                    pages: self.page_cap,
+                });
+                return Ok(listing);
+            }
+            visited.insert(url.to_string());
+            let (page, next) = match self.read_page(&url, cid, operation).await {
+                Ok(answer) => answer,
+                Err(error) if listing.pages == 0 => return Err(error),
+                Err(error) => {
+                    listing.error = Some(ListingCut::Failed {
+                        pages_read: listing.pages,
+                        error,
+                    });
+                    return Ok(listing);
+                }
+            };
+            listing.pages += 1;
+            let empty = page.is_empty();
+            // Paging by offset can show an item twice while customers are added; keep one.
+            listing
+                .items
+                .extend(page.into_iter().filter(|item| ids.insert(item.id)));
+            let next = match next {
+                Some(next) if !empty => next,
+                _ => {
+                    listing.complete = true;
+                    return Ok(listing);
+                }
+            };
+            match self.next_page(&url, &next) {
+                Ok(next_url) if !visited.contains(next_url.as_str()) => url = next_url,
+                Ok(_) => {
+                    listing.error = Some(ListingCut::BadNextPage {
+                        next,
+                        reason: "it names a page already read".to_owned(),
+                    });
+                    return Ok(listing);
+                }
+                Err(reason) => {
+                    listing.error = Some(ListingCut::BadNextPage { next, reason });
+                    return Ok(listing);
+                }
+            }
+        }
+    }
+
+    async fn read_page(
+        &self,
+        url: &Url,
+        cid: i64,
+        operation: &str,
+    ) -> Result<(Vec<KountaListItem>, Option<String>), ApiError> {
+        let raw = self
+            .send(Call::Read, operation, || self.core.http().get(url.clone()))
+            .await?;
+        if !raw.status.is_success() {
+            return Err(self.status_error(&raw, format!("company {cid} — check kounta.company_id")));
+        }
+        let page = if raw.status == StatusCode::NO_CONTENT {
+            Vec::new()
+        } else {
+            decode::list_page(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))?
+        };
+        let next = raw
+            .headers
+            .get("x-next-page")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+        Ok((page, next))
+    }
+
+    /// The URL of the next page, refused when it leaves the configured host: the request
+    /// carries credentials.
+    fn next_page(&self, current: &Url, next: &str) -> Result<Url, String> {
+        let url = current
+            .join(next)
+            .map_err(|e| format!("it is not a URL ({e})"))?;
+        let same_origin = url.scheme() == self.base.scheme()
+            && url.host_str() == self.base.host_str()
+            && url.port_or_known_default() == self.base.port_or_known_default();
+        if !same_origin {
+            return Err(format!(
+                "it leaves {}; credentials are only sent to the configured kounta.base_url",
+                self.base.host_str().unwrap_or_default()
+            ));
+        }
+        Ok(url)
+    }
+
+    async fn find_one(
+        &self,
+        query: &[(&str, &str)],
+        operation: &str,
+    ) -> Result<Option<KountaId>, ApiError> {
+        let cid = self.company_id().await?;
+        let mut url = self.customers_url(cid);
+        url.query_pairs_mut().extend_pairs(query);
+        let raw = self
+            .send(Call::Read, operation, || self.core.http().get(url.clone()))
+            .await?;
+        if raw.status.is_redirection() {
+            let location = raw
+                .headers
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            return decode::location_id(location)
+                .map(Some)
+                .ok_or_else(|| ApiError::Decode {
+                    api: Api::Kounta,
+                    reason: format!("{} names no customer", raw.status.as_u16()),
+                    excerpt: format!("Location: {}", crate::http::excerpt_text(location)),
+                });
+        }
+        if raw.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !raw.status.is_success() {
+            return Err(self.status_error(&raw, format!("company {cid}")));
+        }
+        // Tolerated: a stack that followed the redirect answers the record, or a list.
+        if let Ok(record) = decode::customer(&raw.body) {
+            return Ok(Some(record.id));
+        }
+        let items =
+            decode::list_page(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))?;
+        match items.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(one.id)),
+            _ => Err(ApiError::Conflict {
+                api: Api::Kounta,
+                message: format!("{} customers match the {operation}", items.len()),
+            }),
+        }
+    }
+
+    /// Sends with credentials. With OAuth, a 401 (or a 400 saying the token is bad) refreshes
+    /// the token and sends once more; a second refusal is an `Auth` error.
+    async fn send<F>(&self, call: Call, operation: &str, build: F) -> Result<Raw, ApiError>
+    where
+        F: Fn() -> reqwest::RequestBuilder,
+    {
+        let oauth = match &self.auth {
+            AuthMode::Basic(value) => {
+                return self
+                    .core
+                    .execute(call, operation, || {
+                        build().header(AUTHORIZATION, value.clone())
+                    })
+                    .await;
+            }
+            AuthMode::OAuth(oauth) => oauth,
+        };
+        let token = self.access_token(oauth).await?;
+        let header = bearer(&token)?;
+        let raw = self
+            .core
+            .execute(call, operation, || {
+                build().header(AUTHORIZATION, header.clone())
+            })
+            .await?;
+        if !token_refused(&raw) {
+            return Ok(raw);
+        }
+        let token = self.renew_after_refusal(oauth, &token).await?;
+        let header = bearer(&token)?;
+        let raw = self
+            .core
+            .execute(call, operation, || {
+                build().header(AUTHORIZATION, header.clone())
+            })
+            .await?;
+        if token_refused(&raw) {
+            return Err(ApiError::Auth {
+                api: Api::Kounta,
+                message: format!(
+                    "Kounta refused a freshly refreshed access token ({}, sent Authorization: Bearer): {} — authorise farmsync again and set kounta.refresh_token",
+                    raw.status.as_u16(),
+                    self.explanation(&raw)
+                ),
+            });
+        }
+        Ok(raw)
+    }
+
+    /// The access token to use: the one in use, else a usable stored one, else a fresh one.
+    async fn access_token(&self, oauth: &OAuth) -> Result<SecretString, ApiError> {
+        let mut current = oauth.current.lock().await;
+        let now = now_epoch();
+        if let Some(tokens) = current.as_ref()
+            && tokens.access_usable(now, EXPIRY_MARGIN_SECS)
+        {
+            return Ok(tokens.access_token.clone());
+        }
+        if let Some(stored) = load_tokens(&oauth.store).await?
+            && stored.access_usable(now, EXPIRY_MARGIN_SECS)
+        {
+            self.core.add_secret(&stored.access_token);
+            let access = stored.access_token.clone();
+            *current = Some(stored);
+            return Ok(access);
+        }
+        self.refresh(oauth, &mut current).await
+    }
+
+    /// A token to replace `refused`: one another task or process already got, else a refresh.
+    async fn renew_after_refusal(
+        &self,
+        oauth: &OAuth,
+        refused: &SecretString,
+    ) -> Result<SecretString, ApiError> {
+        let mut current = oauth.current.lock().await;
+        let now = now_epoch();
+        let differs = |t: &OAuthTokens| t.access_token.expose_secret() != refused.expose_secret();
+        if let Some(tokens) = current.as_ref()
+            && differs(tokens)
+            && tokens.access_usable(now, 0)
+        {
+            return Ok(tokens.access_token.clone());
+        }
+        if let Some(stored) = load_tokens(&oauth.store).await?
+            && differs(&stored)
+            && stored.access_usable(now, 0)
+        {
+            self.core.add_secret(&stored.access_token);
+            let access = stored.access_token.clone();
+            *current = Some(stored);
+            return Ok(access);
+        }
+        self.refresh(oauth, &mut current).await
+    }
+
+    /// Refreshes with the newest stored refresh token (else the configured one), stores the
+    /// rotated tokens, and only then hands out the new access token.
+    ///
+    /// When the stored token is refused and the configured one differs, the configured one is
+    /// tried too: that is how an operator recovers by pasting a new token into the config.
+    async fn refresh(
+        &self,
+        oauth: &OAuth,
+        current: &mut Option<OAuthTokens>,
+    ) -> Result<SecretString, ApiError> {
+        let stored = load_tokens(&oauth.store)
+            .await?
+            .map(|t| t.refresh_token)
+            .filter(|t| !t.expose_secret().is_empty());
+        let configured = Some(oauth.configured_refresh.clone())
+            .filter(|t| !t.expose_secret().is_empty())
+            .filter(|c| {
+                stored
+                    .as_ref()
+                    .is_none_or(|s| s.expose_secret() != c.expose_secret())
+            });
+        let candidates: Vec<SecretString> = stored.into_iter().chain(configured).collect();
+        if candidates.is_empty() {
+            return Err(ApiError::Auth {
+                api: Api::Kounta,
+                message: "no Kounta refresh token: set kounta.refresh_token".to_owned(),
+            });
+        }
+        let mut refusal = None;
+        for refresh_token in candidates {
+            self.core.add_secret(&refresh_token);
+            let grant = match self.request_grant(oauth, &refresh_token).await {
+                Ok(grant) => grant,
+                Err(err @ ApiError::Auth { .. }) => {
+                    refusal = Some(err);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let tokens = OAuthTokens {
+                access_token: grant.access_token,
+                refresh_token: grant.refresh_token.unwrap_or(refresh_token),
+                expires_at: grant.expires_in.map(|s| now_epoch().saturating_add(s)),
+            };
+            self.core.add_secret(&tokens.access_token);
+            self.core.add_secret(&tokens.refresh_token);
+            // Durable before use: if this fails, the new token is not used.
+            save_tokens(&oauth.store, &tokens).await?;
+            tracing::info!(api = %Api::Kounta, "kounta.token.refreshed");
+            let access = tokens.access_token.clone();
+            *current = Some(tokens);
+            return Ok(access);
+        }
+        Err(refusal.unwrap_or_else(|| ApiError::Auth {
+            api: Api::Kounta,
+            message: "Kounta refused the refresh token".to_owned(),
+        }))
+    }
+
+    async fn request_grant(
+        &self,
+        oauth: &OAuth,
+        refresh_token: &SecretString,
+    ) -> Result<TokenGrant, ApiError> {
+        let url = endpoint(&self.base, &["token"]);
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+            ("client_id", oauth.client_id.as_str()),
+            ("client_secret", oauth.client_secret.expose_secret()),
+        ];
+        let raw = self
+            .core
+            .execute(Call::Refresh, "token refresh", || {
+                self.core.http().post(url.clone()).form(&form)
+            })
+            .await?;
+        if raw.status.is_success() {
+            return token_grant(&raw.body).map_err(|e| ApiError::Decode {
+                api: Api::Kounta,
+                reason: e.reason,
+                excerpt: e.excerpt,
+            });
+        }
+        if matches!(raw.status.as_u16(), 400 | 401 | 403) {
+            return Err(ApiError::Auth {
+                api: Api::Kounta,
+                message: format!(
+                    "Kounta refused the refresh token ({}: {}) — authorise farmsync again and set kounta.refresh_token (check kounta.client_id and kounta.client_secret too)",
+                    raw.status.as_u16(),
+                    self.explanation(&raw)
+                ),
+            });
+        }
+        Err(self.core.unexpected(&raw))
+    }
+
+    /// The error for a non-success answer; `what` names the missing thing for a 404.
+    fn status_error(&self, raw: &Raw, what: impl Into<String>) -> ApiError {
+        let status = raw.status.as_u16();
+        let message = self.explanation(raw);
+        match status {
+            403 => ApiError::Auth {
+                api: Api::Kounta,
+                message: format!(
+                    "Kounta denied access (403, sent Authorization: {}): {message} — check kounta.company_id and the credentials",
+                    match self.auth {
+                        AuthMode::Basic(_) => "Basic",
+                        AuthMode::OAuth(_) => "Bearer",
+                    }
+                ),
+            },
+            401 => ApiError::Auth {
+                api: Api::Kounta,
+                message: match self.auth {
+                    AuthMode::Basic(_) => format!(
+                        "Kounta refused the credentials (401, sent Authorization: Basic): {message} — check kounta.client_id and kounta.client_secret"
+                    ),
+                    AuthMode::OAuth(_) => format!(
+                        "Kounta refused the access token (401, sent Authorization: Bearer): {message} — authorise farmsync again and set kounta.refresh_token"
+                    ),
+                },
+            },
+            404 => ApiError::NotFound {
+                api: Api::Kounta,
+                what: what.into(),
+            },
+            409 => ApiError::Conflict {
+                api: Api::Kounta,
+                message,
+            },
+            400..=499 => ApiError::Validation {
+                api: Api::Kounta,
+                status,
+                message,
+            },
+            _ => self.core.unexpected(raw),
+        }
+    }
+
+    /// The CRM's explanation of an error answer, or an excerpt of a body that is not JSON.
+    fn explanation(&self, raw: &Raw) -> String {
+        let text = match decode::error_message(&raw.body) {
+            Some(message) => crate::http::excerpt_text(&self.core.redact(&message)),
+            None => self.core.excerpt(&raw.body),
+        };
+        if text.is_empty() {
+            "no explanation given".to_owned()
+        } else {
+            text
+        }
+    }
+}
+
+/// Whether an answer says the access token is no good (401, or a 400 saying so).
+fn token_refused(raw: &Raw) -> bool {
+    raw.status == StatusCode::UNAUTHORIZED
+        || (raw.status == StatusCode::BAD_REQUEST && decode::says_token_invalid(&raw.body))
+}
+
+fn bearer(token: &SecretString) -> Result<HeaderValue, ApiError> {
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
+            ApiError::Auth {
+                api: Api::Kounta,
+                message: "Kounta issued an access token that cannot be sent in a header".to_owned(),
+            }
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn now_epoch() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Token store calls are blocking (SQLite): run them off the async workers.
+async fn load_tokens(store: &Arc<dyn TokenStore>) -> Result<Option<OAuthTokens>, ApiError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.load())
+        .await
+        .map_err(|e| ApiError::TokenStore {
+            message: format!("token load did not finish: {e}"),
+        })?
+        .map_err(|e| ApiError::TokenStore { message: e.message })
+}
+
+async fn save_tokens(store: &Arc<dyn TokenStore>, tokens: &OAuthTokens) -> Result<(), ApiError> {
+    let store = store.clone();
+    let tokens = tokens.clone();
+    tokio::task::spawn_blocking(move || store.save(&tokens))
+        .await
+        .map_err(|e| ApiError::TokenStore {
+            message: format!("token save did not finish: {e}"),
+        })?
+        .map_err(|e| ApiError::TokenStore { message: e.message })
+}
