@@ -72,6 +72,26 @@ pub struct Cli {
 /// farmsync's commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Reconcile both sides once, then exit.
+    ///
+    /// Exit codes: 0 all applied (blocked deletes and skipped records are reported, not
+    /// failed) · 1 some records failed, others applied · 2 config or usage error · 3 stopped by
+    /// the safety guard · 4 could not run (lock held, an API unreachable, credentials refused).
+    Sync {
+        /// Print the plan and write nothing, remote or local (a rotated OAuth token is still
+        /// stored, since losing it would lock farmsync out). Exits 3 when a real run would.
+        #[arg(long)]
+        dry_run: bool,
+        /// Lift the safety guard that stops a run planning to delete more than
+        /// `sync.max_delete_fraction` of the links, or facing an empty list.
+        #[arg(long)]
+        allow_mass_delete: bool,
+    },
+    /// Validate the config, then reach both APIs read-only and say exactly what is wrong.
+    ///
+    /// Exit codes: 0 both APIs answered · 2 config error · 4 an API unreachable or refusing the
+    /// credentials.
+    Check,
     /// Report the last runs, link counts, blocked deletes, conflicts and records needing attention.
     ///
     /// Reads the state DB without taking the lock, so it works while the daemon runs. Exits 0
@@ -122,6 +142,11 @@ fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
     tracing::debug!(config = ?cli.config, "config.loaded");
     match cli.command {
         Command::Status { json } => status(&settings, json),
+        Command::Sync {
+            dry_run,
+            allow_mass_delete,
+        } => crate::commands::sync(&settings, dry_run, allow_mass_delete, format),
+        Command::Check => crate::commands::check(&settings),
     }
 }
 

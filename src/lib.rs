@@ -4,6 +4,7 @@
 //!
 //! ## Layout
 //! - [`cli`]: the command line; maps outcomes to DESIGN.md's exit codes.
+//! - [`commands`]: the commands that talk to the APIs (`sync`, `check`).
 //! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON lines) and secret redaction.
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
@@ -18,6 +19,7 @@
 //! - [`sync`]: policy, the pure plan, apply and the run.
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod country;
 pub mod customer;

@@ -6,6 +6,7 @@
 
 mod model;
 mod schema;
+mod shared;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -15,6 +16,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 pub use model::{Link, LinkState};
+pub use shared::{KOUNTA_TOKENS, SharedStore};
 
 use crate::customer::Customer;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
@@ -214,6 +216,17 @@ impl Store {
         Ok(store)
     }
 
+    /// A store that lives in memory only (a dry run with no state DB yet).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        let mut store = Store {
+            conn,
+            path: PathBuf::from(":memory:"),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
     /// Opens an existing state DB read-only; creates nothing (for `status`).
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         if !path.exists() {
@@ -356,6 +369,43 @@ impl Store {
             upsert_link(&tx, link)?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Settles a create that replaces an old link (a recreation): the old row becomes a
+    /// tombstone without a CRM id, and the new row is stored, in one transaction.
+    pub fn settle_intent_replacing(
+        &mut self,
+        id: i64,
+        outcome: &str,
+        old: &ReferenceId,
+        link: &Link,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE journal SET settled_at = ?2, outcome = ?3 WHERE id = ?1",
+            params![id, now(), outcome],
+        )?;
+        tx.execute(
+            "UPDATE links SET state = 'tombstone', kounta_id = NULL WHERE reference_id = ?1",
+            [old.as_str()],
+        )?;
+        upsert_link(&tx, link)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Notes a failed write on a link: its error, and one more consecutive failure.
+    pub fn record_link_failure(
+        &self,
+        reference_id: &ReferenceId,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE links SET last_error = ?2, consecutive_failures = consecutive_failures + 1 \
+             WHERE reference_id = ?1",
+            params![reference_id.as_str(), error],
+        )?;
         Ok(())
     }
 

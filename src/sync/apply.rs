@@ -1,0 +1,521 @@
+//! Carrying a plan out: every remote write is journalled (intent committed before the request,
+//! settled after, together with the link row it leads to), one failing record never stops the
+//! others, and a subject's later actions are skipped once one of its actions failed.
+
+use std::collections::HashMap;
+
+use tracing::{info, warn};
+
+use crate::customer::Customer;
+use crate::farmflow::client::DeleteOutcome;
+use crate::farmflow::model::{FarmflowCustomer, FarmflowFields};
+use crate::http::ApiError;
+use crate::ids::{FarmflowId, KountaId, ReferenceId};
+use crate::kounta::model::KountaCustomerWrite;
+use crate::store::{Link, LinkState, NewIntent, Side, StoreError, now};
+use crate::sync::action::{
+    Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject,
+};
+use crate::sync::engine::{Engine, Summary};
+use crate::sync::plan::Plan;
+
+/// Why one action failed.
+#[derive(Debug)]
+enum Failure {
+    /// The API refused or could not be reached; the record is retried next run.
+    Api(ApiError),
+    /// The state DB refused: nothing more can be trusted this run.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Api(e) => write!(f, "{e}"),
+            Failure::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Applies one plan.
+pub(super) struct Applier<'a> {
+    engine: &'a Engine,
+    run_id: &'a str,
+    /// The link rows as read at the start of the run, updated as actions land.
+    links: HashMap<ReferenceId, Link>,
+    /// The highest FarmFlow id seen: the watermark of FarmFlow creates.
+    watermark: i64,
+    pub(super) summary: Summary,
+    /// Set when the run must stop (credentials refused, state DB failing).
+    pub(super) fatal: Option<String>,
+}
+
+impl<'a> Applier<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        run_id: &'a str,
+        links: &[Link],
+        farmflow: &[FarmflowCustomer],
+    ) -> Self {
+        Applier {
+            engine,
+            run_id,
+            links: links
+                .iter()
+                .map(|l| (l.reference_id.clone(), l.clone()))
+                .collect(),
+            watermark: farmflow.iter().map(|c| c.id.0).max().unwrap_or(0),
+            summary: Summary::default(),
+            fatal: None,
+        }
+    }
+
+    /// Applies every action in order.
+    pub(super) async fn apply(&mut self, plan: &Plan) {
+        let mut failed: Option<Subject> = None;
+        for action in &plan.actions {
+            let subject = action.subject();
+            if failed.as_ref() == Some(&subject) {
+                continue;
+            }
+            failed = None;
+            if let Err(failure) = self.apply_one(action).await {
+                self.summary.failed += 1;
+                warn!(
+                    subject = %subject,
+                    action = action.kind(),
+                    error = %failure,
+                    "sync.record.failed"
+                );
+                match &failure {
+                    Failure::Api(e) if e.is_auth() => {
+                        self.fatal = Some(e.to_string());
+                        return;
+                    }
+                    Failure::Store(e) => {
+                        self.fatal = Some(format!("the state DB failed: {e}"));
+                        return;
+                    }
+                    Failure::Api(_) => {}
+                }
+                if let Subject::Link(reference) = &subject {
+                    let reference = reference.clone();
+                    let message = failure.to_string();
+                    let _ = self
+                        .engine
+                        .store
+                        .call(move |s| s.record_link_failure(&reference, &message))
+                        .await;
+                }
+                failed = Some(subject);
+            }
+        }
+    }
+
+    async fn apply_one(&mut self, action: &Action) -> Result<(), Failure> {
+        match action {
+            Action::Link {
+                rule,
+                kounta_id,
+                farmflow_id,
+                link,
+            } => {
+                self.save(link, None).await?;
+                self.summary.linked += 1;
+                info!(
+                    rule = rule.as_str(),
+                    kounta_id = kounta_id.0,
+                    farmflow_id = farmflow_id.0,
+                    "sync.record.linked"
+                );
+            }
+            Action::UpdateKounta {
+                kounta_id,
+                write,
+                link,
+                ..
+            } => {
+                self.kounta_update(*kounta_id, write, link, "update").await?;
+                self.summary.updated += 1;
+            }
+            Action::UpdateFarmflow {
+                farmflow_id,
+                body,
+                link,
+                ..
+            } => {
+                let intent = self
+                    .begin(
+                        Side::Farmflow,
+                        "update",
+                        Some(&link.reference_id),
+                        link.kounta_id,
+                        Some(*farmflow_id),
+                        json(body),
+                        None,
+                    )
+                    .await?;
+                let customer = FarmflowCustomer {
+                    id: *farmflow_id,
+                    fields: body.clone(),
+                };
+                let answer = self.engine.farmflow.update(&customer).await;
+                let updated = self.settle_or_fail(intent, answer).await?;
+                // The snapshot is what FarmFlow answered: a side that reformats a value must
+                // not make the next run see a change.
+                let mut after = link.clone();
+                after.farmflow_snapshot = Some(Customer::from_farmflow(&updated.fields).customer);
+                self.settle_with_link(intent, "updated", &after).await?;
+                self.summary.updated += 1;
+            }
+            Action::CreateKounta(create) => {
+                self.kounta_create(create).await?;
+                self.summary.created += 1;
+            }
+            Action::RecreateKounta { create, .. } => {
+                self.kounta_create(create).await?;
+                self.summary.created += 1;
+            }
+            Action::CreateFarmflow(create) => {
+                self.farmflow_create(create, None).await?;
+                self.summary.created += 1;
+            }
+            Action::RecreateFarmflow {
+                old_reference_id,
+                create,
+            } => {
+                self.farmflow_create(create, Some(old_reference_id)).await?;
+                self.summary.created += 1;
+            }
+            Action::Conflict(c) => {
+                let (run_id, reference, field) =
+                    (self.run_id.to_owned(), c.reference_id.clone(), c.field.name());
+                let (kv, fv) = (c.kounta_value.clone(), c.farmflow_value.clone());
+                let winner = match c.winner {
+                    crate::sync::policy::ConflictWinner::Kounta => "kounta",
+                    crate::sync::policy::ConflictWinner::Farmflow => "farmflow",
+                };
+                self.engine
+                    .store
+                    .call(move |s| s.record_conflict(&run_id, &reference, field, &kv, &fv, winner))
+                    .await?;
+                self.summary.conflicts += 1;
+                warn!(
+                    reference_id = %c.reference_id,
+                    field,
+                    winner,
+                    "sync.conflict"
+                );
+            }
+            Action::DeleteFarmflow {
+                farmflow_id,
+                kounta_id,
+                link,
+            } => {
+                self.delete_farmflow(*farmflow_id, *kounta_id, link).await?;
+            }
+            Action::BlockDelete {
+                farmflow_id,
+                reason,
+                link,
+            } => {
+                self.save(link, Some(reason.to_string())).await?;
+                self.summary.blocked += 1;
+                warn!(
+                    farmflow_id = farmflow_id.0,
+                    reference_id = %link.reference_id,
+                    reason = %reason,
+                    "sync.delete.blocked"
+                );
+            }
+            Action::TagKounta {
+                kounta_id,
+                write,
+                link,
+            } => {
+                self.kounta_update(*kounta_id, write, link, "tag").await?;
+                self.summary.deleted += 1;
+            }
+            Action::UnlinkKounta {
+                kounta_id,
+                write,
+                link,
+            } => {
+                self.kounta_update(*kounta_id, write, link, "unlink").await?;
+                self.summary.deleted += 1;
+            }
+            Action::Tombstone { reason, link } => {
+                self.save(link, None).await?;
+                info!(reference_id = %link.reference_id, reason = %reason, "sync.record.tombstoned");
+            }
+            Action::Refresh { link } => {
+                self.save(link, None).await?;
+            }
+            Action::Skip { subject, reason } => {
+                tracing::debug!(subject = %subject, reason = %reason, "sync.record.skipped");
+            }
+        }
+        Ok(())
+    }
+
+    async fn kounta_update(
+        &mut self,
+        kounta_id: KountaId,
+        write: &KountaCustomerWrite,
+        link: &LinkAfter,
+        op: &str,
+    ) -> Result<(), Failure> {
+        let intent = self
+            .begin(
+                Side::Kounta,
+                op,
+                Some(&link.reference_id),
+                Some(kounta_id),
+                Some(link.farmflow_id),
+                json(write),
+                None,
+            )
+            .await?;
+        let answer = self.engine.kounta.update(kounta_id, write).await;
+        self.settle_or_fail(intent, answer).await?;
+        self.settle_with_link(intent, op, link).await
+    }
+
+    async fn kounta_create(&mut self, create: &KountaCreate) -> Result<(), Failure> {
+        let intent = self
+            .begin(
+                Side::Kounta,
+                "create",
+                Some(&create.reference_id),
+                None,
+                Some(create.farmflow_id),
+                json(&create.write),
+                None,
+            )
+            .await?;
+        let answer = self.engine.kounta.create(&create.write).await;
+        let kounta_id = self.settle_or_fail(intent, answer).await?;
+        self.settle_with_link(intent, "created", &create.link_after(kounta_id))
+            .await?;
+        info!(
+            kounta_id = kounta_id.0,
+            farmflow_id = create.farmflow_id.0,
+            "sync.record.created"
+        );
+        Ok(())
+    }
+
+    async fn farmflow_create(
+        &mut self,
+        create: &FarmflowCreate,
+        replaces: Option<&ReferenceId>,
+    ) -> Result<(), Failure> {
+        let intent = self
+            .begin(
+                Side::Farmflow,
+                "create",
+                None,
+                Some(create.kounta_id),
+                None,
+                json(&create.fields),
+                Some(self.watermark),
+            )
+            .await?;
+        let answer = self.engine.farmflow.create(&create.fields).await;
+        let created = self.settle_or_fail(intent, answer).await?;
+        self.watermark = self.watermark.max(created.id.0);
+        let mut after = create.link_after(created.id);
+        after.farmflow_snapshot = Some(Customer::from_farmflow(&created.fields).customer);
+        let link = self.to_link(&after, None);
+        let outcome = format!("created {}", created.id);
+        match replaces {
+            None => {
+                self.engine
+                    .store
+                    .call(move |s| s.settle_intent(intent, &outcome, Some(&link)))
+                    .await?
+            }
+            Some(old) => {
+                let old = old.clone();
+                self.engine
+                    .store
+                    .call(move |s| s.settle_intent_replacing(intent, &outcome, &old, &link))
+                    .await?
+            }
+        }
+        self.remember(&after);
+        info!(
+            kounta_id = create.kounta_id.0,
+            farmflow_id = created.id.0,
+            "sync.record.created"
+        );
+        // Record the link in the CRM customer's reference_id. If this fails, the link row says
+        // the CRM side is unverified, so the next run reads it and writes the reference again.
+        let write = create.reference_write(created.id);
+        let mut with_reference = create.link_after_reference(created.id);
+        with_reference.farmflow_snapshot = after.farmflow_snapshot.clone();
+        self.kounta_update(create.kounta_id, &write, &with_reference, "reference")
+            .await
+    }
+
+    async fn delete_farmflow(
+        &mut self,
+        farmflow_id: FarmflowId,
+        kounta_id: Option<KountaId>,
+        link: &LinkAfter,
+    ) -> Result<(), Failure> {
+        // Confirm the CRM deletion with a direct read before erasing anyone's history.
+        if let Some(k) = kounta_id {
+            match self.engine.kounta.get(k).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    info!(
+                        kounta_id = k.0,
+                        farmflow_id = farmflow_id.0,
+                        "sync.delete.unconfirmed"
+                    );
+                    self.summary.skipped += 1;
+                    return Ok(());
+                }
+                Err(e) => return Err(Failure::Api(e)),
+            }
+        }
+        let intent = self
+            .begin(
+                Side::Farmflow,
+                "delete",
+                Some(&link.reference_id),
+                kounta_id,
+                Some(farmflow_id),
+                format!("{{\"id\":\"{farmflow_id}\"}}"),
+                None,
+            )
+            .await?;
+        let answer = self.engine.farmflow.delete(farmflow_id).await;
+        match self.settle_or_fail(intent, answer).await? {
+            DeleteOutcome::Deleted | DeleteOutcome::AlreadyGone => {
+                self.settle_with_link(intent, "deleted", link).await?;
+                self.summary.deleted += 1;
+                info!(farmflow_id = farmflow_id.0, "sync.record.deleted");
+            }
+            DeleteOutcome::Blocked { reason } => {
+                let reason = BlockReason::Refused { message: reason };
+                let mut blocked = link.clone();
+                blocked.state = LinkState::DeleteBlocked;
+                let row = self.to_link(&blocked, Some(reason.to_string()));
+                self.engine
+                    .store
+                    .call(move |s| s.settle_intent(intent, "blocked", Some(&row)))
+                    .await?;
+                self.remember(&blocked);
+                self.summary.blocked += 1;
+                warn!(
+                    farmflow_id = farmflow_id.0,
+                    reference_id = %link.reference_id,
+                    reason = %reason,
+                    "sync.delete.blocked"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the intent of a write before it is sent.
+    #[allow(clippy::too_many_arguments)]
+    async fn begin(
+        &self,
+        side: Side,
+        op: &str,
+        reference_id: Option<&ReferenceId>,
+        kounta_id: Option<KountaId>,
+        farmflow_id: Option<FarmflowId>,
+        payload: String,
+        watermark: Option<i64>,
+    ) -> Result<i64, Failure> {
+        let intent = NewIntent {
+            run_id: self.run_id.to_owned(),
+            side,
+            op: op.to_owned(),
+            reference_id: reference_id.cloned(),
+            kounta_id,
+            farmflow_id,
+            payload,
+            watermark,
+        };
+        Ok(self
+            .engine
+            .store
+            .call(move |s| s.begin_intent(&intent))
+            .await?)
+    }
+
+    /// Passes a success through; settles a failed write as failed unless its outcome is
+    /// unknown (a create whose answer was lost stays unsettled, to be looked up next run).
+    async fn settle_or_fail<T>(&self, intent: i64, answer: Result<T, ApiError>) -> Result<T, Failure> {
+        match answer {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if !matches!(e, ApiError::OutcomeUnknown { .. }) {
+                    let outcome = format!("failed: {e}");
+                    self.engine
+                        .store
+                        .call(move |s| s.settle_intent(intent, &outcome, None))
+                        .await?;
+                }
+                Err(Failure::Api(e))
+            }
+        }
+    }
+
+    async fn settle_with_link(
+        &mut self,
+        intent: i64,
+        outcome: &str,
+        after: &LinkAfter,
+    ) -> Result<(), Failure> {
+        let row = self.to_link(after, None);
+        let outcome = outcome.to_owned();
+        self.engine
+            .store
+            .call(move |s| s.settle_intent(intent, &outcome, Some(&row)))
+            .await?;
+        self.remember(after);
+        Ok(())
+    }
+
+    /// Stores a link row with no remote write behind it.
+    async fn save(&mut self, after: &LinkAfter, error: Option<String>) -> Result<(), Failure> {
+        let row = self.to_link(after, error);
+        self.engine.store.call(move |s| s.upsert_link(&row)).await?;
+        self.remember(after);
+        Ok(())
+    }
+
+    fn to_link(&self, after: &LinkAfter, error: Option<String>) -> Link {
+        let mut link = after.to_link(self.links.get(&after.reference_id), now());
+        if let Some(e) = error {
+            link.last_error = Some(e);
+        }
+        link
+    }
+
+    fn remember(&mut self, after: &LinkAfter) {
+        let link = self.to_link(after, None);
+        self.links.insert(after.reference_id.clone(), link);
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The FarmFlow fields of a create intent's payload.
+pub(super) fn payload_fields(payload: &str) -> Option<FarmflowFields> {
+    serde_json::from_str(payload).ok()
+}

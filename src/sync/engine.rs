@@ -1,0 +1,538 @@
+//! One reconcile, start to finish: read both sides, settle the journal, read the CRM on a
+//! budget, plan, then apply (or, for a dry run, print).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+use tracing::{Instrument, info, warn};
+
+use crate::config::{KountaAuthMode, Settings};
+use crate::farmflow::client::{FarmflowClient, FarmflowOptions};
+use crate::farmflow::model::FarmflowCustomer;
+use crate::http::{ApiError, RequestCounts};
+use crate::ids::KountaId;
+use crate::kounta::client::{KountaAuth, KountaClient, KountaOptions};
+use crate::kounta::model::KountaCustomer;
+use crate::store::{SharedStore, StoreError, now};
+use crate::sync::action::Attention;
+use crate::sync::budget::{self, Staleness};
+use crate::sync::plan::{OrderBook, Plan, PlanInput, plan};
+use crate::sync::policy::Policy;
+
+/// A link not verified for this long is read whatever the budget says (a safety net; the
+/// budget normally verifies every link far more often).
+pub const DEFAULT_MAX_VERIFY_AGE_SECS: i64 = 7 * 24 * 3600;
+
+/// How a run ended, in DESIGN.md's terms.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Everything applied (exit 0).
+    Applied,
+    /// Some records failed or the CRM listing stayed incomplete; the rest applied (exit 1).
+    Partial,
+    /// The safety guard tripped (exit 3).
+    Guarded,
+    /// The run could not happen: a list unreadable, credentials refused (exit 4).
+    Unavailable(String),
+}
+
+impl Outcome {
+    /// The process exit code DESIGN.md gives this outcome.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Applied => 0,
+            Outcome::Partial => 1,
+            Outcome::Guarded => 3,
+            Outcome::Unavailable(_) => 4,
+        }
+    }
+}
+
+/// The counts of `sync.run.finished`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub linked: u64,
+    pub blocked: u64,
+    pub conflicts: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub kounta_requests: u64,
+    pub farmflow_requests: u64,
+}
+
+/// What one run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+    pub summary: Summary,
+    /// The final plan (absent when the run could not read both sides).
+    pub plan: Option<Plan>,
+    /// Why the CRM listing is incomplete, when it is.
+    pub listing_cut: Option<String>,
+    /// Unsettled journal entries a dry run saw (a real run settles them first).
+    pub unsettled: usize,
+}
+
+/// How to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Plan and report; write nothing remote and nothing to the state DB.
+    pub dry_run: bool,
+    /// `--allow-mass-delete`: the safety guard never trips.
+    pub allow_mass_delete: bool,
+}
+
+/// Everything a run needs: both clients, the store, and the user's policy.
+pub struct Engine {
+    pub kounta: KountaClient,
+    pub farmflow: FarmflowClient,
+    pub store: SharedStore,
+    pub policy: Policy,
+    /// `kounta.requests_per_minute`: the verification budget is what it leaves.
+    pub kounta_rate: u32,
+    pub max_verify_age_secs: i64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("kounta", &self.kounta)
+            .field("farmflow", &self.farmflow)
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+/// The CRM client options the settings describe.
+pub fn kounta_options(settings: &Settings) -> KountaOptions {
+    let k = &settings.kounta;
+    KountaOptions {
+        base_url: k.base_url.clone(),
+        company_id: k.company_id,
+        auth: match k.auth {
+            KountaAuthMode::Basic => KountaAuth::Basic {
+                client_id: k.client_id.clone(),
+                client_secret: k.client_secret.clone(),
+            },
+            KountaAuthMode::Oauth => KountaAuth::OAuth {
+                client_id: k.client_id.clone(),
+                client_secret: k.client_secret.clone(),
+                refresh_token: k.refresh_token.clone(),
+            },
+        },
+        requests_per_minute: k.requests_per_minute,
+        timeout: k.timeout,
+    }
+}
+
+/// The FarmFlow client options the settings describe.
+pub fn farmflow_options(settings: &Settings) -> FarmflowOptions {
+    let f = &settings.farmflow;
+    FarmflowOptions {
+        base_url: f.base_url.clone(),
+        api_key: f.api_key.clone(),
+        auth_header: f.auth_header.clone(),
+        auth_prefix: f.auth_prefix.clone(),
+        requests_per_minute: f.requests_per_minute,
+        timeout: f.timeout,
+    }
+}
+
+impl Engine {
+    /// Builds both clients from the settings; rotated OAuth tokens go to `store`.
+    pub fn from_settings(
+        settings: &Settings,
+        store: SharedStore,
+        allow_mass_delete: bool,
+    ) -> Result<Engine, ApiError> {
+        let kounta = KountaClient::new(kounta_options(settings), Arc::new(store.clone()))?;
+        let farmflow = FarmflowClient::new(farmflow_options(settings))?;
+        Ok(Engine {
+            kounta,
+            farmflow,
+            store,
+            policy: settings.policy(allow_mass_delete),
+            kounta_rate: settings.kounta.requests_per_minute,
+            max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+        })
+    }
+
+    /// One reconcile. Never panics on remote data; every failure is in the report.
+    pub async fn run_once(&self, options: RunOptions) -> RunReport {
+        let run_id = new_run_id();
+        let span = tracing::info_span!("sync.run", run_id = %run_id);
+        self.run_inner(run_id, options).instrument(span).await
+    }
+
+    async fn run_inner(&self, run_id: String, options: RunOptions) -> RunReport {
+        let started = Instant::now();
+        let kounta_before = self.kounta.counts();
+        let farmflow_before = self.farmflow.counts();
+        let mut policy = self.policy.clone();
+        policy.allow_mass_delete |= options.allow_mass_delete;
+        info!(dry_run = options.dry_run, "sync.run.started");
+
+        let mut report = RunReport {
+            run_id: run_id.clone(),
+            dry_run: options.dry_run,
+            outcome: Outcome::Applied,
+            summary: Summary::default(),
+            plan: None,
+            listing_cut: None,
+            unsettled: 0,
+        };
+        if !options.dry_run {
+            let id = run_id.clone();
+            if let Err(e) = self.store.call(move |s| s.start_run(&id, false)).await {
+                report.outcome = Outcome::Unavailable(e.to_string());
+                return self.finish(report, kounta_before, farmflow_before, started).await;
+            }
+        }
+
+        match self.reconcile(&run_id, options, &policy, &mut report).await {
+            Ok(()) => {}
+            Err(RunError::Unavailable(message)) => {
+                warn!(error = %message, "sync.run.unavailable");
+                report.outcome = Outcome::Unavailable(message);
+            }
+        }
+        self.finish(report, kounta_before, farmflow_before, started)
+            .await
+    }
+
+    async fn reconcile(
+        &self,
+        run_id: &str,
+        options: RunOptions,
+        policy: &Policy,
+        report: &mut RunReport,
+    ) -> Result<(), RunError> {
+        let seen_at = now();
+        // 1. Read both sides. FarmFlow has no paging: all or nothing.
+        let farmflow: Vec<FarmflowCustomer> = self
+            .farmflow
+            .list()
+            .await
+            .map_err(|e| RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}")))?;
+        let listing = self
+            .kounta
+            .list()
+            .await
+            .map_err(|e| RunError::Unavailable(format!("cannot read the CRM customer list: {e}")))?;
+        if let Some(cut) = &listing.error {
+            warn!(error = %cut, pages = listing.pages, "sync.listing.incomplete");
+            report.listing_cut = Some(cut.to_string());
+        }
+
+        // 2. Settle what an earlier run left unsettled, before anything is retried.
+        let unsettled = self.store.call(|s| s.unsettled_intents()).await.map_err(store_down)?;
+        report.unsettled = unsettled.len();
+        let mut unsettled_kounta: Vec<KountaId> =
+            unsettled.iter().filter_map(|i| i.intent.kounta_id).collect();
+        if !options.dry_run && !unsettled.is_empty() {
+            let found = super::recover::settle(self, unsettled, &farmflow, &listing.items)
+                .await
+                .map_err(|e| RunError::Unavailable(e.to_string()))?;
+            unsettled_kounta.extend(found);
+        }
+
+        // 3. Read the CRM on a budget.
+        let links = self.store.call(|s| s.links()).await.map_err(store_down)?;
+        let hints = self.store.call(|s| s.hints()).await.map_err(store_down)?;
+        let mut hinted: Vec<KountaId> = hints.iter().map(|h| h.kounta_id).collect();
+        hinted.extend(budget::kounta_reads_for_farmflow_changes(&farmflow, &links));
+        let staleness = Some(Staleness {
+            now: seen_at,
+            max_age_secs: self.max_verify_age_secs,
+        });
+        let required =
+            budget::select_full_reads(&listing.items, &links, &hinted, &unsettled_kounta, 0, staleness);
+        let verification = budget::verification_budget(
+            self.kounta_rate,
+            self.kounta.limiter().recent(),
+            u32::try_from(required.len()).unwrap_or(u32::MAX),
+        );
+        let reads = budget::select_full_reads(
+            &listing.items,
+            &links,
+            &hinted,
+            &unsettled_kounta,
+            verification,
+            staleness,
+        );
+        let mut full: HashMap<KountaId, KountaCustomer> = HashMap::new();
+        let mut attempted: std::collections::HashSet<KountaId> = Default::default();
+        self.read_full(&reads, &mut full, &mut attempted, report).await?;
+
+        // 4. Plan; read what the plan asks for (orders, more CRM records) and plan again.
+        let today = chrono::Local::now().date_naive();
+        let mut orders: Option<OrderBook> = None;
+        let mut orders_tried = false;
+        let mut current = loop {
+            let input = PlanInput {
+                farmflow: &farmflow,
+                kounta_list: &listing.items,
+                kounta_list_complete: listing.complete,
+                kounta_full: &full,
+                links: &links,
+                orders: orders.as_ref(),
+                today,
+            };
+            let planned = plan(&input, policy);
+            let mut more = false;
+            if planned.needs_orders && !orders_tried {
+                orders_tried = true;
+                orders = self.read_orders().await;
+                more |= orders.is_some();
+            }
+            let wanted: Vec<KountaId> = planned
+                .needs_kounta_reads
+                .iter()
+                .copied()
+                .filter(|k| !attempted.contains(k))
+                .collect();
+            if !wanted.is_empty() {
+                self.read_full(&wanted, &mut full, &mut attempted, report).await?;
+                more = true;
+            }
+            if !more {
+                break planned;
+            }
+        };
+
+        if let Some(guard) = &current.guard {
+            warn!(
+                planned_deletions = guard.planned_deletions,
+                live_links = guard.live_links,
+                max_delete_fraction = policy.max_delete_fraction,
+                reason = ?guard.reason,
+                "sync.guard.tripped"
+            );
+        }
+
+        // 5. Apply (a dry run stops here).
+        if !options.dry_run {
+            let mut applier = super::apply::Applier::new(self, run_id, &links, &farmflow);
+            applier.apply(&current).await;
+            report.summary = applier.summary;
+            if let Some(message) = applier.fatal {
+                return Err(RunError::Unavailable(message));
+            }
+            self.note_attention(&current.attention).await;
+            let hinted_ids: Vec<KountaId> = hints
+                .iter()
+                .map(|h| h.kounta_id)
+                .filter(|k| attempted.contains(k))
+                .collect();
+            if !hinted_ids.is_empty() {
+                let _ = self
+                    .store
+                    .call(move |s| s.clear_hints(&hinted_ids, seen_at))
+                    .await;
+            }
+        } else {
+            report.summary = dry_run_summary(&current);
+        }
+        report.summary.skipped = current.counts.skipped as u64;
+        if current.guard.is_some() {
+            report.outcome = Outcome::Guarded;
+        } else if report.summary.failed > 0 || !listing.complete {
+            report.outcome = Outcome::Partial;
+        }
+        current.actions.shrink_to_fit();
+        report.plan = Some(current);
+        Ok(())
+    }
+
+    async fn read_full(
+        &self,
+        ids: &[KountaId],
+        full: &mut HashMap<KountaId, KountaCustomer>,
+        attempted: &mut std::collections::HashSet<KountaId>,
+        report: &mut RunReport,
+    ) -> Result<(), RunError> {
+        for &id in ids {
+            if !attempted.insert(id) {
+                continue;
+            }
+            match self.kounta.get(id).await {
+                Ok(Some(record)) => {
+                    full.insert(id, record);
+                }
+                Ok(None) => {} // gone since the listing: the plan sees it as unread, and waits
+                Err(e) if e.is_auth() => {
+                    return Err(RunError::Unavailable(e.to_string()));
+                }
+                Err(e) => {
+                    warn!(kounta_id = id.0, error = %e, "sync.read.failed");
+                    // The record waits for the next run; the run reports it as failed.
+                    report.summary.failed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_orders(&self) -> Option<OrderBook> {
+        let recurring = match self.farmflow.recurring_orders().await {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "sync.orders.unreadable");
+                return None;
+            }
+        };
+        let one_time = match self.farmflow.one_time_orders().await {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(error = %e, "sync.orders.unreadable");
+                return None;
+            }
+        };
+        Some(OrderBook {
+            recurring,
+            one_time,
+        })
+    }
+
+    async fn note_attention(&self, items: &[Attention]) {
+        let items: Vec<(String, String, String)> = items
+            .iter()
+            .map(|a| {
+                let subject = match (a.kounta_id, a.farmflow_id) {
+                    (Some(k), Some(f)) => format!("crm {k} / farmflow {f}"),
+                    (Some(k), None) => format!("crm {k}"),
+                    (None, Some(f)) => format!("farmflow {f}"),
+                    (None, None) => "-".to_owned(),
+                };
+                (attention_kind(a), subject, a.detail.clone())
+            })
+            .collect();
+        let result = self
+            .store
+            .call(move |s| {
+                let mut by_kind: HashMap<String, Vec<String>> = HashMap::new();
+                for kind in ATTENTION_KINDS {
+                    by_kind.insert((*kind).to_owned(), Vec::new());
+                }
+                let mut new = Vec::new();
+                for (kind, subject, detail) in &items {
+                    if s.note_attention(kind, subject, detail)? {
+                        new.push((kind.clone(), subject.clone(), detail.clone()));
+                    }
+                    by_kind.entry(kind.clone()).or_default().push(subject.clone());
+                }
+                for (kind, subjects) in by_kind {
+                    s.retain_attention(&kind, &subjects)?;
+                }
+                Ok(new)
+            })
+            .await;
+        match result {
+            Ok(new) => {
+                // Warn once per record, not every run.
+                for (kind, subject, detail) in new {
+                    warn!(kind = %kind, subject = %subject, detail = %detail, "sync.record.attention");
+                }
+            }
+            Err(e) => warn!(error = %e, "sync.store.failed"),
+        }
+    }
+
+    async fn finish(
+        &self,
+        mut report: RunReport,
+        kounta_before: RequestCounts,
+        farmflow_before: RequestCounts,
+        started: Instant,
+    ) -> RunReport {
+        report.summary.kounta_requests =
+            self.kounta.counts().total() - kounta_before.total();
+        report.summary.farmflow_requests =
+            self.farmflow.counts().total() - farmflow_before.total();
+        let s = report.summary;
+        let exit_code = report.outcome.exit_code();
+        if !report.dry_run {
+            let id = report.run_id.clone();
+            let summary = serde_json::to_value(s).unwrap_or_default();
+            if let Err(e) = self
+                .store
+                .call(move |st| st.finish_run(&id, exit_code, &summary))
+                .await
+            {
+                warn!(error = %e, "sync.store.failed");
+            }
+        }
+        info!(
+            dry_run = report.dry_run,
+            exit_code,
+            created = s.created,
+            updated = s.updated,
+            deleted = s.deleted,
+            linked = s.linked,
+            blocked = s.blocked,
+            conflicts = s.conflicts,
+            failed = s.failed,
+            skipped = s.skipped,
+            kounta_requests = s.kounta_requests,
+            farmflow_requests = s.farmflow_requests,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "sync.run.finished"
+        );
+        report
+    }
+}
+
+const ATTENTION_KINDS: &[&str] = &[
+    "skipped",
+    "reference_collision",
+    "unmappable_country",
+    "tombstone_reappeared",
+];
+
+fn attention_kind(a: &Attention) -> String {
+    serde_json::to_value(a.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "other".to_owned())
+}
+
+/// What a dry run would do, counted from the plan.
+fn dry_run_summary(plan: &Plan) -> Summary {
+    let c = plan.counts;
+    Summary {
+        created: (c.kounta_creates + c.farmflow_creates + c.recreated) as u64,
+        updated: (c.kounta_updates + c.farmflow_updates) as u64,
+        deleted: (c.farmflow_deletes + c.tagged + c.unlinked) as u64,
+        linked: c.linked as u64,
+        blocked: c.blocked as u64,
+        conflicts: c.conflicts as u64,
+        ..Summary::default()
+    }
+}
+
+/// Why a run could not go on.
+#[derive(Debug)]
+enum RunError {
+    Unavailable(String),
+}
+
+fn store_down(e: StoreError) -> RunError {
+    RunError::Unavailable(e.to_string())
+}
+
+/// A run id: time-ordered and unique enough to tell runs apart in logs.
+fn new_run_id() -> String {
+    format!(
+        "{}-{:04x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        rand::random::<u16>()
+    )
+}

@@ -1,0 +1,193 @@
+//! Settling what an earlier run left unsettled in the journal, by looking the records up,
+//! before anything is retried: a create whose answer was lost must never become two.
+
+use std::collections::HashSet;
+
+use tracing::{info, warn};
+
+use crate::customer::{Customer, Field};
+use crate::farmflow::model::FarmflowCustomer;
+use crate::http::ApiError;
+use crate::ids::{FarmflowId, KountaId, ReferenceId};
+use crate::kounta::model::KountaListItem;
+use crate::store::{Intent, Link, LinkState, Side, StoreError, now};
+use crate::sync::apply::payload_fields;
+use crate::sync::engine::Engine;
+
+/// Why settling stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The state DB failed.
+    #[error("cannot settle the journal: {0}")]
+    Store(#[from] StoreError),
+    /// The CRM refused the credentials while looking a create up.
+    #[error("cannot settle the journal: {0}")]
+    Auth(ApiError),
+}
+
+/// Settles every unsettled intent it can. Returns the CRM ids that should be read in full this
+/// run (records a lost write may have touched).
+pub async fn settle(
+    engine: &Engine,
+    intents: Vec<Intent>,
+    farmflow: &[FarmflowCustomer],
+    _listing: &[KountaListItem],
+) -> Result<Vec<KountaId>, RecoverError> {
+    let mut reread = Vec::new();
+    for intent in intents {
+        let i = &intent.intent;
+        if let Some(k) = i.kounta_id {
+            reread.push(k);
+        }
+        let outcome = match (i.side, i.op.as_str()) {
+            (Side::Kounta, "create") => settle_kounta_create(engine, &intent, &mut reread).await?,
+            (Side::Farmflow, "create") => settle_farmflow_create(engine, &intent, farmflow).await?,
+            // Updates, tags, unlinks and deletes are idempotent: the plan sees where things stand
+            // now and does again whatever is still needed.
+            _ => Some("superseded: re-planned from current state".to_owned()),
+        };
+        if let Some(outcome) = outcome {
+            let id = intent.id;
+            engine
+                .store
+                .call(move |s| s.settle_intent(id, &outcome, None))
+                .await?;
+        }
+    }
+    Ok(reread)
+}
+
+/// A CRM create carries its `reference_id`: look it up.
+async fn settle_kounta_create(
+    engine: &Engine,
+    intent: &Intent,
+    reread: &mut Vec<KountaId>,
+) -> Result<Option<String>, RecoverError> {
+    let Some(reference) = intent.intent.reference_id.clone() else {
+        return Ok(Some("abandoned: no reference id to look up".to_owned()));
+    };
+    let found = match engine.kounta.find_by_reference(reference.as_str()).await {
+        Ok(items) => items,
+        Err(e) if e.is_auth() => return Err(RecoverError::Auth(e)),
+        Err(e) => {
+            // Cannot tell yet; try again next run. Nothing will create this record meanwhile:
+            // the plan only creates into the CRM from a complete listing, which would show it.
+            warn!(reference_id = %reference, error = %e, "sync.journal.unresolved");
+            return Ok(None);
+        }
+    };
+    let mut ids: Vec<KountaId> = found.iter().map(|i| i.id).collect();
+    ids.sort();
+    let Some(&kounta_id) = ids.first() else {
+        info!(reference_id = %reference, "sync.journal.absent");
+        return Ok(Some("absent: the create did not happen".to_owned()));
+    };
+    if ids.len() > 1 {
+        warn!(reference_id = %reference, count = ids.len(), "sync.journal.duplicates");
+    }
+    reread.extend(ids.iter().copied());
+    // A recreation's link still names the deleted CRM customer: move it to the new one, with
+    // no CRM snapshot, so the next plan compares both sides afresh and never reads the old
+    // customer's absence as a deletion.
+    let existing = engine
+        .store
+        .call({
+            let reference = reference.clone();
+            move |s| s.link(&reference)
+        })
+        .await?;
+    if let Some(mut link) = existing
+        && link.kounta_id != Some(kounta_id)
+    {
+        link.kounta_id = Some(kounta_id);
+        link.kounta_snapshot = None;
+        link.kounta_verified = false;
+        link.state = LinkState::Active;
+        engine.store.call(move |s| s.upsert_link(&link)).await?;
+    }
+    info!(reference_id = %reference, kounta_id = kounta_id.0, "sync.journal.found");
+    Ok(Some(format!("found {kounta_id}")))
+}
+
+/// A FarmFlow create has no external id: find an unlinked FarmFlow customer above the intent's
+/// watermark whose normalised email, phone, first and last name equal what was sent.
+async fn settle_farmflow_create(
+    engine: &Engine,
+    intent: &Intent,
+    farmflow: &[FarmflowCustomer],
+) -> Result<Option<String>, RecoverError> {
+    let i = &intent.intent;
+    let (Some(kounta_id), Some(sent)) = (i.kounta_id, payload_fields(&i.payload)) else {
+        return Ok(Some("abandoned: unreadable intent".to_owned()));
+    };
+    let watermark = i.watermark.unwrap_or(i64::MAX);
+    let sent = Customer::from_farmflow(&sent).customer;
+    let links = engine.store.call(|s| s.links()).await?;
+    let linked: HashSet<FarmflowId> = links.iter().map(|l| l.farmflow_id).collect();
+    let live: HashSet<FarmflowId> = farmflow.iter().map(|c| c.id).collect();
+    // The row that holds this CRM customer now: a live link means the create is moot; a link to
+    // a FarmFlow customer that is gone means this was a recreation, to be replaced.
+    let holder = links
+        .iter()
+        .find(|l| l.kounta_id == Some(kounta_id) && l.state != LinkState::Tombstone)
+        .cloned();
+    if let Some(h) = &holder
+        && live.contains(&h.farmflow_id)
+    {
+        return Ok(Some(format!(
+            "superseded: crm {kounta_id} is already linked as {}",
+            h.reference_id
+        )));
+    }
+    let key = [Field::Email, Field::Phone, Field::FirstName, Field::LastName];
+    let mut candidates: Vec<&FarmflowCustomer> = farmflow
+        .iter()
+        .filter(|c| c.id.0 > watermark && !linked.contains(&c.id))
+        .filter(|c| {
+            let now = Customer::from_farmflow(&c.fields).customer;
+            key.iter()
+                .all(|&f| Customer::field_eq_normalised(&now, &sent, f))
+        })
+        .collect();
+    candidates.sort_by_key(|c| c.id);
+    let Some(created) = candidates.first() else {
+        info!(kounta_id = kounta_id.0, "sync.journal.absent");
+        return Ok(Some("absent: the create did not happen".to_owned()));
+    };
+    if candidates.len() > 1 {
+        warn!(kounta_id = kounta_id.0, count = candidates.len(), "sync.journal.duplicates");
+    }
+    // Link without snapshots: the next plan compares both sides afresh, reads the CRM record
+    // (unverified) and writes the reference_id into it if it is missing.
+    let link = Link {
+        reference_id: ReferenceId::for_farmflow(created.id),
+        farmflow_id: created.id,
+        kounta_id: Some(kounta_id),
+        kounta_snapshot: None,
+        farmflow_snapshot: None,
+        kounta_verified: false,
+        state: LinkState::Active,
+        last_verified_at: None,
+        last_synced_at: Some(now()),
+        last_error: None,
+        consecutive_failures: 0,
+    };
+    let outcome = format!("found {}", created.id);
+    let id = intent.id;
+    match holder {
+        None => {
+            engine
+                .store
+                .call(move |s| s.settle_intent(id, &outcome, Some(&link)))
+                .await?
+        }
+        Some(old) => {
+            engine
+                .store
+                .call(move |s| s.settle_intent_replacing(id, &outcome, &old.reference_id, &link))
+                .await?
+        }
+    }
+    info!(kounta_id = kounta_id.0, farmflow_id = created.id.0, "sync.journal.found");
+    Ok(None)
+}
