@@ -17,6 +17,7 @@
 //! - [`schedule`]: the cron expression, parsed as the scheduler parses it.
 //! - [`status`]: the health report behind `farmsync status`.
 //! - [`sync`]: policy, the pure plan, apply and the run.
+//! - [`sandbox`]: simulated CRM and FarmFlow APIs with fault injection, for tests and trials.
 
 pub mod cli;
 pub mod commands;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod lock;
+pub mod sandbox;
 pub mod schedule;
 pub mod status;
 pub mod store;

@@ -1,4 +1,10 @@
 //! farmsync's integration tests: one binary, one module per topic.
 
 mod cli;
+mod sandbox_farmflow;
+mod sandbox_faults;
+mod sandbox_kounta;
+mod sandbox_lifecycle;
+mod sandbox_support;
+mod sandbox_webhooks;
 mod support;
