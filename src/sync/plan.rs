@@ -883,6 +883,21 @@ impl<'a> Planner<'a> {
             }
             let k_changed = !Customer::field_eq_normalised(&m.k, &base_k, field);
             let f_changed = !Customer::field_eq_normalised(fc, &base_f, field);
+            if field == Field::FirstName && k_changed && m.k.first_name.trim().is_empty() {
+                // FarmFlow requires a first name, so a CRM that cleared it cannot pass that on.
+                // Both sides' values are taken as seen (no ping-pong); FarmFlow keeps its own.
+                agree.push(field);
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: Some(m.kounta_id),
+                    farmflow_id: Some(m.farmflow_id),
+                    detail: format!(
+                        "crm {} has no first name, which farmflow requires; farmflow {} keeps its own",
+                        m.kounta_id, m.farmflow_id
+                    ),
+                });
+                continue;
+            }
             match (k_changed, f_changed) {
                 (true, false) => to_farmflow.push(field),
                 (false, true) => to_kounta.push(field),
@@ -974,6 +989,7 @@ impl<'a> Planner<'a> {
             }
         }
 
+        let mut farmflow_refused = false;
         if !to_farmflow.is_empty() {
             let body = customer::farmflow_update(
                 &m.farmflow.fields,
@@ -981,23 +997,47 @@ impl<'a> Planner<'a> {
                 &to_farmflow,
                 self.w.policy.country_format,
             );
-            let f_after = Customer::from_farmflow(&body).customer;
-            for &field in &to_farmflow {
-                snap_f.set(field, f_after.get(field));
-                snap_k.set(field, m.k.get(field));
-            }
-            if body != m.farmflow.fields {
-                wrote = true;
-                self.actions.push(Action::UpdateFarmflow {
-                    farmflow_id: m.farmflow_id,
-                    fields: to_farmflow.clone(),
-                    body,
-                    link: after(&snap_k, &snap_f, verified),
+            if body.firstname.trim().is_empty() {
+                // FarmFlow refuses any update without a first name (its record lacks one and
+                // the CRM has none to give): writing would fail every run. The snapshots of
+                // these fields stay, so the change is still seen once a first name exists.
+                farmflow_refused = true;
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: Some(m.kounta_id),
+                    farmflow_id: Some(m.farmflow_id),
+                    detail: format!(
+                        "farmflow {} has no first name, which farmflow requires to update it",
+                        m.farmflow_id
+                    ),
                 });
+                self.actions.push(Action::Skip {
+                    subject: Subject::Link(m.reference_id.clone()),
+                    reason: SkipReason::NoFirstName,
+                });
+            } else {
+                let f_after = Customer::from_farmflow(&body).customer;
+                for &field in &to_farmflow {
+                    snap_f.set(field, f_after.get(field));
+                    snap_k.set(field, m.k.get(field));
+                }
+                if body != m.farmflow.fields {
+                    wrote = true;
+                    self.actions.push(Action::UpdateFarmflow {
+                        farmflow_id: m.farmflow_id,
+                        fields: to_farmflow.clone(),
+                        body,
+                        link: after(&snap_k, &snap_f, verified),
+                    });
+                }
             }
         }
 
         for field in conflicts {
+            if farmflow_refused && to_farmflow.contains(&field) {
+                // Not settled this run; it will be seen (and recorded) again.
+                continue;
+            }
             self.actions.push(Action::Conflict(ConflictRecord {
                 reference_id: m.reference_id.clone(),
                 field,
@@ -1205,3 +1245,6 @@ fn kounta_can_hold(c: &Customer) -> Result<(), SkipReason> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;
