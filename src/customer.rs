@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::country::CountryCode;
 use crate::farmflow::model::FarmflowFields;
 use crate::ids::ReferenceId;
-use crate::kounta::model::{KountaAddress, KountaCustomer, KountaCustomerWrite};
+use crate::kounta::model::{KountaAddress, KountaCustomer, KountaCustomerWrite, KountaListItem};
 use crate::sync::policy::CountryFormat;
 
 /// One customer as farmsync compares it: the fields both systems hold.
@@ -237,6 +237,23 @@ impl Customer {
             postal_code: address.postal_code,
             country: kounta_country(&address.country),
         }
+    }
+
+    /// The record as far as a CRM list item shows it: names and email, the rest empty.
+    pub fn from_kounta_listed(item: &KountaListItem) -> Customer {
+        Customer {
+            first_name: item.first_name.clone(),
+            last_name: item.last_name.clone(),
+            email: item.email.clone(),
+            ..Customer::default()
+        }
+    }
+
+    /// Whether the fields the CRM list shows ([`Field::LISTED`]) are equal, normalised.
+    pub fn listed_eq(&self, other: &Customer) -> bool {
+        Field::LISTED
+            .into_iter()
+            .all(|f| Customer::field_eq_normalised(self, other, f))
     }
 
     /// Maps a FarmFlow record; free-text country becomes alpha-2, or empty and reported.

@@ -15,6 +15,22 @@
 //! [`Plan::needs_orders`] (a FarmFlow delete must check orders) and [`Plan::needs_kounta_reads`]
 //! (a CRM write needs the full current record: a partial update must not clobber an address
 //! line or a same-field edit the list could not show). The caller reads those and plans again.
+//!
+//! Choices made where DESIGN.md leaves room (each with a test in `plan/tests.rs`):
+//! - Every link whose CRM record was read in full gets a `Refresh` (at least), so apply can
+//!   move `last_verified_at` and the verification budget rotates.
+//! - The guard counts CRM customers whose `reference_id` no link row accounts for as links
+//!   (after a lost state DB they are), and a dangling one as a planned deletion: an empty or
+//!   broken FarmFlow list can never tombstone them all.
+//! - A CRM customer whose `reference_id` names a live FarmFlow id is never created in FarmFlow:
+//!   it is linked, or reported as a collision (also when several CRM customers name that id).
+//! - A dangling reference is shown in the CRM like any FarmFlow deletion (tag/unlink/ignore).
+//! - FarmFlow needs a first name: a CRM that cleared it does not pass that on (reported), and no
+//!   FarmFlow write without one is planned.
+//! - An unmappable FarmFlow country is overwritten only by a CRM country change made since a
+//!   known snapshot, never by the values of a new link.
+//! - A deleted-in-the-CRM customer that changed in FarmFlow but has no email or phone cannot be
+//!   recreated in the CRM; it is reported and kept (neither deleted nor recreated).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -370,12 +386,7 @@ impl<'a> Planner<'a> {
                 )),
                 _ => {
                     if let Some(item) = self.w.listed.get(&id) {
-                        let listed = Customer {
-                            first_name: item.first_name.clone(),
-                            last_name: item.last_name.clone(),
-                            email: item.email.clone(),
-                            ..Customer::default()
-                        };
+                        let listed = Customer::from_kounta_listed(item);
                         crm_records.push((id, listed, None, false));
                     }
                 }
@@ -421,7 +432,7 @@ impl<'a> Planner<'a> {
         }
         match self.w.listed.get(&k) {
             Some(item) => match &link.kounta_snapshot {
-                Some(snapshot) if listed_equals(item, snapshot) => {
+                Some(snapshot) if Customer::from_kounta_listed(item).listed_eq(snapshot) => {
                     CrmView::Unchanged(snapshot.clone())
                 }
                 _ => CrmView::ListedChanged,
@@ -1217,19 +1228,6 @@ fn keep(link: &Link) -> LinkAfter {
         kounta_verified: link.kounta_verified,
         kounta_read: false,
     }
-}
-
-/// Whether a list item's fields (first, last, email) equal a snapshot's, normalised.
-fn listed_equals(item: &KountaListItem, snapshot: &Customer) -> bool {
-    let listed = Customer {
-        first_name: item.first_name.clone(),
-        last_name: item.last_name.clone(),
-        email: item.email.clone(),
-        ..Customer::default()
-    };
-    Field::LISTED
-        .into_iter()
-        .all(|f| Customer::field_eq_normalised(&listed, snapshot, f))
 }
 
 /// Whether the CRM can hold this customer: a first name and an email or phone.
