@@ -426,6 +426,16 @@ pub fn kounta_write_is_empty(write: &KountaCustomerWrite) -> bool {
     *write == KountaCustomerWrite::default()
 }
 
+/// Whether a CRM write changes any canonical field (anything but `reference_id` and `tags`),
+/// so that what the CRM now holds must be read back to be known.
+pub fn kounta_write_touches_fields(write: &KountaCustomerWrite) -> bool {
+    write.first_name.is_some()
+        || write.last_name.is_some()
+        || write.email.is_some()
+        || write.phone.is_some()
+        || write.primary_address.is_some()
+}
+
 /// The record a CRM create makes, as the CRM will hold it.
 pub fn kounta_created(write: &KountaCustomerWrite) -> KountaCustomer {
     kounta_after_write(&KountaCustomer::default(), write)

@@ -606,6 +606,10 @@ impl<'a> Planner<'a> {
                 farmflow: record,
                 f,
             }),
+            // The common no-op: neither side moved (FarmFlow's text is exactly its snapshot).
+            CrmView::Unchanged(_)
+                if link.state == LinkState::Active
+                    && link.farmflow_snapshot.as_ref() == Some(&f.customer) => {}
             CrmView::Unchanged(k) => self.merge(MergeInput {
                 reference_id: link.reference_id.clone(),
                 farmflow_id: link.farmflow_id,
@@ -989,7 +993,10 @@ impl<'a> Planner<'a> {
                 snap_f.set(field, fc.get(field));
             }
             if !customer::kounta_write_is_empty(&write) {
-                verified = false;
+                // A reference-only write changes nothing the snapshot holds.
+                if customer::kounta_write_touches_fields(&write) {
+                    verified = false;
+                }
                 wrote = true;
                 self.actions.push(Action::UpdateKounta {
                     kounta_id: m.kounta_id,

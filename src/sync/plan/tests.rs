@@ -1221,3 +1221,34 @@ fn a_tombstone_whose_farmflow_id_reappears_is_reported() {
             .any(|a| a.kind == AttentionKind::TombstoneReappeared && a.farmflow_id == Some(fid))
     );
 }
+
+#[test]
+fn a_no_op_run_reads_only_its_budget_and_writes_nothing() {
+    let mut sim = Sim::default();
+    for i in 0..2_000i64 {
+        let email = format!("p{i}@example.com");
+        let mut k = kounta(i + 1, "P", &format!("{i}"), &email, "0400 000 000");
+        k.primary_address = address("1 Main St\nUnit 2", "Hobart", "AU");
+        sim.add_kounta(k);
+        let mut f = farmflow("P", &format!("{i}"), &email, "0400000000");
+        f.address = "1 Main St".into();
+        f.address2 = "Unit 2".into();
+        f.city = "Hobart".into();
+        f.country = "Australia".into();
+        sim.add_farmflow(100_000 + i, f);
+    }
+    let first = sim.sync(Reads::All);
+    assert_eq!(first.counts.linked, 2_000);
+    assert_eq!(
+        first.counts.kounta_updates, 2_000,
+        "reference_id written once"
+    );
+    assert!(
+        sim.links.values().all(|l| l.kounta_verified),
+        "a reference-only write needs no read-back"
+    );
+    let p = sim.sync(Reads::Budget(60));
+    assert_eq!(p.remote_writes(), 0);
+    assert_eq!(p.counts.refreshed, 60, "one verification per budgeted read");
+    assert!(!p.wants_more_input());
+}
