@@ -21,14 +21,23 @@ use crate::sync::policy::CountryFormat;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Customer {
+    /// First name.
     pub first_name: String,
+    /// Last name.
     pub last_name: String,
+    /// Email address.
     pub email: String,
+    /// Phone (the CRM's `phone`, or its `mobile` when `phone` is empty).
     pub phone: String,
+    /// First street line.
     pub line1: String,
+    /// Second street line (everything after the CRM's first `\n`).
     pub line2: String,
+    /// City.
     pub city: String,
+    /// State or region.
     pub state: String,
+    /// Postal code (FarmFlow's `zip`).
     pub postal_code: String,
     /// ISO 3166-1 alpha-2, or empty.
     pub country: String,
@@ -38,15 +47,25 @@ pub struct Customer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Field {
+    /// `first_name` / `firstname`.
     FirstName,
+    /// `last_name` / `lastname`.
     LastName,
+    /// `email`.
     Email,
+    /// `phone` (CRM: or `mobile`).
     Phone,
+    /// Street line 1.
     Line1,
+    /// Street line 2.
     Line2,
+    /// `city`.
     City,
+    /// `state`.
     State,
+    /// `postal_code` / `zip`.
     PostalCode,
+    /// ISO alpha-2 country.
     Country,
 }
 
@@ -138,6 +157,7 @@ impl Normalised {
 /// country (the customer's `country` is then empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FromFarmflow {
+    /// The canonical record.
     pub customer: Customer,
     /// FarmFlow's country text, trimmed, when it maps to no ISO code ("Tasmania").
     pub unmapped_country: Option<String>,

@@ -52,7 +52,9 @@ use crate::sync::policy::{ConflictWinner, FarmflowDelete, KountaOnFarmflowDelete
 /// FarmFlow's orders, read only to respect its delete restrictions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderBook {
+    /// Standing orders (`recurring-orders-get`).
     pub recurring: Vec<RecurringOrder>,
+    /// One-time orders (`one-time-orders-get`).
     pub one_time: Vec<OneTimeOrder>,
 }
 
@@ -139,25 +141,40 @@ pub struct GuardTrip {
     /// Links that are not tombstones (plus CRM customers carrying a `reference_id` that no link
     /// row accounts for yet, as after a lost state DB).
     pub live_links: usize,
+    /// Which condition tripped.
     pub reason: GuardReason,
 }
 
 /// How many actions of each kind a plan holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PlanCounts {
+    /// New links made by matching.
     pub linked: usize,
+    /// CRM partial updates.
     pub kounta_updates: usize,
+    /// FarmFlow whole-record updates.
     pub farmflow_updates: usize,
+    /// Customers created in the CRM.
     pub kounta_creates: usize,
+    /// Customers created in FarmFlow.
     pub farmflow_creates: usize,
+    /// Conflicts settled.
     pub conflicts: usize,
+    /// FarmFlow deletes (before the 404 confirmation).
     pub farmflow_deletes: usize,
+    /// Deletes blocked (first seen or retried).
     pub blocked: usize,
+    /// CRM customers tagged.
     pub tagged: usize,
+    /// CRM customers unlinked.
     pub unlinked: usize,
+    /// Links made tombstones without a remote write.
     pub tombstoned: usize,
+    /// Customers recreated on either side.
     pub recreated: usize,
+    /// Links whose snapshots or verification are refreshed.
     pub refreshed: usize,
+    /// Records skipped.
     pub skipped: usize,
 }
 
@@ -200,6 +217,7 @@ pub struct Plan {
     pub needs_orders: bool,
     /// CRM records that must be read in full before the plan can act on them: read, plan again.
     pub needs_kounta_reads: Vec<KountaId>,
+    /// How many actions of each kind.
     pub counts: PlanCounts,
 }
 

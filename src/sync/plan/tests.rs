@@ -1252,3 +1252,18 @@ fn a_no_op_run_reads_only_its_budget_and_writes_nothing() {
     assert_eq!(p.counts.refreshed, 60, "one verification per budgeted read");
     assert!(!p.wants_more_input());
 }
+
+#[test]
+fn an_upcoming_one_time_order_blocks_until_its_day_has_passed() {
+    let (mut sim, _, fid) = deleted_in_crm();
+    sim.orders.one_time.push(one_time(3, fid.0, "2026-03-02"));
+    let p = sim.sync(Reads::All);
+    assert_eq!(kinds(&p), vec!["block_delete"]);
+    sim.today = NaiveDate::from_ymd_opt(2026, 3, 2).expect("a date");
+    let p = sim.sync(Reads::All);
+    assert_eq!(kinds(&p), vec!["block_delete"], "due today still blocks");
+    sim.today = NaiveDate::from_ymd_opt(2026, 3, 3).expect("a date");
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["delete_farmflow"]);
+    assert!(!sim.ff.contains_key(&fid));
+}
