@@ -374,7 +374,7 @@ pub enum Action {
         farmflow_id: FarmflowId,
         /// The canonical fields being changed.
         fields: Vec<Field>,
-        /// The whole record to send (with the id).
+        /// The whole record to send (apply adds the id).
         body: FarmflowFields,
         /// The link row once written.
         link: LinkAfter,
