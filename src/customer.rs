@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::country::CountryCode;
 use crate::farmflow::model::FarmflowFields;
 use crate::ids::ReferenceId;
-use crate::kounta::model::{KountaAddress, KountaCustomer, KountaCustomerWrite};
+use crate::kounta::model::{KountaAddress, KountaCustomer, KountaCustomerWrite, KountaListItem};
 use crate::sync::policy::CountryFormat;
 
 /// One customer as farmsync compares it: the fields both systems hold.
@@ -21,14 +21,23 @@ use crate::sync::policy::CountryFormat;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Customer {
+    /// First name.
     pub first_name: String,
+    /// Last name.
     pub last_name: String,
+    /// Email address.
     pub email: String,
+    /// Phone (the CRM's `phone`, or its `mobile` when `phone` is empty).
     pub phone: String,
+    /// First street line.
     pub line1: String,
+    /// Second street line (everything after the CRM's first `\n`).
     pub line2: String,
+    /// City.
     pub city: String,
+    /// State or region.
     pub state: String,
+    /// Postal code (FarmFlow's `zip`).
     pub postal_code: String,
     /// ISO 3166-1 alpha-2, or empty.
     pub country: String,
@@ -38,15 +47,25 @@ pub struct Customer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Field {
+    /// `first_name` / `firstname`.
     FirstName,
+    /// `last_name` / `lastname`.
     LastName,
+    /// `email`.
     Email,
+    /// `phone` (CRM: or `mobile`).
     Phone,
+    /// Street line 1.
     Line1,
+    /// Street line 2.
     Line2,
+    /// `city`.
     City,
+    /// `state`.
     State,
+    /// `postal_code` / `zip`.
     PostalCode,
+    /// ISO alpha-2 country.
     Country,
 }
 
@@ -138,6 +157,7 @@ impl Normalised {
 /// country (the customer's `country` is then empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FromFarmflow {
+    /// The canonical record.
     pub customer: Customer,
     /// FarmFlow's country text, trimmed, when it maps to no ISO code ("Tasmania").
     pub unmapped_country: Option<String>,
@@ -237,6 +257,23 @@ impl Customer {
             postal_code: address.postal_code,
             country: kounta_country(&address.country),
         }
+    }
+
+    /// The record as far as a CRM list item shows it: names and email, the rest empty.
+    pub fn from_kounta_listed(item: &KountaListItem) -> Customer {
+        Customer {
+            first_name: item.first_name.clone(),
+            last_name: item.last_name.clone(),
+            email: item.email.clone(),
+            ..Customer::default()
+        }
+    }
+
+    /// Whether the fields the CRM list shows ([`Field::LISTED`]) are equal, normalised.
+    pub fn listed_eq(&self, other: &Customer) -> bool {
+        Field::LISTED
+            .into_iter()
+            .all(|f| Customer::field_eq_normalised(self, other, f))
     }
 
     /// Maps a FarmFlow record; free-text country becomes alpha-2, or empty and reported.
@@ -407,6 +444,16 @@ pub fn kounta_after_write(current: &KountaCustomer, write: &KountaCustomerWrite)
 /// Whether a CRM write would send nothing.
 pub fn kounta_write_is_empty(write: &KountaCustomerWrite) -> bool {
     *write == KountaCustomerWrite::default()
+}
+
+/// Whether a CRM write changes any canonical field (anything but `reference_id` and `tags`),
+/// so that what the CRM now holds must be read back to be known.
+pub fn kounta_write_touches_fields(write: &KountaCustomerWrite) -> bool {
+    write.first_name.is_some()
+        || write.last_name.is_some()
+        || write.email.is_some()
+        || write.phone.is_some()
+        || write.primary_address.is_some()
 }
 
 /// The record a CRM create makes, as the CRM will hold it.

@@ -47,11 +47,17 @@ impl MatchRule {
 /// What a link row becomes once an action (and the subject's earlier actions) succeeded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LinkAfter {
+    /// The link key.
     pub reference_id: ReferenceId,
+    /// The FarmFlow side.
     pub farmflow_id: FarmflowId,
+    /// The CRM side; `None` only for a tombstone whose CRM side was never known.
     pub kounta_id: Option<KountaId>,
+    /// The link's state.
     pub state: LinkState,
+    /// The CRM record as last read or written.
     pub kounta_snapshot: Option<Customer>,
+    /// The FarmFlow record as last read or written.
     pub farmflow_snapshot: Option<Customer>,
     /// False while a CRM write has not been read back.
     pub kounta_verified: bool,
@@ -85,7 +91,9 @@ impl LinkAfter {
 /// A customer to create in the CRM (its `reference_id` is known before the create).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KountaCreate {
+    /// The link key, `farmflow:<farmflow_id>`.
     pub reference_id: ReferenceId,
+    /// The FarmFlow customer the CRM customer is made from.
     pub farmflow_id: FarmflowId,
     /// The create body; carries `reference_id`.
     pub write: KountaCustomerWrite,
@@ -115,6 +123,7 @@ impl KountaCreate {
 /// new id; apply then writes `farmflow:<id>` into the CRM customer's `reference_id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FarmflowCreate {
+    /// The CRM customer the FarmFlow customer is made from.
     pub kounta_id: KountaId,
     /// The create body.
     pub fields: FarmflowFields,
@@ -160,12 +169,15 @@ impl FarmflowCreate {
 /// One field changed to different values on both sides, and how it was settled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConflictRecord {
+    /// The link.
     pub reference_id: ReferenceId,
+    /// The field.
     pub field: Field,
     /// The CRM's value (canonical spelling).
     pub kounta_value: String,
     /// FarmFlow's value (canonical spelling; country as alpha-2).
     pub farmflow_value: String,
+    /// Whose value was kept.
     pub winner: ConflictWinner,
 }
 
@@ -176,11 +188,22 @@ pub enum BlockReason {
     /// `farmflow_delete = "never"`.
     PolicyNever,
     /// The customer has an active recurring order.
-    ActiveRecurringOrder { order_id: i64 },
+    ActiveRecurringOrder {
+        /// The order.
+        order_id: i64,
+    },
     /// Under `protect-orders`: a one-time order due today or later (or with no readable date).
-    UpcomingOneTimeOrder { order_id: i64, fulfill_date: String },
+    UpcomingOneTimeOrder {
+        /// The order.
+        order_id: i64,
+        /// Its `fulfill-date` as FarmFlow wrote it.
+        fulfill_date: String,
+    },
     /// FarmFlow refused the delete (set by apply, never by the plan).
-    Refused { message: String },
+    Refused {
+        /// FarmFlow's message.
+        message: String,
+    },
 }
 
 impl fmt::Display for BlockReason {
@@ -252,7 +275,9 @@ pub enum SkipReason {
     /// The CRM customer's `reference_id` names a FarmFlow customer that is linked to another
     /// CRM customer, or that several CRM customers name.
     ReferenceCollision {
+        /// The FarmFlow id the `reference_id` names.
         farmflow_id: FarmflowId,
+        /// The CRM customer linked to it, if one is.
         linked_to: Option<KountaId>,
     },
     /// A FarmFlow customer whose id belongs to a tombstone.
@@ -323,24 +348,35 @@ impl fmt::Display for Subject {
 pub enum Action {
     /// Store a new link between two matched records (no remote write). The merge's writes follow.
     Link {
+        /// The rule that matched.
         rule: MatchRule,
+        /// The CRM customer.
         kounta_id: KountaId,
+        /// The FarmFlow customer.
         farmflow_id: FarmflowId,
+        /// The new link row.
         link: LinkAfter,
     },
     /// Partial update of a CRM customer.
     UpdateKounta {
+        /// The CRM customer.
         kounta_id: KountaId,
         /// The canonical fields being changed.
         fields: Vec<Field>,
+        /// The partial update body.
         write: KountaCustomerWrite,
+        /// The link row once written.
         link: LinkAfter,
     },
     /// Whole-record update of a FarmFlow customer (merged onto the latest read).
     UpdateFarmflow {
+        /// The FarmFlow customer.
         farmflow_id: FarmflowId,
+        /// The canonical fields being changed.
         fields: Vec<Field>,
+        /// The whole record to send (apply adds the id).
         body: FarmflowFields,
+        /// The link row once written.
         link: LinkAfter,
     },
     /// Create an unlinked FarmFlow customer in the CRM.
@@ -352,51 +388,74 @@ pub enum Action {
     /// Delete a FarmFlow customer gone from the CRM: apply first confirms with a direct CRM read
     /// answering 404, and treats a refusal as blocked.
     DeleteFarmflow {
+        /// The FarmFlow customer to delete.
         farmflow_id: FarmflowId,
+        /// The CRM customer whose `404` confirms the delete.
         kounta_id: Option<KountaId>,
+        /// The link row once deleted (a tombstone).
         link: LinkAfter,
     },
     /// A FarmFlow delete that may not be made; the link is (or stays) `delete_blocked`.
     BlockDelete {
+        /// The FarmFlow customer kept.
         farmflow_id: FarmflowId,
+        /// Why it is kept.
         reason: BlockReason,
+        /// The link row (`delete_blocked`).
         link: LinkAfter,
     },
     /// Tag a CRM customer whose FarmFlow twin was deleted.
     TagKounta {
+        /// The CRM customer.
         kounta_id: KountaId,
+        /// The body: the customer's tags plus `deleted_tag`.
         write: KountaCustomerWrite,
+        /// The link row once tagged (a tombstone).
         link: LinkAfter,
     },
     /// Clear the `reference_id` of a CRM customer whose FarmFlow twin was deleted.
     UnlinkKounta {
+        /// The CRM customer.
         kounta_id: KountaId,
+        /// The body: an empty `reference_id`.
         write: KountaCustomerWrite,
+        /// The link row once unlinked (a tombstone).
         link: LinkAfter,
     },
     /// Make the link a tombstone (no remote write).
     Tombstone {
+        /// Why.
         reason: TombstoneReason,
+        /// The link row (a tombstone).
         link: LinkAfter,
     },
     /// Deleted in the CRM but changed in FarmFlow since the last sync: the change wins, the CRM
     /// customer is created again and the link moves to the new CRM id.
     RecreateKounta {
+        /// The deleted CRM customer.
         old_kounta_id: KountaId,
+        /// The create.
         create: KountaCreate,
     },
     /// Deleted in FarmFlow but changed in the CRM since the last sync: a new FarmFlow customer is
     /// created; apply replaces the old link row by the new one and writes the new
     /// `reference_id` into the CRM customer.
     RecreateFarmflow {
+        /// The link row being replaced.
         old_reference_id: ReferenceId,
+        /// The create.
         create: FarmflowCreate,
     },
     /// Store new snapshots or a verification (no remote write).
-    Refresh { link: LinkAfter },
+    Refresh {
+        /// The link row with its new snapshots.
+        link: LinkAfter,
+    },
     /// Leave a record alone this run.
     Skip {
+        /// What is skipped.
         subject: Subject,
+        /// Why.
         reason: SkipReason,
     },
 }
@@ -618,8 +677,11 @@ pub enum AttentionKind {
 /// One record needing a person's attention.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attention {
+    /// What kind of attention.
     pub kind: AttentionKind,
+    /// The CRM customer concerned, if any.
     pub kounta_id: Option<KountaId>,
+    /// The FarmFlow customer concerned, if any.
     pub farmflow_id: Option<FarmflowId>,
     /// Operator-facing, lower-case; no customer contact details.
     pub detail: String,

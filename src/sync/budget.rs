@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::customer::{Customer, Field};
+use crate::customer::Customer;
 use crate::farmflow::model::FarmflowCustomer;
 use crate::ids::KountaId;
 use crate::kounta::model::KountaListItem;
@@ -84,7 +84,7 @@ pub fn select_full_reads(
                 && link
                     .kounta_snapshot
                     .as_ref()
-                    .is_none_or(|s| !listed_equals(item, s));
+                    .is_none_or(|s| !Customer::from_kounta_listed(item).listed_eq(s));
             moved.then_some(*k)
         }),
         &mut chosen,
@@ -163,18 +163,6 @@ pub fn kounta_reads_for_farmflow_changes(
     ids.sort();
     ids.dedup();
     ids
-}
-
-fn listed_equals(item: &KountaListItem, snapshot: &Customer) -> bool {
-    let listed = Customer {
-        first_name: item.first_name.clone(),
-        last_name: item.last_name.clone(),
-        email: item.email.clone(),
-        ..Customer::default()
-    };
-    Field::LISTED
-        .into_iter()
-        .all(|f| Customer::field_eq_normalised(&listed, snapshot, f))
 }
 
 #[cfg(test)]

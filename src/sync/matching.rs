@@ -19,6 +19,7 @@ use crate::sync::action::MatchRule;
 /// An unlinked CRM customer.
 #[derive(Debug, Clone)]
 pub struct CrmCandidate<'a> {
+    /// The CRM id.
     pub id: KountaId,
     /// The canonical record; for an unread record, built from the listed fields only.
     pub customer: &'a Customer,
@@ -32,7 +33,9 @@ pub struct CrmCandidate<'a> {
 /// An unlinked FarmFlow customer.
 #[derive(Debug, Clone)]
 pub struct FfCandidate<'a> {
+    /// The FarmFlow id.
     pub id: FarmflowId,
+    /// The canonical record.
     pub customer: &'a Customer,
 }
 
@@ -49,15 +52,20 @@ pub struct KnownIds {
 /// Two records to link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MatchedPair {
+    /// The CRM customer.
     pub kounta_id: KountaId,
+    /// The FarmFlow customer.
     pub farmflow_id: FarmflowId,
+    /// The rule that matched.
     pub rule: MatchRule,
 }
 
 /// A CRM customer whose `reference_id` cannot be honoured: no link, no create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Collision {
+    /// The CRM customer.
     pub kounta_id: KountaId,
+    /// The FarmFlow id its `reference_id` names.
     pub farmflow_id: FarmflowId,
     /// The CRM customer the FarmFlow id is linked to; `None` when several CRM customers name it
     /// and none could be told apart.
@@ -67,15 +75,20 @@ pub struct Collision {
 /// A CRM customer whose `reference_id` names a FarmFlow customer that no longer exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Dangling {
+    /// The CRM customer.
     pub kounta_id: KountaId,
+    /// The missing FarmFlow id its `reference_id` names.
     pub farmflow_id: FarmflowId,
 }
 
 /// The outcome of matching, every list sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Matching {
+    /// Records to link.
     pub pairs: Vec<MatchedPair>,
+    /// CRM customers whose `reference_id` cannot be honoured.
     pub collisions: Vec<Collision>,
+    /// CRM customers whose `reference_id` names a deleted FarmFlow customer.
     pub dangling: Vec<Dangling>,
     /// FarmFlow candidates whose only possible twin is an unread CRM record: neither linked nor
     /// created this run.

@@ -15,6 +15,22 @@
 //! [`Plan::needs_orders`] (a FarmFlow delete must check orders) and [`Plan::needs_kounta_reads`]
 //! (a CRM write needs the full current record: a partial update must not clobber an address
 //! line or a same-field edit the list could not show). The caller reads those and plans again.
+//!
+//! Choices made where DESIGN.md leaves room (each with a test in `plan/tests.rs`):
+//! - Every link whose CRM record was read in full gets a `Refresh` (at least), so apply can
+//!   move `last_verified_at` and the verification budget rotates.
+//! - The guard counts CRM customers whose `reference_id` no link row accounts for as links
+//!   (after a lost state DB they are), and a dangling one as a planned deletion: an empty or
+//!   broken FarmFlow list can never tombstone them all.
+//! - A CRM customer whose `reference_id` names a live FarmFlow id is never created in FarmFlow:
+//!   it is linked, or reported as a collision (also when several CRM customers name that id).
+//! - A dangling reference is shown in the CRM like any FarmFlow deletion (tag/unlink/ignore).
+//! - FarmFlow needs a first name: a CRM that cleared it does not pass that on (reported), and no
+//!   FarmFlow write without one is planned.
+//! - An unmappable FarmFlow country is overwritten only by a CRM country change made since a
+//!   known snapshot, never by the values of a new link.
+//! - A deleted-in-the-CRM customer that changed in FarmFlow but has no email or phone cannot be
+//!   recreated in the CRM; it is reported and kept (neither deleted nor recreated).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,7 +52,9 @@ use crate::sync::policy::{ConflictWinner, FarmflowDelete, KountaOnFarmflowDelete
 /// FarmFlow's orders, read only to respect its delete restrictions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderBook {
+    /// Standing orders (`recurring-orders-get`).
     pub recurring: Vec<RecurringOrder>,
+    /// One-time orders (`one-time-orders-get`).
     pub one_time: Vec<OneTimeOrder>,
 }
 
@@ -123,25 +141,40 @@ pub struct GuardTrip {
     /// Links that are not tombstones (plus CRM customers carrying a `reference_id` that no link
     /// row accounts for yet, as after a lost state DB).
     pub live_links: usize,
+    /// Which condition tripped.
     pub reason: GuardReason,
 }
 
 /// How many actions of each kind a plan holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PlanCounts {
+    /// New links made by matching.
     pub linked: usize,
+    /// CRM partial updates.
     pub kounta_updates: usize,
+    /// FarmFlow whole-record updates.
     pub farmflow_updates: usize,
+    /// Customers created in the CRM.
     pub kounta_creates: usize,
+    /// Customers created in FarmFlow.
     pub farmflow_creates: usize,
+    /// Conflicts settled.
     pub conflicts: usize,
+    /// FarmFlow deletes (before the 404 confirmation).
     pub farmflow_deletes: usize,
+    /// Deletes blocked (first seen or retried).
     pub blocked: usize,
+    /// CRM customers tagged.
     pub tagged: usize,
+    /// CRM customers unlinked.
     pub unlinked: usize,
+    /// Links made tombstones without a remote write.
     pub tombstoned: usize,
+    /// Customers recreated on either side.
     pub recreated: usize,
+    /// Links whose snapshots or verification are refreshed.
     pub refreshed: usize,
+    /// Records skipped.
     pub skipped: usize,
 }
 
@@ -184,6 +217,7 @@ pub struct Plan {
     pub needs_orders: bool,
     /// CRM records that must be read in full before the plan can act on them: read, plan again.
     pub needs_kounta_reads: Vec<KountaId>,
+    /// How many actions of each kind.
     pub counts: PlanCounts,
 }
 
@@ -370,12 +404,7 @@ impl<'a> Planner<'a> {
                 )),
                 _ => {
                     if let Some(item) = self.w.listed.get(&id) {
-                        let listed = Customer {
-                            first_name: item.first_name.clone(),
-                            last_name: item.last_name.clone(),
-                            email: item.email.clone(),
-                            ..Customer::default()
-                        };
+                        let listed = Customer::from_kounta_listed(item);
                         crm_records.push((id, listed, None, false));
                     }
                 }
@@ -421,7 +450,7 @@ impl<'a> Planner<'a> {
         }
         match self.w.listed.get(&k) {
             Some(item) => match &link.kounta_snapshot {
-                Some(snapshot) if listed_equals(item, snapshot) => {
+                Some(snapshot) if Customer::from_kounta_listed(item).listed_eq(snapshot) => {
                     CrmView::Unchanged(snapshot.clone())
                 }
                 _ => CrmView::ListedChanged,
@@ -595,6 +624,10 @@ impl<'a> Planner<'a> {
                 farmflow: record,
                 f,
             }),
+            // The common no-op: neither side moved (FarmFlow's text is exactly its snapshot).
+            CrmView::Unchanged(_)
+                if link.state == LinkState::Active
+                    && link.farmflow_snapshot.as_ref() == Some(&f.customer) => {}
             CrmView::Unchanged(k) => self.merge(MergeInput {
                 reference_id: link.reference_id.clone(),
                 farmflow_id: link.farmflow_id,
@@ -883,6 +916,21 @@ impl<'a> Planner<'a> {
             }
             let k_changed = !Customer::field_eq_normalised(&m.k, &base_k, field);
             let f_changed = !Customer::field_eq_normalised(fc, &base_f, field);
+            if field == Field::FirstName && k_changed && m.k.first_name.trim().is_empty() {
+                // FarmFlow requires a first name, so a CRM that cleared it cannot pass that on.
+                // Both sides' values are taken as seen (no ping-pong); FarmFlow keeps its own.
+                agree.push(field);
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: Some(m.kounta_id),
+                    farmflow_id: Some(m.farmflow_id),
+                    detail: format!(
+                        "crm {} has no first name, which farmflow requires; farmflow {} keeps its own",
+                        m.kounta_id, m.farmflow_id
+                    ),
+                });
+                continue;
+            }
             match (k_changed, f_changed) {
                 (true, false) => to_farmflow.push(field),
                 (false, true) => to_kounta.push(field),
@@ -963,7 +1011,10 @@ impl<'a> Planner<'a> {
                 snap_f.set(field, fc.get(field));
             }
             if !customer::kounta_write_is_empty(&write) {
-                verified = false;
+                // A reference-only write changes nothing the snapshot holds.
+                if customer::kounta_write_touches_fields(&write) {
+                    verified = false;
+                }
                 wrote = true;
                 self.actions.push(Action::UpdateKounta {
                     kounta_id: m.kounta_id,
@@ -974,6 +1025,7 @@ impl<'a> Planner<'a> {
             }
         }
 
+        let mut farmflow_refused = false;
         if !to_farmflow.is_empty() {
             let body = customer::farmflow_update(
                 &m.farmflow.fields,
@@ -981,23 +1033,47 @@ impl<'a> Planner<'a> {
                 &to_farmflow,
                 self.w.policy.country_format,
             );
-            let f_after = Customer::from_farmflow(&body).customer;
-            for &field in &to_farmflow {
-                snap_f.set(field, f_after.get(field));
-                snap_k.set(field, m.k.get(field));
-            }
-            if body != m.farmflow.fields {
-                wrote = true;
-                self.actions.push(Action::UpdateFarmflow {
-                    farmflow_id: m.farmflow_id,
-                    fields: to_farmflow.clone(),
-                    body,
-                    link: after(&snap_k, &snap_f, verified),
+            if body.firstname.trim().is_empty() {
+                // FarmFlow refuses any update without a first name (its record lacks one and
+                // the CRM has none to give): writing would fail every run. The snapshots of
+                // these fields stay, so the change is still seen once a first name exists.
+                farmflow_refused = true;
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: Some(m.kounta_id),
+                    farmflow_id: Some(m.farmflow_id),
+                    detail: format!(
+                        "farmflow {} has no first name, which farmflow requires to update it",
+                        m.farmflow_id
+                    ),
                 });
+                self.actions.push(Action::Skip {
+                    subject: Subject::Link(m.reference_id.clone()),
+                    reason: SkipReason::NoFirstName,
+                });
+            } else {
+                let f_after = Customer::from_farmflow(&body).customer;
+                for &field in &to_farmflow {
+                    snap_f.set(field, f_after.get(field));
+                    snap_k.set(field, m.k.get(field));
+                }
+                if body != m.farmflow.fields {
+                    wrote = true;
+                    self.actions.push(Action::UpdateFarmflow {
+                        farmflow_id: m.farmflow_id,
+                        fields: to_farmflow.clone(),
+                        body,
+                        link: after(&snap_k, &snap_f, verified),
+                    });
+                }
             }
         }
 
         for field in conflicts {
+            if farmflow_refused && to_farmflow.contains(&field) {
+                // Not settled this run; it will be seen (and recorded) again.
+                continue;
+            }
             self.actions.push(Action::Conflict(ConflictRecord {
                 reference_id: m.reference_id.clone(),
                 field,
@@ -1179,19 +1255,6 @@ fn keep(link: &Link) -> LinkAfter {
     }
 }
 
-/// Whether a list item's fields (first, last, email) equal a snapshot's, normalised.
-fn listed_equals(item: &KountaListItem, snapshot: &Customer) -> bool {
-    let listed = Customer {
-        first_name: item.first_name.clone(),
-        last_name: item.last_name.clone(),
-        email: item.email.clone(),
-        ..Customer::default()
-    };
-    Field::LISTED
-        .into_iter()
-        .all(|f| Customer::field_eq_normalised(&listed, snapshot, f))
-}
-
 /// Whether the CRM can hold this customer: a first name and an email or phone.
 fn kounta_can_hold(c: &Customer) -> Result<(), SkipReason> {
     if !c.has_contact() {
@@ -1205,3 +1268,6 @@ fn kounta_can_hold(c: &Customer) -> Result<(), SkipReason> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod props;

@@ -1116,3 +1116,154 @@ fn link_after_builds_the_store_row() {
     };
     assert_eq!(read.to_link(Some(&row), 42).last_verified_at, Some(42));
 }
+
+// ----- choices where DESIGN.md leaves room ---------------------------------------------------
+
+#[test]
+fn every_full_read_is_recorded_as_a_verification() {
+    let (sim, _, _) = linked();
+    let p = sim.plan(Reads::All);
+    assert_eq!(p.remote_writes(), 0);
+    assert_eq!(p.counts.refreshed, 4);
+    assert!(p.actions.iter().all(|a| matches!(
+        a,
+        Action::Refresh { link } if link.kounta_read && link.kounta_verified
+    )));
+}
+
+#[test]
+fn a_lost_state_db_with_an_empty_farmflow_list_tombstones_nothing() {
+    let mut sim = many_linked(3);
+    sim.links.clear();
+    sim.ff.clear();
+    let p = sim.sync(Reads::All);
+    assert_eq!(
+        p.guard
+            .map(|g| (g.reason, g.planned_deletions, g.live_links)),
+        Some((GuardReason::EmptyFarmflowList, 3, 3))
+    );
+    assert!(sim.links.is_empty());
+    assert_eq!(p.remote_writes(), 0);
+}
+
+#[test]
+fn a_crm_that_cleared_the_first_name_does_not_pass_it_to_farmflow() {
+    let (mut sim, kid, fid) = linked();
+    sim.crm.get_mut(&kid).unwrap().first_name = String::new();
+    sim.crm.get_mut(&kid).unwrap().email = "new@example.com".into();
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["update_farmflow"]);
+    assert_eq!(sim.ff[&fid].firstname, "Jamie");
+    assert_eq!(sim.ff[&fid].email, "new@example.com");
+    assert!(
+        p.attention
+            .iter()
+            .any(|a| a.kind == AttentionKind::Skipped && a.kounta_id == Some(kid))
+    );
+    assert_converged(&mut sim);
+}
+
+#[test]
+fn a_farmflow_record_without_first_name_is_not_written() {
+    let (mut sim, kid, fid) = linked();
+    sim.ff.get_mut(&fid).unwrap().firstname = String::new();
+    sim.sync(Reads::All);
+    // The CRM took the cleared first name; FarmFlow cannot take a CRM email edit now.
+    assert_eq!(sim.crm[&kid].first_name, "");
+    sim.crm.get_mut(&kid).unwrap().email = "new@example.com".into();
+    let p = sim.sync(Reads::All);
+    assert_eq!(p.remote_writes(), 0);
+    assert!(p.actions.iter().any(|a| matches!(
+        a,
+        Action::Skip {
+            reason: SkipReason::NoFirstName,
+            ..
+        }
+    )));
+    // Once FarmFlow has a first name again, the edit goes through.
+    sim.ff.get_mut(&fid).unwrap().firstname = "Jay".into();
+    sim.sync(Reads::All);
+    assert_eq!(sim.ff[&fid].email, "new@example.com");
+    assert_eq!(sim.crm[&kid].first_name, "Jay");
+    assert_converged(&mut sim);
+}
+
+#[test]
+fn a_changed_customer_without_contact_is_kept_when_the_crm_deleted_it() {
+    let (mut sim, kid, fid) = linked();
+    sim.crm.remove(&kid);
+    let f = sim.ff.get_mut(&fid).unwrap();
+    f.email = String::new();
+    f.phone = String::new();
+    let p = sim.sync(Reads::All);
+    assert_eq!(p.remote_writes(), 0);
+    assert!(sim.ff.contains_key(&fid), "neither deleted");
+    assert_eq!(
+        sim.link_of(fid).unwrap().state,
+        LinkState::Active,
+        "nor recreated"
+    );
+    assert!(p.attention.iter().any(|a| a.kind == AttentionKind::Skipped));
+    assert_converged(&mut sim);
+}
+
+#[test]
+fn a_tombstone_whose_farmflow_id_reappears_is_reported() {
+    let (mut sim, _, fid) = linked();
+    sim.ff.remove(&fid);
+    sim.sync(Reads::All);
+    sim.add_farmflow(fid.0, farmflow("Re", "Used", "reused@example.com", ""));
+    let p = sim.sync(Reads::All);
+    assert_eq!(p.remote_writes(), 0);
+    assert!(
+        p.attention
+            .iter()
+            .any(|a| a.kind == AttentionKind::TombstoneReappeared && a.farmflow_id == Some(fid))
+    );
+}
+
+#[test]
+fn a_no_op_run_reads_only_its_budget_and_writes_nothing() {
+    let mut sim = Sim::default();
+    for i in 0..2_000i64 {
+        let email = format!("p{i}@example.com");
+        let mut k = kounta(i + 1, "P", &format!("{i}"), &email, "0400 000 000");
+        k.primary_address = address("1 Main St\nUnit 2", "Hobart", "AU");
+        sim.add_kounta(k);
+        let mut f = farmflow("P", &format!("{i}"), &email, "0400000000");
+        f.address = "1 Main St".into();
+        f.address2 = "Unit 2".into();
+        f.city = "Hobart".into();
+        f.country = "Australia".into();
+        sim.add_farmflow(100_000 + i, f);
+    }
+    let first = sim.sync(Reads::All);
+    assert_eq!(first.counts.linked, 2_000);
+    assert_eq!(
+        first.counts.kounta_updates, 2_000,
+        "reference_id written once"
+    );
+    assert!(
+        sim.links.values().all(|l| l.kounta_verified),
+        "a reference-only write needs no read-back"
+    );
+    let p = sim.sync(Reads::Budget(60));
+    assert_eq!(p.remote_writes(), 0);
+    assert_eq!(p.counts.refreshed, 60, "one verification per budgeted read");
+    assert!(!p.wants_more_input());
+}
+
+#[test]
+fn an_upcoming_one_time_order_blocks_until_its_day_has_passed() {
+    let (mut sim, _, fid) = deleted_in_crm();
+    sim.orders.one_time.push(one_time(3, fid.0, "2026-03-02"));
+    let p = sim.sync(Reads::All);
+    assert_eq!(kinds(&p), vec!["block_delete"]);
+    sim.today = NaiveDate::from_ymd_opt(2026, 3, 2).expect("a date");
+    let p = sim.sync(Reads::All);
+    assert_eq!(kinds(&p), vec!["block_delete"], "due today still blocks");
+    sim.today = NaiveDate::from_ymd_opt(2026, 3, 3).expect("a date");
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["delete_farmflow"]);
+    assert!(!sim.ff.contains_key(&fid));
+}
