@@ -366,7 +366,7 @@ impl FakeFarmflow {
             if c.id == 0 {
                 c.id = s.next_id;
             }
-            s.next_id = s.next_id.max(c.id + 1);
+            s.next_id = s.next_id.max(c.id.saturating_add(1));
             s.customers.insert(c.id, c);
         }
         for o in recurring {
@@ -374,7 +374,7 @@ impl FakeFarmflow {
             if o.id == 0 {
                 o.id = s.next_order_id;
             }
-            s.next_order_id = s.next_order_id.max(o.id + 1);
+            s.next_order_id = s.next_order_id.max(o.id.saturating_add(1));
             s.recurring.insert(o.id, o);
         }
         for o in one_time {
@@ -382,7 +382,7 @@ impl FakeFarmflow {
             if o.id == 0 {
                 o.id = s.next_order_id;
             }
-            s.next_order_id = s.next_order_id.max(o.id + 1);
+            s.next_order_id = s.next_order_id.max(o.id.saturating_add(1));
             s.one_time.insert(o.id, o);
         }
         Ok(())

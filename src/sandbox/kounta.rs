@@ -37,7 +37,8 @@ use super::sample::SeedDataError;
 /// The largest request body the fake reads.
 const MAX_BODY: usize = 1 << 20;
 
-/// The endpoints of the fake CRM, for counters and faults.
+/// The endpoints of the fake CRM, for counters and faults. Webhook registration and removal
+/// count as writes (`Target::AnyWrite`), `/token` as neither a read nor a write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KountaEndpoint {
     /// `GET /companies/me`.
@@ -387,6 +388,14 @@ impl std::fmt::Debug for FakeKounta {
     }
 }
 
+/// When a token issued now for `lifetime` expires (a lifetime past the clock's range means
+/// "not in this test's lifetime").
+fn expiry_after(lifetime: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(lifetime)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
 fn random_token(rng: &mut impl Rng, prefix: &str) -> String {
     format!("{prefix}{:032x}", rng.random::<u128>())
 }
@@ -408,7 +417,7 @@ impl FakeKounta {
         let mut access_tokens = HashMap::new();
         access_tokens.insert(
             access.clone(),
-            Instant::now() + options.oauth.access_token_lifetime,
+            expiry_after(options.oauth.access_token_lifetime),
         );
         let state = KountaState {
             customers: BTreeMap::new(),
@@ -523,7 +532,7 @@ impl FakeKounta {
             if r.id == 0 {
                 r.id = s.next_id;
             }
-            s.next_id = s.next_id.max(r.id + 1);
+            s.next_id = s.next_id.max(r.id.saturating_add(1));
             s.customers.insert(r.id, r);
         }
         Ok(())
@@ -582,7 +591,7 @@ impl FakeKounta {
     pub fn issue_access_token(&self) -> String {
         let token = self.pipeline().with_rng(|rng| random_token(rng, "at-"));
         let mut s = self.lock();
-        let expires = Instant::now() + s.token_lifetime;
+        let expires = expiry_after(s.token_lifetime);
         s.access_tokens.insert(token.clone(), expires);
         s.latest_access = token.clone();
         token
@@ -1464,7 +1473,7 @@ impl FakeKounta {
             }
             // Rotation: the old refresh token stops working at once.
             s.refresh_token = refresh.clone();
-            let expires = Instant::now() + s.token_lifetime;
+            let expires = expiry_after(s.token_lifetime);
             s.access_tokens.insert(access.clone(), expires);
             s.latest_access = access.clone();
             s.token_lifetime

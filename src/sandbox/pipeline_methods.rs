@@ -58,13 +58,16 @@ macro_rules! pipeline_methods {
             self.pipeline().clear_latency()
         }
 
-        /// The number of writes stored through the API so far, as a watch a test can await.
+        /// The number of customer writes (creates, updates, deletes) stored through the API so
+        /// far, as a watch a test can await. It ticks as soon as a write is stored, before its
+        /// answer is sent.
         pub fn writes_applied(&self) -> tokio::sync::watch::Receiver<u64> {
             self.pipeline().writes()
         }
 
-        /// Waits until at least `k` writes have been stored through the API (counting from
-        /// start; `reset_stats` does not reset it).
+        /// Waits until at least `k` customer writes have been stored through the API (counting
+        /// from start; `reset_stats` does not reset it). With a `FaultAction::ApplyThenHang`
+        /// on the k-th write, the client can be stopped after the write and before its answer.
         pub async fn wait_for_writes(&self, k: u64) {
             let mut writes = self.pipeline().writes();
             // The sender lives as long as this handle, so the wait cannot end early.

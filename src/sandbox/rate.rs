@@ -163,8 +163,10 @@ impl Window {
         }
     }
 
+    /// The window, kept within a range where instant arithmetic cannot overflow.
     fn period(&self) -> Duration {
-        self.limit.window.max(Duration::from_millis(1))
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        self.limit.window.clamp(Duration::from_millis(1), CENTURY)
     }
 }
 

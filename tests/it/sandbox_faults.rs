@@ -581,3 +581,31 @@ async fn stats_count_reads_and_writes_per_endpoint_and_the_log_keeps_each_reques
     assert_eq!(log[0].path, "/v1/companies/5678/customers.json?page=1");
     assert_eq!(log[0].endpoint, Some(KountaEndpoint::List));
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_windows_follow_paused_time() {
+    let sb = start().await;
+    let f = sb.farmflow();
+    f.set_rate_limit(Target::Any, RateLimit::per_minute(1));
+    // No idle-pool timer on the client, so paused time moves only when the test says so.
+    let http = reqwest::Client::builder()
+        .pool_idle_timeout(None)
+        .build()
+        .expect("client");
+    let url = format!("{}/customers-get", sb.farmflow_url());
+    let call = || {
+        http.get(&url)
+            .header("Authorization", format!("Bearer {}", f.api_key()))
+            .send()
+    };
+    assert_eq!(call().await.expect("sent").status(), 200);
+    let refused = call().await.expect("sent");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(header(&refused, "retry-after").as_deref(), Some("60"));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(call().await.expect("sent").status(), 429);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert_eq!(call().await.expect("sent").status(), 200);
+    let log = f.request_log();
+    assert_eq!(log[3].at - log[0].at, Duration::from_secs(60));
+}
