@@ -87,6 +87,25 @@ pub enum Command {
         #[arg(long)]
         allow_mass_delete: bool,
     },
+    /// Run a small farm through farmsync in a sandbox: sync, staff edits, sync again, report.
+    ///
+    /// Starts both simulated APIs in-process with sample data and a throw-away state DB;
+    /// touches nothing outside it. Needs no config.
+    Demo,
+    /// Serve the two simulated APIs on localhost for manual trials (until Ctrl-C).
+    ///
+    /// Prints their URLs and credentials; point a config at them to try farmsync by hand.
+    Sandbox {
+        /// Port for the simulated CRM (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        kounta_port: u16,
+        /// Port for the simulated FarmFlow (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        farmflow_port: u16,
+        /// Seed the fakes from this JSON file instead of the built-in sample farm.
+        #[arg(long, value_name = "FILE")]
+        seed_data: Option<PathBuf>,
+    },
     /// Validate the config, then reach both APIs read-only and say exactly what is wrong.
     ///
     /// Exit codes: 0 both APIs answered · 2 config error · 4 an API unreachable or refusing the
@@ -137,6 +156,22 @@ fn secrets_of(settings: &Settings) -> Vec<String> {
 }
 
 fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
+    match &cli.command {
+        Command::Demo => return crate::commands::demo(format),
+        Command::Sandbox {
+            kounta_port,
+            farmflow_port,
+            seed_data,
+        } => {
+            return crate::commands::sandbox(
+                *kounta_port,
+                *farmflow_port,
+                seed_data.as_deref(),
+                format,
+            );
+        }
+        _ => {}
+    }
     let settings = load_settings(&cli)?;
     telemetry::init(format, &settings.log.level, secrets_of(&settings));
     tracing::debug!(config = ?cli.config, "config.loaded");
@@ -147,6 +182,7 @@ fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
             allow_mass_delete,
         } => crate::commands::sync(&settings, dry_run, allow_mass_delete, format),
         Command::Check => crate::commands::check(&settings),
+        Command::Demo | Command::Sandbox { .. } => Ok(Exit::Ok), // handled above
     }
 }
 

@@ -99,7 +99,9 @@ fn print_summary(report: &RunReport) {
         s.farmflow_requests
     );
     if let Some(cut) = &report.listing_cut {
-        println!("the CRM listing is incomplete ({cut}): no deletions were inferred and nothing was created in the CRM");
+        println!(
+            "the CRM listing is incomplete ({cut}): no deletions were inferred and nothing was created in the CRM"
+        );
     }
 }
 
@@ -173,14 +175,16 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     println!("config: ok");
     // With OAuth a check may have to refresh, which rotates the refresh token: it must hold
     // the lock and store the new token like any writer.
-    let (tokens, _lock): (Arc<dyn TokenStore>, Option<InstanceLock>) =
-        match settings.kounta.auth {
-            KountaAuthMode::Basic => (Arc::new(MemoryTokenStore::new()), None),
-            KountaAuthMode::Oauth => {
-                let lock = take_lock(settings)?;
-                (Arc::new(SharedStore::new(open_store(settings)?)), Some(lock))
-            }
-        };
+    let (tokens, _lock): (Arc<dyn TokenStore>, Option<InstanceLock>) = match settings.kounta.auth {
+        KountaAuthMode::Basic => (Arc::new(MemoryTokenStore::new()), None),
+        KountaAuthMode::Oauth => {
+            let lock = take_lock(settings)?;
+            (
+                Arc::new(SharedStore::new(open_store(settings)?)),
+                Some(lock),
+            )
+        }
+    };
     let kounta = KountaClient::new(engine::kounta_options(settings), tokens)
         .map(|c| c.with_retry_policy(RetryPolicy::none()));
     let farmflow = FarmflowClient::new(engine::farmflow_options(settings))
@@ -209,4 +213,40 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     });
     report("farmflow", f);
     Ok(if failed { Exit::Unavailable } else { Exit::Ok })
+}
+
+/// `farmsync demo`.
+pub fn demo(format: LogFormat) -> Result<Exit, CliError> {
+    crate::telemetry::init(format, "error", Vec::new());
+    let report = runtime()?
+        .block_on(crate::demo::run())
+        .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
+    print!("{report}");
+    Ok(Exit::Ok)
+}
+
+/// `farmsync sandbox`.
+pub fn sandbox(
+    kounta_port: u16,
+    farmflow_port: u16,
+    seed_data: Option<&std::path::Path>,
+    format: LogFormat,
+) -> Result<Exit, CliError> {
+    crate::telemetry::init(format, "info", Vec::new());
+    let data = match seed_data {
+        Some(path) => crate::sandbox::load_seed_data(path)
+            .map_err(|e| CliError::new(Exit::Config, e.to_string()))?,
+        None => crate::sandbox::sample_farm(),
+    };
+    let options = crate::sandbox::SandboxOptions {
+        kounta_port,
+        farmflow_port,
+        ..crate::sandbox::SandboxOptions::default()
+    };
+    runtime()?
+        .block_on(crate::sandbox::serve(options, data, async {
+            let _ = tokio::signal::ctrl_c().await;
+        }))
+        .map_err(|e| CliError::new(Exit::Unavailable, format!("cannot serve the sandbox: {e}")))?;
+    Ok(Exit::Ok)
 }

@@ -7,6 +7,7 @@
 //! - [`commands`]: the commands that talk to the APIs (`sync`, `check`).
 //! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON lines) and secret redaction.
+//! - [`demo`]: `farmsync demo`, a small farm synced in the sandbox.
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
 //! - [`country`]: country spellings to ISO alpha-2 and back.
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod country;
 pub mod customer;
+pub mod demo;
 pub mod farmflow;
 pub mod http;
 pub mod ids;

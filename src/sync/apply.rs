@@ -13,9 +13,7 @@ use crate::http::ApiError;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaCustomerWrite;
 use crate::store::{Link, LinkState, NewIntent, Side, StoreError, now};
-use crate::sync::action::{
-    Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject,
-};
+use crate::sync::action::{Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject};
 use crate::sync::engine::{Engine, Summary};
 use crate::sync::plan::Plan;
 
@@ -141,7 +139,8 @@ impl<'a> Applier<'a> {
                 link,
                 ..
             } => {
-                self.kounta_update(*kounta_id, write, link, "update").await?;
+                self.kounta_update(*kounta_id, write, link, "update")
+                    .await?;
                 self.summary.updated += 1;
             }
             Action::UpdateFarmflow {
@@ -194,8 +193,11 @@ impl<'a> Applier<'a> {
                 self.summary.created += 1;
             }
             Action::Conflict(c) => {
-                let (run_id, reference, field) =
-                    (self.run_id.to_owned(), c.reference_id.clone(), c.field.name());
+                let (run_id, reference, field) = (
+                    self.run_id.to_owned(),
+                    c.reference_id.clone(),
+                    c.field.name(),
+                );
                 let (kv, fv) = (c.kounta_value.clone(), c.farmflow_value.clone());
                 let winner = match c.winner {
                     crate::sync::policy::ConflictWinner::Kounta => "kounta",
@@ -247,7 +249,8 @@ impl<'a> Applier<'a> {
                 write,
                 link,
             } => {
-                self.kounta_update(*kounta_id, write, link, "unlink").await?;
+                self.kounta_update(*kounta_id, write, link, "unlink")
+                    .await?;
                 self.summary.deleted += 1;
             }
             Action::Tombstone { reason, link } => {
@@ -457,7 +460,11 @@ impl<'a> Applier<'a> {
 
     /// Passes a success through; settles a failed write as failed unless its outcome is
     /// unknown (a create whose answer was lost stays unsettled, to be looked up next run).
-    async fn settle_or_fail<T>(&self, intent: i64, answer: Result<T, ApiError>) -> Result<T, Failure> {
+    async fn settle_or_fail<T>(
+        &self,
+        intent: i64,
+        answer: Result<T, ApiError>,
+    ) -> Result<T, Failure> {
         match answer {
             Ok(v) => Ok(v),
             Err(e) => {

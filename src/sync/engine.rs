@@ -193,7 +193,9 @@ impl Engine {
             let id = run_id.clone();
             if let Err(e) = self.store.call(move |s| s.start_run(&id, false)).await {
                 report.outcome = Outcome::Unavailable(e.to_string());
-                return self.finish(report, kounta_before, farmflow_before, started).await;
+                return self
+                    .finish(report, kounta_before, farmflow_before, started)
+                    .await;
             }
         }
 
@@ -217,26 +219,28 @@ impl Engine {
     ) -> Result<(), RunError> {
         let seen_at = now();
         // 1. Read both sides. FarmFlow has no paging: all or nothing.
-        let farmflow: Vec<FarmflowCustomer> = self
-            .farmflow
-            .list()
-            .await
-            .map_err(|e| RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}")))?;
-        let listing = self
-            .kounta
-            .list()
-            .await
-            .map_err(|e| RunError::Unavailable(format!("cannot read the CRM customer list: {e}")))?;
+        let farmflow: Vec<FarmflowCustomer> = self.farmflow.list().await.map_err(|e| {
+            RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
+        })?;
+        let listing = self.kounta.list().await.map_err(|e| {
+            RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
+        })?;
         if let Some(cut) = &listing.error {
             warn!(error = %cut, pages = listing.pages, "sync.listing.incomplete");
             report.listing_cut = Some(cut.to_string());
         }
 
         // 2. Settle what an earlier run left unsettled, before anything is retried.
-        let unsettled = self.store.call(|s| s.unsettled_intents()).await.map_err(store_down)?;
+        let unsettled = self
+            .store
+            .call(|s| s.unsettled_intents())
+            .await
+            .map_err(store_down)?;
         report.unsettled = unsettled.len();
-        let mut unsettled_kounta: Vec<KountaId> =
-            unsettled.iter().filter_map(|i| i.intent.kounta_id).collect();
+        let mut unsettled_kounta: Vec<KountaId> = unsettled
+            .iter()
+            .filter_map(|i| i.intent.kounta_id)
+            .collect();
         if !options.dry_run && !unsettled.is_empty() {
             let found = super::recover::settle(self, unsettled, &farmflow, &listing.items)
                 .await
@@ -253,8 +257,14 @@ impl Engine {
             now: seen_at,
             max_age_secs: self.max_verify_age_secs,
         });
-        let required =
-            budget::select_full_reads(&listing.items, &links, &hinted, &unsettled_kounta, 0, staleness);
+        let required = budget::select_full_reads(
+            &listing.items,
+            &links,
+            &hinted,
+            &unsettled_kounta,
+            0,
+            staleness,
+        );
         let verification = budget::verification_budget(
             self.kounta_rate,
             self.kounta.limiter().recent(),
@@ -270,7 +280,8 @@ impl Engine {
         );
         let mut full: HashMap<KountaId, KountaCustomer> = HashMap::new();
         let mut attempted: std::collections::HashSet<KountaId> = Default::default();
-        self.read_full(&reads, &mut full, &mut attempted, report).await?;
+        self.read_full(&reads, &mut full, &mut attempted, report)
+            .await?;
 
         // 4. Plan; read what the plan asks for (orders, more CRM records) and plan again.
         let today = chrono::Local::now().date_naive();
@@ -300,7 +311,8 @@ impl Engine {
                 .filter(|k| !attempted.contains(k))
                 .collect();
             if !wanted.is_empty() {
-                self.read_full(&wanted, &mut full, &mut attempted, report).await?;
+                self.read_full(&wanted, &mut full, &mut attempted, report)
+                    .await?;
                 more = true;
             }
             if !more {
@@ -406,10 +418,10 @@ impl Engine {
         let items: Vec<(String, String, String)> = items
             .iter()
             .map(|a| {
-                let subject = match (a.kounta_id, a.farmflow_id) {
-                    (Some(k), Some(f)) => format!("crm {k} / farmflow {f}"),
-                    (Some(k), None) => format!("crm {k}"),
-                    (None, Some(f)) => format!("farmflow {f}"),
+                // FarmFlow's id first: it stays the same when the record gets linked.
+                let subject = match (a.farmflow_id, a.kounta_id) {
+                    (Some(f), _) => format!("farmflow {f}"),
+                    (None, Some(k)) => format!("crm {k}"),
                     (None, None) => "-".to_owned(),
                 };
                 (attention_kind(a), subject, a.detail.clone())
@@ -427,7 +439,10 @@ impl Engine {
                     if s.note_attention(kind, subject, detail)? {
                         new.push((kind.clone(), subject.clone(), detail.clone()));
                     }
-                    by_kind.entry(kind.clone()).or_default().push(subject.clone());
+                    by_kind
+                        .entry(kind.clone())
+                        .or_default()
+                        .push(subject.clone());
                 }
                 for (kind, subjects) in by_kind {
                     s.retain_attention(&kind, &subjects)?;
@@ -453,10 +468,8 @@ impl Engine {
         farmflow_before: RequestCounts,
         started: Instant,
     ) -> RunReport {
-        report.summary.kounta_requests =
-            self.kounta.counts().total() - kounta_before.total();
-        report.summary.farmflow_requests =
-            self.farmflow.counts().total() - farmflow_before.total();
+        report.summary.kounta_requests = self.kounta.counts().total() - kounta_before.total();
+        report.summary.farmflow_requests = self.farmflow.counts().total() - farmflow_before.total();
         let s = report.summary;
         let exit_code = report.outcome.exit_code();
         if !report.dry_run {

@@ -139,7 +139,12 @@ async fn settle_farmflow_create(
             h.reference_id
         )));
     }
-    let key = [Field::Email, Field::Phone, Field::FirstName, Field::LastName];
+    let key = [
+        Field::Email,
+        Field::Phone,
+        Field::FirstName,
+        Field::LastName,
+    ];
     let mut candidates: Vec<&FarmflowCustomer> = farmflow
         .iter()
         .filter(|c| c.id.0 > watermark && !linked.contains(&c.id))
@@ -155,7 +160,11 @@ async fn settle_farmflow_create(
         return Ok(Some("absent: the create did not happen".to_owned()));
     };
     if candidates.len() > 1 {
-        warn!(kounta_id = kounta_id.0, count = candidates.len(), "sync.journal.duplicates");
+        warn!(
+            kounta_id = kounta_id.0,
+            count = candidates.len(),
+            "sync.journal.duplicates"
+        );
     }
     // Link without snapshots: the next plan compares both sides afresh, reads the CRM record
     // (unverified) and writes the reference_id into it if it is missing.
@@ -188,6 +197,10 @@ async fn settle_farmflow_create(
                 .await?
         }
     }
-    info!(kounta_id = kounta_id.0, farmflow_id = created.id.0, "sync.journal.found");
+    info!(
+        kounta_id = kounta_id.0,
+        farmflow_id = created.id.0,
+        "sync.journal.found"
+    );
     Ok(None)
 }

@@ -8,3 +8,4 @@ mod sandbox_lifecycle;
 mod sandbox_support;
 mod sandbox_webhooks;
 mod support;
+mod sync_smoke;
