@@ -382,14 +382,15 @@ impl RateLimiter {
 
     /// A limiter allowing `limit` grants in any `window`.
     ///
-    /// The window is kept a little longer than asked (1/120 of it, half a second a minute) so
-    /// that a server timing arrivals, which lag grants by a varying few milliseconds, also never
-    /// counts more than `limit` in its own window.
+    /// The window is kept a little longer than asked (half a second a minute, at least a
+    /// quarter second) so that a server timing arrivals, which lag grants by a varying few
+    /// milliseconds (more on a loaded machine), also never counts more than `limit` in its own
+    /// window.
     pub fn new(limit: u32, window: Duration) -> Self {
         let limit = limit.max(1) as usize;
         RateLimiter {
             limit,
-            window: window + window / 120,
+            window: window + (window / 120).max(Duration::from_millis(250)),
             grants: Mutex::new(VecDeque::with_capacity(limit.min(4096))),
         }
     }
@@ -805,13 +806,13 @@ fn classify(err: &reqwest::Error) -> TransportKind {
         .iter()
         .any(|word| chain.contains(word));
     if err.is_connect() {
-        let io = io_kind(err);
+        let io = io_kinds(err);
         // rustls reports handshake failures as `InvalidData` I/O errors.
-        if mentions_tls || io == Some(std::io::ErrorKind::InvalidData) {
+        if mentions_tls || io.contains(&std::io::ErrorKind::InvalidData) {
             TransportKind::Tls
         } else if err.is_dns() {
             TransportKind::Dns
-        } else if io == Some(std::io::ErrorKind::ConnectionRefused) {
+        } else if io.contains(&std::io::ErrorKind::ConnectionRefused) {
             TransportKind::Refused
         } else {
             TransportKind::Connect
@@ -823,15 +824,22 @@ fn classify(err: &reqwest::Error) -> TransportKind {
     }
 }
 
-fn io_kind(err: &reqwest::Error) -> Option<std::io::ErrorKind> {
+/// Every I/O error kind in the chain, looking inside I/O errors that wrap others (their
+/// `source()` skips the wrapped error itself, where rustls puts its `InvalidData`).
+fn io_kinds(err: &reqwest::Error) -> Vec<std::io::ErrorKind> {
+    let mut kinds = Vec::new();
     let mut source = err.source();
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
+        let mut io = e.downcast_ref::<std::io::Error>();
+        while let Some(this) = io {
+            kinds.push(this.kind());
+            io = this
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
         }
         source = e.source();
     }
-    None
+    kinds
 }
 
 /// The error's sources joined by `: ` (reqwest's own message names the URL, said elsewhere).

@@ -55,6 +55,8 @@ pub struct FarmflowClient {
     base: Url,
     auth_name: HeaderName,
     auth_value: HeaderValue,
+    /// The header name as configured (`HeaderName` lower-cases it), for messages.
+    auth_label: String,
     auth_prefix: String,
 }
 
@@ -62,7 +64,7 @@ impl fmt::Debug for FarmflowClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FarmflowClient")
             .field("base", &self.base.as_str())
-            .field("auth_header", &self.auth_name.as_str())
+            .field("auth_header", &self.auth_label)
             .field("api_key", &"[redacted]")
             .finish()
     }
@@ -101,6 +103,7 @@ impl FarmflowClient {
             base: options.base_url,
             auth_name,
             auth_value,
+            auth_label: options.auth_header.trim().to_owned(),
             auth_prefix: options.auth_prefix,
         })
     }
@@ -359,7 +362,7 @@ impl FarmflowClient {
                 api: Api::Farmflow,
                 message: format!(
                     "FarmFlow refused the API key ({status}) — check farmflow.api_key or auth_header (sent header {}{}): {message}",
-                    self.auth_name.as_str(),
+                    self.auth_label,
                     if self.auth_prefix.is_empty() {
                         String::new()
                     } else {

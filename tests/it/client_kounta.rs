@@ -96,7 +96,10 @@ async fn a_failing_first_page_is_an_error_not_an_empty_listing() {
 
     let err = kounta(&sb).list().await.unwrap_err();
 
-    assert!(matches!(err, ApiError::Server { status: 500, .. }), "{err:?}");
+    assert!(
+        matches!(err, ApiError::Server { status: 500, .. }),
+        "{err:?}"
+    );
     assert!(err.is_transient());
 }
 
@@ -188,7 +191,10 @@ async fn lookups_read_the_id_from_location_without_following_it() {
     let id = KountaId(sb.kounta().insert(crm_person(42)));
     let client = kounta(&sb);
 
-    assert_eq!(client.find_by_email("PERSON42@example.com").await.unwrap(), Some(id));
+    assert_eq!(
+        client.find_by_email("PERSON42@example.com").await.unwrap(),
+        Some(id)
+    );
     assert_eq!(client.find_by_mobile("0412000042").await.unwrap(), Some(id));
     assert_eq!(
         client
@@ -197,7 +203,10 @@ async fn lookups_read_the_id_from_location_without_following_it() {
             .unwrap(),
         Some(id)
     );
-    assert_eq!(client.find_by_email("nobody@example.com").await.unwrap(), None);
+    assert_eq!(
+        client.find_by_email("nobody@example.com").await.unwrap(),
+        None
+    );
     assert_eq!(client.find_by_mobile("0499999999").await.unwrap(), None);
     assert_eq!(
         client
@@ -209,7 +218,11 @@ async fn lookups_read_the_id_from_location_without_following_it() {
 
     let stats = sb.kounta().stats();
     assert_eq!(stats.count(KountaEndpoint::Lookup), 6);
-    assert_eq!(stats.count(KountaEndpoint::Get), 0, "a redirect was followed");
+    assert_eq!(
+        stats.count(KountaEndpoint::Get),
+        0,
+        "a redirect was followed"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +241,13 @@ async fn lookup_by_reference_id_returns_every_match() {
 
     let found = client.find_by_reference("farmflow:301").await.unwrap();
     assert_eq!(ids(&found), vec![a, b]);
-    assert!(client.find_by_reference("farmflow:999").await.unwrap().is_empty());
+    assert!(
+        client
+            .find_by_reference("farmflow:999")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn new_customer(n: usize) -> KountaCustomerWrite {
@@ -332,10 +351,7 @@ async fn validation_and_conflict_are_told_apart() {
 
 #[tokio::test]
 async fn a_create_whose_answer_is_lost_is_outcome_unknown_and_exists_once() {
-    for action in [
-        FaultAction::ApplyThenDrop,
-        FaultAction::ApplyThen500,
-    ] {
+    for action in [FaultAction::ApplyThenDrop, FaultAction::ApplyThen500] {
         let sb = sandbox().await;
         seed(&sb, 2);
         sb.kounta()
@@ -344,10 +360,21 @@ async fn a_create_whose_answer_is_lost_is_outcome_unknown_and_exists_once() {
 
         let err = client.create(&new_customer(7)).await.unwrap_err();
 
-        assert!(matches!(err, ApiError::OutcomeUnknown { .. }), "{action:?}: {err:?}");
+        assert!(
+            matches!(err, ApiError::OutcomeUnknown { .. }),
+            "{action:?}: {err:?}"
+        );
         assert!(!err.is_transient());
-        assert_eq!(sb.kounta().customers().len(), 3, "{action:?}: exactly one new record");
-        assert_eq!(sb.kounta().stats().count(KountaEndpoint::Create), 1, "never resent");
+        assert_eq!(
+            sb.kounta().customers().len(),
+            3,
+            "{action:?}: exactly one new record"
+        );
+        assert_eq!(
+            sb.kounta().stats().count(KountaEndpoint::Create),
+            1,
+            "never resent"
+        );
         // The engine resolves it by reference_id.
         let found = client.find_by_reference("farmflow:507").await.unwrap();
         assert_eq!(found.len(), 1);
@@ -387,7 +414,10 @@ async fn a_create_refused_with_429_is_resent_and_exists_once() {
     ));
     let client = kounta(&sb);
 
-    let id = client.create(&new_customer(4)).await.expect("created on the second try");
+    let id = client
+        .create(&new_customer(4))
+        .await
+        .expect("created on the second try");
 
     assert_eq!(sb.kounta().customers().len(), 1);
     assert_eq!(sb.kounta().customers()[0].id, id.0);
@@ -399,8 +429,11 @@ async fn a_create_refused_with_429_is_resent_and_exists_once() {
 async fn html_502_on_a_read_is_a_server_error_with_a_short_excerpt() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(1));
-    sb.kounta()
-        .inject(Fault::new(KountaEndpoint::Get, When::Every, FaultAction::Html502));
+    sb.kounta().inject(Fault::new(
+        KountaEndpoint::Get,
+        When::Every,
+        FaultAction::Html502,
+    ));
     let client = kounta(&sb);
 
     let err = client.get(KountaId(id)).await.unwrap_err();
@@ -417,15 +450,22 @@ async fn html_502_on_a_read_is_a_server_error_with_a_short_excerpt() {
         }
         other => panic!("expected a 502, got {other:?}"),
     }
-    assert_eq!(sb.kounta().stats().count(KountaEndpoint::Get), 6, "five retries");
+    assert_eq!(
+        sb.kounta().stats().count(KountaEndpoint::Get),
+        6,
+        "five retries"
+    );
 }
 
 #[tokio::test]
 async fn a_transient_502_on_a_read_is_retried_away() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(1));
-    sb.kounta()
-        .inject(Fault::new(KountaEndpoint::Get, When::Next(2), FaultAction::Html502));
+    sb.kounta().inject(Fault::new(
+        KountaEndpoint::Get,
+        When::Next(2),
+        FaultAction::Html502,
+    ));
     let client = kounta(&sb);
 
     let c = client.get(KountaId(id)).await.unwrap();
@@ -450,7 +490,8 @@ async fn truncated_json_is_a_decode_error_with_an_excerpt() {
 
     match &err {
         ApiError::Decode { excerpt, .. } => {
-            assert!(excerpt.starts_with("{\"id\":"), "{excerpt}");
+            assert!(excerpt.starts_with('{'), "{excerpt}");
+            assert!(excerpt.contains("person1@example.com"), "{excerpt}");
             assert!(excerpt.chars().count() <= EXCERPT_CHARS);
         }
         other => panic!("expected a decode error, got {other:?}"),
@@ -461,8 +502,11 @@ async fn truncated_json_is_a_decode_error_with_an_excerpt() {
 async fn a_hung_read_times_out_and_is_retried() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(1));
-    sb.kounta()
-        .inject(Fault::new(KountaEndpoint::Get, When::Nth(1), FaultAction::Hang));
+    sb.kounta().inject(Fault::new(
+        KountaEndpoint::Get,
+        When::Nth(1),
+        FaultAction::Hang,
+    ));
     let client = kounta_with(farmsync::kounta::KountaOptions {
         timeout: Duration::from_millis(300),
         ..kounta_options(&sb)
@@ -517,7 +561,10 @@ async fn check_reads_the_company_and_the_first_page() {
 
     let text = report.to_string();
     assert!(text.starts_with("Kounta: ok"), "{text}");
-    assert!(text.contains(&sb.kounta().company_id().to_string()), "{text}");
+    assert!(
+        text.contains(&sb.kounta().company_id().to_string()),
+        "{text}"
+    );
     assert!(text.contains("25 customers"), "{text}");
     let stats = sb.kounta().stats();
     assert_eq!(stats.writes, 0, "check is read-only");

@@ -1,5 +1,10 @@
 //! The integration tests, in one binary.
 
+mod client_farmflow;
+mod client_kounta;
+mod client_limits;
+mod client_oauth;
+mod client_support;
 mod sandbox_farmflow;
 mod sandbox_faults;
 mod sandbox_kounta;
