@@ -5,6 +5,7 @@ mod client_kounta;
 mod client_limits;
 mod client_oauth;
 mod client_support;
+mod client_wire;
 mod sandbox_farmflow;
 mod sandbox_faults;
 mod sandbox_kounta;
