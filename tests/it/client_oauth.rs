@@ -76,9 +76,38 @@ async fn a_usable_stored_access_token_is_used_without_refreshing() {
         .unwrap();
     let client = oauth_client(kounta_oauth_options(&sb), store);
 
+    assert!(!client.needs_refresh().await.unwrap());
     client.check().await.unwrap();
 
     assert_eq!(sb.kounta().stats().count(KountaEndpoint::Token), 0);
+}
+
+#[tokio::test]
+async fn needs_refresh_says_whether_a_refresh_is_coming() {
+    let sb = sandbox().await;
+    let store = Arc::new(MemoryTokenStore::new());
+    let client = oauth_client(kounta_oauth_options(&sb), store.clone());
+    assert!(client.needs_refresh().await.unwrap(), "nothing stored yet");
+
+    client.check().await.unwrap();
+    assert!(!client.needs_refresh().await.unwrap());
+
+    store
+        .save(&OAuthTokens {
+            expires_at: Some(0),
+            ..store.load().unwrap().unwrap()
+        })
+        .unwrap();
+    let restarted = oauth_client(kounta_oauth_options(&sb), store);
+    assert!(
+        restarted.needs_refresh().await.unwrap(),
+        "the stored token has expired"
+    );
+    assert!(
+        !kounta(&sb).needs_refresh().await.unwrap(),
+        "basic auth never refreshes"
+    );
+    assert_eq!(sb.kounta().stats().count(KountaEndpoint::Token), 1);
 }
 
 #[tokio::test]
