@@ -90,6 +90,11 @@ pub struct FarmflowOptions {
     pub null_for_empty: bool,
     /// Upper-case `state` on every API write.
     pub uppercase_state: bool,
+    /// Answer the API's own errors (`401`, `404`, `409`...) with `200` and the same
+    /// `{"status": "error"}` body.
+    pub errors_as_200: bool,
+    /// Answer a create with `{"id": ...}` alone instead of the whole record.
+    pub create_returns_id_only: bool,
     /// A rate limit on every endpoint from the start (none by default; the documented figure
     /// is 120 a minute).
     pub rate_limit: Option<RateLimit>,
@@ -105,6 +110,8 @@ impl Default for FarmflowOptions {
             ids_as_numbers: false,
             null_for_empty: false,
             uppercase_state: false,
+            errors_as_200: false,
+            create_returns_id_only: false,
             rate_limit: None,
         }
     }
@@ -221,6 +228,8 @@ struct FarmflowState {
     ids_as_numbers: bool,
     null_for_empty: bool,
     uppercase_state: bool,
+    errors_as_200: bool,
+    create_returns_id_only: bool,
     empty_list_once: bool,
 }
 
@@ -272,6 +281,8 @@ impl FakeFarmflow {
                     ids_as_numbers: options.ids_as_numbers,
                     null_for_empty: options.null_for_empty,
                     uppercase_state: options.uppercase_state,
+                    errors_as_200: options.errors_as_200,
+                    create_returns_id_only: options.create_returns_id_only,
                     empty_list_once: false,
                 }),
             }),
@@ -486,6 +497,16 @@ impl FakeFarmflow {
         self.lock().uppercase_state = on;
     }
 
+    /// Answers the API's own errors with `200` (or their real status) from now on.
+    pub fn set_errors_as_200(&self, on: bool) {
+        self.lock().errors_as_200 = on;
+    }
+
+    /// Answers creates with `{"id": ...}` alone (or the whole record) from now on.
+    pub fn set_create_returns_id_only(&self, on: bool) {
+        self.lock().create_returns_id_only = on;
+    }
+
     /// Makes the next `customers-get` answer an empty list.
     pub fn empty_list_once(&self) {
         self.lock().empty_list_once = true;
@@ -686,7 +707,13 @@ async fn dispatch(State(farmflow): State<FakeFarmflow>, req: Request) -> Respons
     inner
         .pipeline
         .run(meta, endpoint, move || async move {
-            farmflow.serve(route, req).await
+            let errors_as_200 = farmflow.lock().errors_as_200;
+            let mut response = farmflow.serve(route, req).await;
+            if errors_as_200 && response.status().as_u16() >= 400 {
+                // Some services say "error" only in the body.
+                *response.status_mut() = StatusCode::OK;
+            }
+            response
         })
         .await
 }
@@ -779,7 +806,11 @@ impl FakeFarmflow {
                     }
                     record.id = s.next_id;
                     s.next_id += 1;
-                    let payload = s.customer_json(&record);
+                    let payload = if s.create_returns_id_only {
+                        json!({ "id": s.id_json(record.id) })
+                    } else {
+                        s.customer_json(&record)
+                    };
                     s.customers.insert(record.id, record);
                     s.success("customer", payload)
                 };

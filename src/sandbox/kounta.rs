@@ -109,6 +109,24 @@ pub struct ReadShape {
     pub primary_email_address: bool,
     /// An `id_str` string beside every `id`.
     pub id_str: bool,
+    /// Ids as JSON strings (`"389427"`) instead of numbers.
+    pub ids_as_strings: bool,
+    /// `null` instead of `""` or `[]` for empty fields.
+    pub null_for_empty: bool,
+    /// Fields the contract does not name, which a client must ignore.
+    pub extra_fields: bool,
+}
+
+/// How the fake CRM words its error bodies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ErrorShape {
+    /// `{"error": "<code>", "error_description": "<text>"}`.
+    #[default]
+    Standard,
+    /// `{"error_message": "<text>"}`.
+    ErrorMessage,
+    /// `{"message": "<text>"}`.
+    Message,
 }
 
 /// Settings of the fake CRM.
@@ -135,6 +153,11 @@ pub struct KountaOptions {
     pub normalise_phones: bool,
     /// Tolerated read variants to use.
     pub read_shape: ReadShape,
+    /// How the API's own error bodies are worded (injected faults and `429`s keep the standard
+    /// shape).
+    pub error_shape: ErrorShape,
+    /// Answer a successful `PUT` with an empty body instead of the record.
+    pub update_answers_empty: bool,
     /// A rate limit on every endpoint from the start (none by default; the documented figure is
     /// 60 a minute with basic auth).
     pub rate_limit: Option<RateLimit>,
@@ -153,6 +176,8 @@ impl Default for KountaOptions {
             expired_token_status: 401,
             normalise_phones: false,
             read_shape: ReadShape::default(),
+            error_shape: ErrorShape::Standard,
+            update_answers_empty: false,
             rate_limit: None,
         }
     }
@@ -319,6 +344,8 @@ struct KountaState {
     page_size: usize,
     normalise_phones: bool,
     read_shape: ReadShape,
+    error_shape: ErrorShape,
+    update_answers_empty: bool,
     failing_pages: BTreeSet<u32>,
     empty_list_once: bool,
     webhooks: BTreeMap<i64, Webhook>,
@@ -394,6 +421,8 @@ impl FakeKounta {
             page_size: options.page_size.max(1),
             normalise_phones: options.normalise_phones,
             read_shape: options.read_shape,
+            error_shape: options.error_shape,
+            update_answers_empty: options.update_answers_empty,
             failing_pages: BTreeSet::new(),
             empty_list_once: false,
             webhooks: BTreeMap::new(),
@@ -587,6 +616,16 @@ impl FakeKounta {
         self.lock().read_shape = shape;
     }
 
+    /// Words the API's own error bodies this way from now on.
+    pub fn set_error_shape(&self, shape: ErrorShape) {
+        self.lock().error_shape = shape;
+    }
+
+    /// Answers a successful `PUT` with an empty body (or with the record) from now on.
+    pub fn set_update_answers_empty(&self, on: bool) {
+        self.lock().update_answers_empty = on;
+    }
+
     /// Makes list page `page` (1-based) answer `500` every time until `clear_faults`.
     pub fn fail_list_page(&self, page: u32) {
         self.lock().failing_pages.insert(page);
@@ -738,7 +777,33 @@ fn record_json(c: &KountaRecord, shape: ReadShape) -> Value {
     let now = now_stamp();
     m.insert("created_at".into(), json!(now));
     m.insert("updated_at".into(), json!(now));
-    Value::Object(m)
+    if shape.extra_fields {
+        m.insert("customer_code".into(), json!(format!("C-{}", c.id)));
+        m.insert("loyalty".into(), json!({"points": 0, "tier": null}));
+        m.insert("notes".into(), Value::Null);
+    }
+    reshape(Value::Object(m), shape)
+}
+
+/// Applies the id and empty-field variants of `shape` to a finished record or item.
+fn reshape(mut value: Value, shape: ReadShape) -> Value {
+    fn nullify(v: &mut Value) {
+        match v {
+            Value::String(s) if s.is_empty() => *v = Value::Null,
+            Value::Array(a) if a.is_empty() => *v = Value::Null,
+            Value::Object(m) => m.values_mut().for_each(nullify),
+            _ => {}
+        }
+    }
+    if shape.null_for_empty {
+        nullify(&mut value);
+    }
+    if shape.ids_as_strings
+        && let Some(id) = value.get("id").and_then(Value::as_i64)
+    {
+        value["id"] = json!(id.to_string());
+    }
+    value
 }
 
 /// The abbreviated item of lists and `?reference_id=` lookups.
@@ -752,7 +817,10 @@ fn item_json(c: &KountaRecord, shape: ReadShape) -> Value {
     m.insert("last_name".into(), json!(c.last_name));
     m.insert(email_key(shape).into(), json!(c.email));
     m.insert("image".into(), json!(c.image));
-    Value::Object(m)
+    if shape.extra_fields {
+        m.insert("customer_code".into(), json!(format!("C-{}", c.id)));
+    }
+    reshape(Value::Object(m), shape)
 }
 
 fn webhook_json(w: &Webhook) -> Value {
@@ -1168,9 +1236,32 @@ async fn dispatch(State(kounta): State<FakeKounta>, req: Request) -> Response {
     inner
         .pipeline
         .run(meta, endpoint, move || async move {
-            kounta.serve(route, req).await
+            let shape = kounta.lock().error_shape;
+            let response = kounta.serve(route, req).await;
+            reword(response, shape).await
         })
         .await
+}
+
+/// Rewrites the API's own error body into one of the tolerated shapes.
+async fn reword(response: Response, shape: ErrorShape) -> Response {
+    if shape == ErrorShape::Standard || response.status().as_u16() < 400 {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let text = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error_description"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let reworded = match shape {
+        ErrorShape::ErrorMessage => json!({ "error_message": text }),
+        ErrorShape::Message | ErrorShape::Standard => json!({ "message": text }),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(reworded.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1581,11 +1672,14 @@ impl FakeKounta {
                 record.mobile = format_phone(&record.mobile);
             }
             s.customers.insert(id, record.clone());
-            (record, s.read_shape)
+            (record, (!s.update_answers_empty).then_some(s.read_shape))
         };
         self.pipeline().write_applied();
         self.emit(WebhookTopic::CustomerUpdated, &updated);
-        json_response(StatusCode::OK, &record_json(&updated, shape))
+        match shape {
+            Some(shape) => json_response(StatusCode::OK, &record_json(&updated, shape)),
+            None => StatusCode::OK.into_response(),
+        }
     }
 
     fn register_webhook(&self, obj: &Map<String, Value>) -> Response {
@@ -1710,11 +1804,12 @@ impl FakeKounta {
             }
             body
         };
+        let customer_id = customer.id;
         for (webhook, action) in planned {
             let this = self.clone();
             let body = body.clone();
             let task = async move {
-                this.deliver(webhook, topic, customer_id_of(&body), body, action)
+                this.deliver(webhook, topic, customer_id, body, action)
                     .await
             };
             self.inner.tracker.spawn_on(task, &self.inner.runtime);
@@ -1762,9 +1857,10 @@ impl FakeKounta {
 
     async fn post(&self, webhook: &Webhook, body: &Bytes) -> DeliveryOutcome {
         let client = self.inner.http.get_or_init(|| {
+            // No timeout: a receiver that never answers holds only its own task, which shutdown
+            // ends; a timer here would also fire early in tests running on paused time.
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default()
         });
@@ -1804,13 +1900,6 @@ impl FakeKounta {
         });
         self.inner.delivered.send_modify(|n| *n += 1);
     }
-}
-
-fn customer_id_of(body: &[u8]) -> i64 {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("id").and_then(Value::as_i64))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

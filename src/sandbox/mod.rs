@@ -38,7 +38,7 @@ pub use farmflow::{
     FarmflowOptions, FarmflowRecord, OneTimeOrderRecord, RecurringOrderRecord, RecurringStatus,
 };
 pub use kounta::{
-    Delivery, DeliveryOutcome, FakeKounta, KountaEndpoint, KountaOptions, KountaRecord,
+    Delivery, DeliveryOutcome, ErrorShape, FakeKounta, KountaEndpoint, KountaOptions, KountaRecord,
     KountaRecordAddress, OauthOptions, ReadShape, Webhook, WebhookAction, WebhookFault,
     WebhookTopic, format_phone, webhook_signature,
 };

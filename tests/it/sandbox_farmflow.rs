@@ -409,3 +409,35 @@ async fn bodies_fields_methods_and_paths_are_checked() {
     assert_eq!(stats.unrouted, 3);
     assert_eq!(stats.writes, 3);
 }
+
+#[tokio::test]
+async fn errors_can_come_with_a_200_and_creates_with_the_id_alone() {
+    let sb = start().await;
+    let f = sb.farmflow();
+    let id = f.insert(person("Ruby", "ruby@example.com"));
+    f.add_recurring_order(id, RecurringStatus::Active);
+    f.set_errors_as_200(true);
+    let farm = Farm::new(&sb);
+    let (status, body) =
+        status_json(farm.post("/customer-delete", &json!({"id": id.to_string()}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"status": "error", "message": ACTIVE_ORDER_REFUSAL})
+    );
+    let (status, body) = status_json(farm.post("/customer-get", &json!({"id": "999"}))).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("error")));
+    assert!(f.get(id).is_some());
+
+    f.set_errors_as_200(false);
+    f.set_create_returns_id_only(true);
+    let (status, body) =
+        status_json(farm.post("/customer-create", &json!({"firstname": "Henry"}))).await;
+    assert_eq!(status, 200);
+    let new_id = body["data"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(body["data"], json!({"id": new_id}));
+    assert_eq!(
+        f.get(new_id.parse().expect("numeric")).map(|c| c.firstname),
+        Some("Henry".into())
+    );
+}

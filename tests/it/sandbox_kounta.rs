@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use farmsync::sandbox::{KountaEndpoint, KountaRecord, KountaRecordAddress, ReadShape};
+use farmsync::sandbox::{ErrorShape, KountaEndpoint, KountaRecord, KountaRecordAddress, ReadShape};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -627,6 +627,7 @@ async fn the_legacy_read_shape_is_selectable() {
         legacy_address: true,
         primary_email_address: true,
         id_str: true,
+        ..ReadShape::default()
     });
     let crm = Crm::new(&sb);
     let (_, body) = status_json(crm.get(&format!("/customers/{id}"))).await;
@@ -681,4 +682,75 @@ async fn helpers_are_not_requests_and_edits_keep_the_id() {
     let stats = k.stats();
     assert_eq!(stats.total, 0);
     assert!(k.request_log().is_empty());
+}
+
+#[tokio::test]
+async fn ids_as_strings_nulls_and_unknown_fields_are_selectable() {
+    let sb = start().await;
+    let id = sb.kounta().insert(KountaRecord {
+        primary_address: Some(KountaRecordAddress {
+            city: "Perth".into(),
+            ..KountaRecordAddress::default()
+        }),
+        ..person("Ada", "ada@example.com")
+    });
+    sb.kounta().set_read_shape(ReadShape {
+        ids_as_strings: true,
+        null_for_empty: true,
+        extra_fields: true,
+        ..ReadShape::default()
+    });
+    let crm = Crm::new(&sb);
+    let (_, body) = status_json(crm.get(&format!("/customers/{id}"))).await;
+    assert_eq!(body["id"], json!(id.to_string()));
+    assert_eq!(body["phone"], Value::Null);
+    assert_eq!(body["reference_id"], Value::Null);
+    assert_eq!(body["tags"], Value::Null);
+    assert_eq!(body["primary_address"]["country"], Value::Null);
+    assert_eq!(body["primary_address"]["city"], "Perth");
+    assert_eq!(body["first_name"], "Ada");
+    assert!(body.get("customer_code").is_some(), "an unknown field");
+
+    let (_, list) = status_json(crm.get("/customers")).await;
+    assert_eq!(list[0]["id"], json!(id.to_string()));
+    assert_eq!(list[0]["image"], Value::Null);
+    assert!(list[0].get("customer_code").is_some());
+}
+
+#[tokio::test]
+async fn error_bodies_can_take_the_tolerated_shapes() {
+    let sb = start().await;
+    let crm = Crm::new(&sb);
+    sb.kounta().set_error_shape(ErrorShape::ErrorMessage);
+    let (status, body) = status_json(crm.get("/customers/1")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body, json!({"error_message": "customer 1 not found"}));
+
+    sb.kounta().set_error_shape(ErrorShape::Message);
+    let (status, body) = status_json(crm.post("/customers", &json!({"email": "a@b"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(body, json!({"message": "first_name is required"}));
+
+    sb.kounta().set_error_shape(ErrorShape::Standard);
+    let (_, body) = status_json(crm.get("/customers/1")).await;
+    assert_eq!(body["error"], "not_found");
+}
+
+#[tokio::test]
+async fn an_update_can_answer_an_empty_body() {
+    let sb = start().await;
+    let id = sb.kounta().insert(person("Ada", "ada@example.com"));
+    sb.kounta().set_update_answers_empty(true);
+    let crm = Crm::new(&sb);
+    let r = crm
+        .put(
+            &format!("/customers/{id}"),
+            &json!({"last_name": "Lovelace"}),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.expect("body").is_empty());
+    assert_eq!(sb.kounta().get(id).expect("there").last_name, "Lovelace");
 }
