@@ -451,3 +451,56 @@ async fn an_empty_list_once_is_read_as_empty() {
     assert!(client.list().await.unwrap().is_empty());
     assert_eq!(client.list().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_create_answered_with_the_id_alone_keeps_the_sent_fields() {
+    let sb = sandbox().await;
+    sb.farmflow().set_create_returns_id_only(true);
+    let client = farmflow(&sb);
+
+    let created = client.create(&new_fields(6)).await.unwrap();
+
+    assert_eq!(created.fields, new_fields(6));
+    assert_eq!(
+        created,
+        as_client_sees(&sb.farmflow().get(created.id.0).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn errors_answered_with_200_are_still_errors() {
+    let sb = sandbox().await;
+    let held = sb.farmflow().insert(farm_person(1));
+    sb.farmflow()
+        .add_recurring_order(held, RecurringStatus::Active);
+    sb.farmflow().set_errors_as_200(true);
+    let client = farmflow(&sb);
+
+    assert_eq!(
+        client.delete(FarmflowId(held)).await.unwrap(),
+        DeleteOutcome::Blocked {
+            reason: ACTIVE_ORDER_REFUSAL.to_owned()
+        }
+    );
+    // Without a 404 there is no proof of absence: an error, never `None`.
+    let err = client.get(FarmflowId(4242)).await.unwrap_err();
+    match &err {
+        ApiError::Validation {
+            status: 200,
+            message,
+            ..
+        } => assert!(message.contains("not found"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let err = client.create(&FarmflowFields::default()).await.unwrap_err();
+    assert!(matches!(err, ApiError::Validation { .. }), "{err:?}");
+    assert_eq!(sb.farmflow().customers().len(), 1);
+
+    let wrong = farmflow_with(FarmflowOptions {
+        api_key: "not-the-key-123".into(),
+        ..farmflow_options(&sb)
+    });
+    let err = wrong.check().await.unwrap_err();
+    assert!(err.is_auth(), "{err:?}");
+    assert!(err.to_string().contains("farmflow.api_key"), "{err}");
+}

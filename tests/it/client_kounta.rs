@@ -9,8 +9,8 @@ use farmsync::ids::KountaId;
 use farmsync::kounta::model::{KountaAddress, KountaCustomerWrite};
 use farmsync::kounta::{KountaClient, ListingCut, MemoryTokenStore};
 use farmsync::sandbox::{
-    Fault, FaultAction, KountaEndpoint, KountaOptions as FakeOptions, ReadShape, SandboxOptions,
-    When,
+    ErrorShape, Fault, FaultAction, KountaEndpoint, KountaOptions as FakeOptions, ReadShape,
+    SandboxOptions, When,
 };
 
 use crate::client_support::*;
@@ -154,10 +154,25 @@ async fn get_reads_the_full_record_and_a_404_is_none() {
 async fn every_tolerated_read_shape_decodes_to_the_same_customer() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(9));
+    // A sparse one too, so empty fields and tags meet `null`.
+    let sparse = sb.kounta().insert(farmsync::sandbox::KountaRecord {
+        first_name: "Only".to_owned(),
+        email: "only@example.com".to_owned(),
+        ..Default::default()
+    });
     let client = kounta(&sb);
     let plain = client.get(KountaId(id)).await.unwrap().unwrap();
+    let plain_sparse = client.get(KountaId(sparse)).await.unwrap().unwrap();
     let plain_list = client.list().await.unwrap().items;
 
+    let all = ReadShape {
+        legacy_address: true,
+        primary_email_address: true,
+        id_str: true,
+        ids_as_strings: true,
+        null_for_empty: true,
+        extra_fields: true,
+    };
     for shape in [
         ReadShape {
             legacy_address: true,
@@ -172,14 +187,24 @@ async fn every_tolerated_read_shape_decodes_to_the_same_customer() {
             ..ReadShape::default()
         },
         ReadShape {
-            legacy_address: true,
-            primary_email_address: true,
-            id_str: true,
+            ids_as_strings: true,
+            ..ReadShape::default()
         },
+        ReadShape {
+            null_for_empty: true,
+            ..ReadShape::default()
+        },
+        ReadShape {
+            extra_fields: true,
+            ..ReadShape::default()
+        },
+        all,
     ] {
         sb.kounta().set_read_shape(shape);
         let got = client.get(KountaId(id)).await.unwrap().unwrap();
         assert_eq!(got, plain, "{shape:?}");
+        let got = client.get(KountaId(sparse)).await.unwrap().unwrap();
+        assert_eq!(got, plain_sparse, "{shape:?}");
         assert_eq!(client.list().await.unwrap().items, plain_list, "{shape:?}");
     }
 }
@@ -653,4 +678,74 @@ async fn phone_normalising_writes_are_read_back_as_the_crm_spells_them() {
 
     let c = client.get(id).await.unwrap().unwrap();
     assert_eq!(c.phone, "02 8765 4321");
+}
+
+#[tokio::test]
+async fn every_error_body_shape_gives_the_crm_s_explanation() {
+    let sb = sandbox().await;
+    let id = sb.kounta().insert(crm_person(1));
+    let client = kounta(&sb);
+    let wrong = kounta_with(farmsync::kounta::KountaOptions {
+        auth: farmsync::kounta::KountaAuth::Basic {
+            client_id: "someone-else".to_owned(),
+            client_secret: "nope".into(),
+        },
+        ..kounta_options(&sb)
+    });
+
+    for shape in [
+        ErrorShape::Standard,
+        ErrorShape::ErrorMessage,
+        ErrorShape::Message,
+    ] {
+        sb.kounta().set_error_shape(shape);
+
+        let err = client
+            .update(
+                KountaId(id),
+                &KountaCustomerWrite {
+                    primary_address: Some(KountaAddress {
+                        country: "Australia".to_owned(),
+                        ..KountaAddress::default()
+                    }),
+                    ..KountaCustomerWrite::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        match &err {
+            ApiError::Validation {
+                status: 400,
+                message,
+                ..
+            } => assert!(message.contains("alpha-2"), "{shape:?}: {message}"),
+            other => panic!("{shape:?}: expected a validation error, got {other:?}"),
+        }
+
+        let err = wrong.check().await.unwrap_err();
+        assert!(err.is_auth(), "{shape:?}: {err:?}");
+        assert!(err.to_string().contains("not valid"), "{shape:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn an_update_answered_with_an_empty_body_still_succeeds() {
+    let sb = sandbox().await;
+    let id = sb.kounta().insert(crm_person(2));
+    sb.kounta().set_update_answers_empty(true);
+    let client = kounta(&sb);
+
+    let answer = client
+        .update(
+            KountaId(id),
+            &KountaCustomerWrite {
+                last_name: Some("Renamed".to_owned()),
+                ..KountaCustomerWrite::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(answer, None);
+    assert_eq!(sb.kounta().get(id).unwrap().last_name, "Renamed");
 }
