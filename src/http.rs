@@ -22,6 +22,10 @@ use tokio::time::Instant;
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("farmsync/", env!("CARGO_PKG_VERSION"));
 
+/// The largest answer body read; a longer one is a `Decode` error (FarmFlow's unpaged customer
+/// list of 100,000 customers is about 40 MiB).
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+
 /// Longest excerpt of a response body an error carries, in characters.
 pub const EXCERPT_CHARS: usize = 200;
 
@@ -696,6 +700,25 @@ impl HttpCore {
                     self.jitter(retries)
                 }
                 Attempt::Answer(raw) => return Ok(raw),
+                Attempt::TooLarge { status, url } => {
+                    let reason = format!(
+                        "answer {} from {url} is larger than {} MiB",
+                        status.as_u16(),
+                        MAX_BODY_BYTES >> 20
+                    );
+                    if call == Call::Create && !status.is_client_error() {
+                        return Err(ApiError::OutcomeUnknown {
+                            api,
+                            operation: operation.to_owned(),
+                            cause: reason,
+                        });
+                    }
+                    return Err(ApiError::Decode {
+                        api,
+                        reason,
+                        excerpt: String::new(),
+                    });
+                }
                 Attempt::Failed { kind, url, detail } => {
                     if call == Call::Create && !kind.never_sent() {
                         return Err(ApiError::OutcomeUnknown {
@@ -735,31 +758,48 @@ impl HttpCore {
         let status = response.status();
         let headers = response.headers().clone();
         let url = strip_query(response.url());
-        match response.bytes().await {
-            Ok(body) => Attempt::Answer(Raw {
-                status,
-                headers,
-                body,
-            }),
-            // A 429 is a refusal whatever happened to its body.
-            Err(_) if status == StatusCode::TOO_MANY_REQUESTS => Attempt::Answer(Raw {
-                status,
-                headers,
-                body: Bytes::new(),
-            }),
-            Err(err) => Attempt::Failed {
-                kind: if err.is_timeout() {
-                    TransportKind::Timeout
-                } else {
-                    TransportKind::Connection
-                },
-                url,
-                detail: format!(
-                    "answer {} cut short: {}",
-                    status.as_u16(),
-                    error_chain(&err)
-                ),
-            },
+        let mut response = response;
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    // Bounded: a runaway answer must not exhaust memory.
+                    if body.len() + chunk.len() > MAX_BODY_BYTES {
+                        return Attempt::TooLarge { status, url };
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => {
+                    return Attempt::Answer(Raw {
+                        status,
+                        headers,
+                        body: body.freeze(),
+                    });
+                }
+                // A 429 is a refusal whatever happened to its body.
+                Err(_) if status == StatusCode::TOO_MANY_REQUESTS => {
+                    return Attempt::Answer(Raw {
+                        status,
+                        headers,
+                        body: Bytes::new(),
+                    });
+                }
+                Err(err) => {
+                    return Attempt::Failed {
+                        kind: if err.is_timeout() {
+                            TransportKind::Timeout
+                        } else {
+                            TransportKind::Connection
+                        },
+                        url,
+                        detail: format!(
+                            "answer {} cut short: {}",
+                            status.as_u16(),
+                            error_chain(&err)
+                        ),
+                    };
+                }
+            }
         }
     }
 
@@ -782,6 +822,10 @@ impl HttpCore {
 
 enum Attempt {
     Answer(Raw),
+    TooLarge {
+        status: StatusCode,
+        url: String,
+    },
     Failed {
         kind: TransportKind,
         url: String,
