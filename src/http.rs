@@ -22,6 +22,10 @@ use tokio::time::Instant;
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("farmsync/", env!("CARGO_PKG_VERSION"));
 
+/// The largest answer body read; a longer one is a `Decode` error (FarmFlow's unpaged customer
+/// list of 100,000 customers is about 40 MiB).
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+
 /// Longest excerpt of a response body an error carries, in characters.
 pub const EXCERPT_CHARS: usize = 200;
 
@@ -382,14 +386,15 @@ impl RateLimiter {
 
     /// A limiter allowing `limit` grants in any `window`.
     ///
-    /// The window is kept a little longer than asked (1/120 of it, half a second a minute) so
-    /// that a server timing arrivals, which lag grants by a varying few milliseconds, also never
-    /// counts more than `limit` in its own window.
+    /// The window is kept a little longer than asked (half a second a minute, at least a
+    /// quarter second) so that a server timing arrivals, which lag grants by a varying few
+    /// milliseconds (more on a loaded machine), also never counts more than `limit` in its own
+    /// window.
     pub fn new(limit: u32, window: Duration) -> Self {
         let limit = limit.max(1) as usize;
         RateLimiter {
             limit,
-            window: window + window / 120,
+            window: window + (window / 120).max(Duration::from_millis(250)),
             grants: Mutex::new(VecDeque::with_capacity(limit.min(4096))),
         }
     }
@@ -695,6 +700,25 @@ impl HttpCore {
                     self.jitter(retries)
                 }
                 Attempt::Answer(raw) => return Ok(raw),
+                Attempt::TooLarge { status, url } => {
+                    let reason = format!(
+                        "answer {} from {url} is larger than {} MiB",
+                        status.as_u16(),
+                        MAX_BODY_BYTES >> 20
+                    );
+                    if call == Call::Create && !status.is_client_error() {
+                        return Err(ApiError::OutcomeUnknown {
+                            api,
+                            operation: operation.to_owned(),
+                            cause: reason,
+                        });
+                    }
+                    return Err(ApiError::Decode {
+                        api,
+                        reason,
+                        excerpt: String::new(),
+                    });
+                }
                 Attempt::Failed { kind, url, detail } => {
                     if call == Call::Create && !kind.never_sent() {
                         return Err(ApiError::OutcomeUnknown {
@@ -734,31 +758,48 @@ impl HttpCore {
         let status = response.status();
         let headers = response.headers().clone();
         let url = strip_query(response.url());
-        match response.bytes().await {
-            Ok(body) => Attempt::Answer(Raw {
-                status,
-                headers,
-                body,
-            }),
-            // A 429 is a refusal whatever happened to its body.
-            Err(_) if status == StatusCode::TOO_MANY_REQUESTS => Attempt::Answer(Raw {
-                status,
-                headers,
-                body: Bytes::new(),
-            }),
-            Err(err) => Attempt::Failed {
-                kind: if err.is_timeout() {
-                    TransportKind::Timeout
-                } else {
-                    TransportKind::Connection
-                },
-                url,
-                detail: format!(
-                    "answer {} cut short: {}",
-                    status.as_u16(),
-                    error_chain(&err)
-                ),
-            },
+        let mut response = response;
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    // Bounded: a runaway answer must not exhaust memory.
+                    if body.len() + chunk.len() > MAX_BODY_BYTES {
+                        return Attempt::TooLarge { status, url };
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => {
+                    return Attempt::Answer(Raw {
+                        status,
+                        headers,
+                        body: body.freeze(),
+                    });
+                }
+                // A 429 is a refusal whatever happened to its body.
+                Err(_) if status == StatusCode::TOO_MANY_REQUESTS => {
+                    return Attempt::Answer(Raw {
+                        status,
+                        headers,
+                        body: Bytes::new(),
+                    });
+                }
+                Err(err) => {
+                    return Attempt::Failed {
+                        kind: if err.is_timeout() {
+                            TransportKind::Timeout
+                        } else {
+                            TransportKind::Connection
+                        },
+                        url,
+                        detail: format!(
+                            "answer {} cut short: {}",
+                            status.as_u16(),
+                            error_chain(&err)
+                        ),
+                    };
+                }
+            }
         }
     }
 
@@ -781,6 +822,10 @@ impl HttpCore {
 
 enum Attempt {
     Answer(Raw),
+    TooLarge {
+        status: StatusCode,
+        url: String,
+    },
     Failed {
         kind: TransportKind,
         url: String,
@@ -805,13 +850,13 @@ fn classify(err: &reqwest::Error) -> TransportKind {
         .iter()
         .any(|word| chain.contains(word));
     if err.is_connect() {
-        let io = io_kind(err);
+        let io = io_kinds(err);
         // rustls reports handshake failures as `InvalidData` I/O errors.
-        if mentions_tls || io == Some(std::io::ErrorKind::InvalidData) {
+        if mentions_tls || io.contains(&std::io::ErrorKind::InvalidData) {
             TransportKind::Tls
         } else if err.is_dns() {
             TransportKind::Dns
-        } else if io == Some(std::io::ErrorKind::ConnectionRefused) {
+        } else if io.contains(&std::io::ErrorKind::ConnectionRefused) {
             TransportKind::Refused
         } else {
             TransportKind::Connect
@@ -823,15 +868,22 @@ fn classify(err: &reqwest::Error) -> TransportKind {
     }
 }
 
-fn io_kind(err: &reqwest::Error) -> Option<std::io::ErrorKind> {
+/// Every I/O error kind in the chain, looking inside I/O errors that wrap others (their
+/// `source()` skips the wrapped error itself, where rustls puts its `InvalidData`).
+fn io_kinds(err: &reqwest::Error) -> Vec<std::io::ErrorKind> {
+    let mut kinds = Vec::new();
     let mut source = err.source();
     while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
+        let mut io = e.downcast_ref::<std::io::Error>();
+        while let Some(this) = io {
+            kinds.push(this.kind());
+            io = this
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<std::io::Error>());
         }
         source = e.source();
     }
-    None
+    kinds
 }
 
 /// The error's sources joined by `: ` (reqwest's own message names the URL, said elsewhere).

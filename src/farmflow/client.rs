@@ -55,6 +55,8 @@ pub struct FarmflowClient {
     base: Url,
     auth_name: HeaderName,
     auth_value: HeaderValue,
+    /// The header name as configured (`HeaderName` lower-cases it), for messages.
+    auth_label: String,
     auth_prefix: String,
 }
 
@@ -62,7 +64,7 @@ impl fmt::Debug for FarmflowClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FarmflowClient")
             .field("base", &self.base.as_str())
-            .field("auth_header", &self.auth_name.as_str())
+            .field("auth_header", &self.auth_label)
             .field("api_key", &"[redacted]")
             .finish()
     }
@@ -101,6 +103,7 @@ impl FarmflowClient {
             base: options.base_url,
             auth_name,
             auth_value,
+            auth_label: options.auth_header.trim().to_owned(),
             auth_prefix: options.auth_prefix,
         })
     }
@@ -342,8 +345,22 @@ impl FarmflowClient {
         }
     }
 
-    /// A 2xx whose body says the call failed.
+    /// A 2xx whose body says the call failed. One that is about the key is an auth failure,
+    /// so `check` can say so even when FarmFlow answers it with 200.
     fn refused(&self, raw: &Raw, message: String) -> ApiError {
+        let lower = message.to_ascii_lowercase();
+        if [
+            "api key",
+            "api_key",
+            "apikey",
+            "unauthorized",
+            "unauthorised",
+        ]
+        .iter()
+        .any(|word| lower.contains(word))
+        {
+            return self.auth_error(raw.status.as_u16(), &self.core.redact(&message));
+        }
         ApiError::Validation {
             api: Api::Farmflow,
             status: raw.status.as_u16(),
@@ -355,18 +372,7 @@ impl FarmflowClient {
         let status = raw.status.as_u16();
         let message = self.explanation(raw);
         match status {
-            401 | 403 => ApiError::Auth {
-                api: Api::Farmflow,
-                message: format!(
-                    "FarmFlow refused the API key ({status}) — check farmflow.api_key or auth_header (sent header {}{}): {message}",
-                    self.auth_name.as_str(),
-                    if self.auth_prefix.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" with prefix {:?}", self.auth_prefix)
-                    }
-                ),
-            },
+            401 | 403 => self.auth_error(status, &message),
             404 => ApiError::NotFound {
                 api: Api::Farmflow,
                 what: what.into(),
@@ -381,6 +387,22 @@ impl FarmflowClient {
                 message,
             },
             _ => self.core.unexpected(raw),
+        }
+    }
+
+    fn auth_error(&self, status: u16, message: &str) -> ApiError {
+        ApiError::Auth {
+            api: Api::Farmflow,
+            message: format!(
+                "FarmFlow refused the API key ({status}) — check farmflow.api_key or auth_header (sent header {}{}): {}",
+                self.auth_label,
+                if self.auth_prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with prefix {:?}", self.auth_prefix)
+                },
+                excerpt_text(message)
+            ),
         }
     }
 

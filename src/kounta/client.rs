@@ -240,6 +240,27 @@ impl KountaClient {
         self.core.limiter()
     }
 
+    /// Whether the next request would first have to refresh the OAuth token (no usable access
+    /// token in memory or in the store). Always `false` with basic auth. Lets a command take the
+    /// single-instance lock before a refresh, and skip it when the stored token will do.
+    pub async fn needs_refresh(&self) -> Result<bool, ApiError> {
+        let AuthMode::OAuth(oauth) = &self.auth else {
+            return Ok(false);
+        };
+        let now = now_epoch();
+        let current = oauth.current.lock().await;
+        if current
+            .as_ref()
+            .is_some_and(|t| t.access_usable(now, EXPIRY_MARGIN_SECS))
+        {
+            return Ok(false);
+        }
+        drop(current);
+        Ok(!load_tokens(&oauth.store)
+            .await?
+            .is_some_and(|t| t.access_usable(now, EXPIRY_MARGIN_SECS)))
+    }
+
     /// The company id: the configured one, else `GET /companies/me` (asked once, then kept).
     pub async fn company_id(&self) -> Result<i64, ApiError> {
         if let Some(id) = self.configured_company {

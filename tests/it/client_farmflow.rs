@@ -8,8 +8,8 @@ use farmsync::farmflow::{DeleteOutcome, FarmflowOptions};
 use farmsync::http::{ApiError, EXCERPT_CHARS};
 use farmsync::ids::FarmflowId;
 use farmsync::sandbox::{
-    ACTIVE_ORDER_REFUSAL, Envelope, Fault, FaultAction, FarmflowEndpoint,
-    FarmflowOptions as FakeOptions, FarmflowRecord, RecurringStatus, SandboxOptions, When,
+    ACTIVE_ORDER_REFUSAL, Envelope, FarmflowEndpoint, FarmflowOptions as FakeOptions,
+    FarmflowRecord, Fault, FaultAction, RecurringStatus, SandboxOptions, When,
 };
 
 use crate::client_support::*;
@@ -53,7 +53,12 @@ async fn every_envelope_and_id_encoding_lists_the_same_customers() {
         firstname: "Only".to_owned(),
         ..FarmflowRecord::default()
     });
-    let expected: Vec<FarmflowCustomer> = sb.farmflow().customers().iter().map(as_client_sees).collect();
+    let expected: Vec<FarmflowCustomer> = sb
+        .farmflow()
+        .customers()
+        .iter()
+        .map(as_client_sees)
+        .collect();
     let client = farmflow(&sb);
 
     for envelope in [Envelope::Standard, Envelope::Bare, Envelope::ResourceKey] {
@@ -66,7 +71,11 @@ async fn every_envelope_and_id_encoding_lists_the_same_customers() {
 
                 assert_eq!(client.list().await.unwrap(), expected, "{shape}");
                 let one = &expected[4];
-                assert_eq!(client.get(one.id).await.unwrap().as_ref(), Some(one), "{shape}");
+                assert_eq!(
+                    client.get(one.id).await.unwrap().as_ref(),
+                    Some(one),
+                    "{shape}"
+                );
             }
         }
     }
@@ -89,7 +98,10 @@ async fn create_returns_the_customer_with_its_new_id() {
 
         let created = client.create(&new_fields(1)).await.expect("created");
 
-        let stored = sb.farmflow().get(created.id.0).expect("stored under the returned id");
+        let stored = sb
+            .farmflow()
+            .get(created.id.0)
+            .expect("stored under the returned id");
         assert_eq!(created, as_client_sees(&stored), "{envelope:?}");
         assert_eq!(created.fields, new_fields(1), "{envelope:?}");
     }
@@ -115,7 +127,10 @@ async fn update_sends_the_whole_record() {
 
     let stored = sb.farmflow().get(id).unwrap();
     assert_eq!(stored.phone, "0400 111 222");
-    assert_eq!(stored.notes, "keeps the trays", "a field not changed is still sent");
+    assert_eq!(
+        stored.notes, "keeps the trays",
+        "a field not changed is still sent"
+    );
     assert_eq!(stored.company, "Greens 3");
     // FarmFlow's answer is what it stored, its own spelling included.
     assert_eq!(updated, as_client_sees(&stored));
@@ -163,10 +178,14 @@ async fn delete_is_deleted_blocked_or_already_gone() {
     let sb = sandbox().await;
     let free = sb.farmflow().insert(farm_person(1));
     let held = sb.farmflow().insert(farm_person(2));
-    sb.farmflow().add_recurring_order(held, RecurringStatus::Active);
+    sb.farmflow()
+        .add_recurring_order(held, RecurringStatus::Active);
     let client = farmflow(&sb);
 
-    assert_eq!(client.delete(FarmflowId(free)).await.unwrap(), DeleteOutcome::Deleted);
+    assert_eq!(
+        client.delete(FarmflowId(free)).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
     assert_eq!(
         client.delete(FarmflowId(held)).await.unwrap(),
         DeleteOutcome::Blocked {
@@ -189,8 +208,10 @@ async fn orders_are_read_with_their_customers() {
     let sb = sandbox().await;
     let a = sb.farmflow().insert(farm_person(1));
     let b = sb.farmflow().insert(farm_person(2));
-    sb.farmflow().add_recurring_order(a, RecurringStatus::Active);
-    sb.farmflow().add_recurring_order(b, RecurringStatus::Paused);
+    sb.farmflow()
+        .add_recurring_order(a, RecurringStatus::Active);
+    sb.farmflow()
+        .add_recurring_order(b, RecurringStatus::Paused);
     sb.farmflow().add_one_time_order(b, "2030-01-02");
     sb.farmflow().add_one_time_order(a, "");
     let client = farmflow(&sb);
@@ -260,7 +281,11 @@ async fn a_wrong_key_names_farmflow_the_401_and_the_header_but_not_the_key() {
     assert!(text.contains("Authorization"), "{text}");
     assert!(text.contains("farmflow.api_key or auth_header"), "{text}");
     assert!(!text.contains("not-the-key-123"), "{text}");
-    assert_eq!(sb.farmflow().stats().total, 1, "a refused key is not retried");
+    assert_eq!(
+        sb.farmflow().stats().total,
+        1,
+        "a refused key is not retried"
+    );
 }
 
 #[tokio::test]
@@ -278,17 +303,31 @@ async fn a_create_whose_answer_is_lost_is_outcome_unknown_and_exists_once() {
 
         let err = client.create(&new_fields(2)).await.unwrap_err();
 
-        assert!(matches!(err, ApiError::OutcomeUnknown { .. }), "{action:?}: {err:?}");
-        assert_eq!(sb.farmflow().customers().len(), 2, "{action:?}: exactly one new record");
-        assert_eq!(sb.farmflow().stats().count(FarmflowEndpoint::Create), 1, "never resent");
+        assert!(
+            matches!(err, ApiError::OutcomeUnknown { .. }),
+            "{action:?}: {err:?}"
+        );
+        assert_eq!(
+            sb.farmflow().customers().len(),
+            2,
+            "{action:?}: exactly one new record"
+        );
+        assert_eq!(
+            sb.farmflow().stats().count(FarmflowEndpoint::Create),
+            1,
+            "never resent"
+        );
     }
 }
 
 #[tokio::test]
 async fn a_create_dropped_before_it_was_applied_is_still_not_resent() {
     let sb = sandbox().await;
-    sb.farmflow()
-        .inject(Fault::new(FarmflowEndpoint::Create, When::Nth(1), FaultAction::Drop));
+    sb.farmflow().inject(Fault::new(
+        FarmflowEndpoint::Create,
+        When::Nth(1),
+        FaultAction::Drop,
+    ));
     let client = farmflow(&sb);
 
     let err = client.create(&new_fields(2)).await.unwrap_err();
@@ -305,9 +344,11 @@ async fn html_502_and_truncated_json_on_reads_carry_an_excerpt() {
     sb.farmflow().insert(farm_person(1));
     let client = farmflow(&sb);
 
-    let html = sb
-        .farmflow()
-        .inject(Fault::new(FarmflowEndpoint::List, When::Every, FaultAction::Html502));
+    let html = sb.farmflow().inject(Fault::new(
+        FarmflowEndpoint::List,
+        When::Every,
+        FaultAction::Html502,
+    ));
     let err = client.list().await.unwrap_err();
     match &err {
         ApiError::Server {
@@ -315,7 +356,10 @@ async fn html_502_and_truncated_json_on_reads_carry_an_excerpt() {
             excerpt,
             ..
         } => {
-            assert!(excerpt.contains("<title>502 Bad Gateway</title>"), "{excerpt}");
+            assert!(
+                excerpt.contains("<title>502 Bad Gateway</title>"),
+                "{excerpt}"
+            );
             assert!(excerpt.chars().count() <= EXCERPT_CHARS);
         }
         other => panic!("expected a 502, got {other:?}"),
@@ -331,12 +375,17 @@ async fn html_502_and_truncated_json_on_reads_carry_an_excerpt() {
     let err = client.list().await.unwrap_err();
     match &err {
         ApiError::Decode { excerpt, .. } => {
-            assert!(excerpt.starts_with("{\"status\":\"success\""), "{excerpt}");
+            assert!(excerpt.starts_with("{\"data\":[{"), "{excerpt}");
+            assert!(excerpt.contains("grower1@example.com"), "{excerpt}");
             assert!(excerpt.chars().count() <= EXCERPT_CHARS);
         }
         other => panic!("expected a decode error, got {other:?}"),
     }
-    assert_eq!(client.list().await.unwrap().len(), 1, "the next read is fine");
+    assert_eq!(
+        client.list().await.unwrap().len(),
+        1,
+        "the next read is fine"
+    );
 }
 
 #[tokio::test]
@@ -358,7 +407,10 @@ async fn idempotent_writes_are_retried_on_5xx_and_lost_answers() {
     let mut customer = client.get(FarmflowId(id)).await.unwrap().unwrap();
     customer.fields.city = "Launceston".to_owned();
 
-    client.update(&customer).await.expect("updated on the second try");
+    client
+        .update(&customer)
+        .await
+        .expect("updated on the second try");
     // The first delete was applied but its answer lost; the resend finds it gone.
     let outcome = client.delete(FarmflowId(gone)).await.unwrap();
 
@@ -375,8 +427,11 @@ async fn idempotent_writes_are_retried_on_5xx_and_lost_answers() {
 async fn a_hung_read_times_out_and_is_retried() {
     let sb = sandbox().await;
     sb.farmflow().insert(farm_person(1));
-    sb.farmflow()
-        .inject(Fault::new(FarmflowEndpoint::List, When::Nth(1), FaultAction::Hang));
+    sb.farmflow().inject(Fault::new(
+        FarmflowEndpoint::List,
+        When::Nth(1),
+        FaultAction::Hang,
+    ));
     let client = farmflow_with(FarmflowOptions {
         timeout: Duration::from_millis(300),
         ..farmflow_options(&sb)
@@ -395,4 +450,57 @@ async fn an_empty_list_once_is_read_as_empty() {
 
     assert!(client.list().await.unwrap().is_empty());
     assert_eq!(client.list().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_create_answered_with_the_id_alone_keeps_the_sent_fields() {
+    let sb = sandbox().await;
+    sb.farmflow().set_create_returns_id_only(true);
+    let client = farmflow(&sb);
+
+    let created = client.create(&new_fields(6)).await.unwrap();
+
+    assert_eq!(created.fields, new_fields(6));
+    assert_eq!(
+        created,
+        as_client_sees(&sb.farmflow().get(created.id.0).unwrap())
+    );
+}
+
+#[tokio::test]
+async fn errors_answered_with_200_are_still_errors() {
+    let sb = sandbox().await;
+    let held = sb.farmflow().insert(farm_person(1));
+    sb.farmflow()
+        .add_recurring_order(held, RecurringStatus::Active);
+    sb.farmflow().set_errors_as_200(true);
+    let client = farmflow(&sb);
+
+    assert_eq!(
+        client.delete(FarmflowId(held)).await.unwrap(),
+        DeleteOutcome::Blocked {
+            reason: ACTIVE_ORDER_REFUSAL.to_owned()
+        }
+    );
+    // Without a 404 there is no proof of absence: an error, never `None`.
+    let err = client.get(FarmflowId(4242)).await.unwrap_err();
+    match &err {
+        ApiError::Validation {
+            status: 200,
+            message,
+            ..
+        } => assert!(message.contains("not found"), "{message}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let err = client.create(&FarmflowFields::default()).await.unwrap_err();
+    assert!(matches!(err, ApiError::Validation { .. }), "{err:?}");
+    assert_eq!(sb.farmflow().customers().len(), 1);
+
+    let wrong = farmflow_with(FarmflowOptions {
+        api_key: "not-the-key-123".into(),
+        ..farmflow_options(&sb)
+    });
+    let err = wrong.check().await.unwrap_err();
+    assert!(err.is_auth(), "{err:?}");
+    assert!(err.to_string().contains("farmflow.api_key"), "{err}");
 }

@@ -9,8 +9,8 @@ use farmsync::ids::KountaId;
 use farmsync::kounta::model::{KountaAddress, KountaCustomerWrite};
 use farmsync::kounta::{KountaClient, ListingCut, MemoryTokenStore};
 use farmsync::sandbox::{
-    Fault, FaultAction, KountaEndpoint, KountaOptions as FakeOptions, ReadShape, SandboxOptions,
-    When,
+    ErrorShape, Fault, FaultAction, KountaEndpoint, KountaOptions as FakeOptions, ReadShape,
+    SandboxOptions, When,
 };
 
 use crate::client_support::*;
@@ -96,7 +96,10 @@ async fn a_failing_first_page_is_an_error_not_an_empty_listing() {
 
     let err = kounta(&sb).list().await.unwrap_err();
 
-    assert!(matches!(err, ApiError::Server { status: 500, .. }), "{err:?}");
+    assert!(
+        matches!(err, ApiError::Server { status: 500, .. }),
+        "{err:?}"
+    );
     assert!(err.is_transient());
 }
 
@@ -151,10 +154,25 @@ async fn get_reads_the_full_record_and_a_404_is_none() {
 async fn every_tolerated_read_shape_decodes_to_the_same_customer() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(9));
+    // A sparse one too, so empty fields and tags meet `null`.
+    let sparse = sb.kounta().insert(farmsync::sandbox::KountaRecord {
+        first_name: "Only".to_owned(),
+        email: "only@example.com".to_owned(),
+        ..Default::default()
+    });
     let client = kounta(&sb);
     let plain = client.get(KountaId(id)).await.unwrap().unwrap();
+    let plain_sparse = client.get(KountaId(sparse)).await.unwrap().unwrap();
     let plain_list = client.list().await.unwrap().items;
 
+    let all = ReadShape {
+        legacy_address: true,
+        primary_email_address: true,
+        id_str: true,
+        ids_as_strings: true,
+        null_for_empty: true,
+        extra_fields: true,
+    };
     for shape in [
         ReadShape {
             legacy_address: true,
@@ -169,14 +187,24 @@ async fn every_tolerated_read_shape_decodes_to_the_same_customer() {
             ..ReadShape::default()
         },
         ReadShape {
-            legacy_address: true,
-            primary_email_address: true,
-            id_str: true,
+            ids_as_strings: true,
+            ..ReadShape::default()
         },
+        ReadShape {
+            null_for_empty: true,
+            ..ReadShape::default()
+        },
+        ReadShape {
+            extra_fields: true,
+            ..ReadShape::default()
+        },
+        all,
     ] {
         sb.kounta().set_read_shape(shape);
         let got = client.get(KountaId(id)).await.unwrap().unwrap();
         assert_eq!(got, plain, "{shape:?}");
+        let got = client.get(KountaId(sparse)).await.unwrap().unwrap();
+        assert_eq!(got, plain_sparse, "{shape:?}");
         assert_eq!(client.list().await.unwrap().items, plain_list, "{shape:?}");
     }
 }
@@ -188,7 +216,10 @@ async fn lookups_read_the_id_from_location_without_following_it() {
     let id = KountaId(sb.kounta().insert(crm_person(42)));
     let client = kounta(&sb);
 
-    assert_eq!(client.find_by_email("PERSON42@example.com").await.unwrap(), Some(id));
+    assert_eq!(
+        client.find_by_email("PERSON42@example.com").await.unwrap(),
+        Some(id)
+    );
     assert_eq!(client.find_by_mobile("0412000042").await.unwrap(), Some(id));
     assert_eq!(
         client
@@ -197,7 +228,10 @@ async fn lookups_read_the_id_from_location_without_following_it() {
             .unwrap(),
         Some(id)
     );
-    assert_eq!(client.find_by_email("nobody@example.com").await.unwrap(), None);
+    assert_eq!(
+        client.find_by_email("nobody@example.com").await.unwrap(),
+        None
+    );
     assert_eq!(client.find_by_mobile("0499999999").await.unwrap(), None);
     assert_eq!(
         client
@@ -209,7 +243,11 @@ async fn lookups_read_the_id_from_location_without_following_it() {
 
     let stats = sb.kounta().stats();
     assert_eq!(stats.count(KountaEndpoint::Lookup), 6);
-    assert_eq!(stats.count(KountaEndpoint::Get), 0, "a redirect was followed");
+    assert_eq!(
+        stats.count(KountaEndpoint::Get),
+        0,
+        "a redirect was followed"
+    );
 }
 
 #[tokio::test]
@@ -228,7 +266,13 @@ async fn lookup_by_reference_id_returns_every_match() {
 
     let found = client.find_by_reference("farmflow:301").await.unwrap();
     assert_eq!(ids(&found), vec![a, b]);
-    assert!(client.find_by_reference("farmflow:999").await.unwrap().is_empty());
+    assert!(
+        client
+            .find_by_reference("farmflow:999")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn new_customer(n: usize) -> KountaCustomerWrite {
@@ -332,10 +376,7 @@ async fn validation_and_conflict_are_told_apart() {
 
 #[tokio::test]
 async fn a_create_whose_answer_is_lost_is_outcome_unknown_and_exists_once() {
-    for action in [
-        FaultAction::ApplyThenDrop,
-        FaultAction::ApplyThen500,
-    ] {
+    for action in [FaultAction::ApplyThenDrop, FaultAction::ApplyThen500] {
         let sb = sandbox().await;
         seed(&sb, 2);
         sb.kounta()
@@ -344,10 +385,21 @@ async fn a_create_whose_answer_is_lost_is_outcome_unknown_and_exists_once() {
 
         let err = client.create(&new_customer(7)).await.unwrap_err();
 
-        assert!(matches!(err, ApiError::OutcomeUnknown { .. }), "{action:?}: {err:?}");
+        assert!(
+            matches!(err, ApiError::OutcomeUnknown { .. }),
+            "{action:?}: {err:?}"
+        );
         assert!(!err.is_transient());
-        assert_eq!(sb.kounta().customers().len(), 3, "{action:?}: exactly one new record");
-        assert_eq!(sb.kounta().stats().count(KountaEndpoint::Create), 1, "never resent");
+        assert_eq!(
+            sb.kounta().customers().len(),
+            3,
+            "{action:?}: exactly one new record"
+        );
+        assert_eq!(
+            sb.kounta().stats().count(KountaEndpoint::Create),
+            1,
+            "never resent"
+        );
         // The engine resolves it by reference_id.
         let found = client.find_by_reference("farmflow:507").await.unwrap();
         assert_eq!(found.len(), 1);
@@ -387,7 +439,10 @@ async fn a_create_refused_with_429_is_resent_and_exists_once() {
     ));
     let client = kounta(&sb);
 
-    let id = client.create(&new_customer(4)).await.expect("created on the second try");
+    let id = client
+        .create(&new_customer(4))
+        .await
+        .expect("created on the second try");
 
     assert_eq!(sb.kounta().customers().len(), 1);
     assert_eq!(sb.kounta().customers()[0].id, id.0);
@@ -399,8 +454,11 @@ async fn a_create_refused_with_429_is_resent_and_exists_once() {
 async fn html_502_on_a_read_is_a_server_error_with_a_short_excerpt() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(1));
-    sb.kounta()
-        .inject(Fault::new(KountaEndpoint::Get, When::Every, FaultAction::Html502));
+    sb.kounta().inject(Fault::new(
+        KountaEndpoint::Get,
+        When::Every,
+        FaultAction::Html502,
+    ));
     let client = kounta(&sb);
 
     let err = client.get(KountaId(id)).await.unwrap_err();
@@ -417,15 +475,22 @@ async fn html_502_on_a_read_is_a_server_error_with_a_short_excerpt() {
         }
         other => panic!("expected a 502, got {other:?}"),
     }
-    assert_eq!(sb.kounta().stats().count(KountaEndpoint::Get), 6, "five retries");
+    assert_eq!(
+        sb.kounta().stats().count(KountaEndpoint::Get),
+        6,
+        "five retries"
+    );
 }
 
 #[tokio::test]
 async fn a_transient_502_on_a_read_is_retried_away() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(1));
-    sb.kounta()
-        .inject(Fault::new(KountaEndpoint::Get, When::Next(2), FaultAction::Html502));
+    sb.kounta().inject(Fault::new(
+        KountaEndpoint::Get,
+        When::Next(2),
+        FaultAction::Html502,
+    ));
     let client = kounta(&sb);
 
     let c = client.get(KountaId(id)).await.unwrap();
@@ -450,7 +515,8 @@ async fn truncated_json_is_a_decode_error_with_an_excerpt() {
 
     match &err {
         ApiError::Decode { excerpt, .. } => {
-            assert!(excerpt.starts_with("{\"id\":"), "{excerpt}");
+            assert!(excerpt.starts_with('{'), "{excerpt}");
+            assert!(excerpt.contains("person1@example.com"), "{excerpt}");
             assert!(excerpt.chars().count() <= EXCERPT_CHARS);
         }
         other => panic!("expected a decode error, got {other:?}"),
@@ -461,8 +527,11 @@ async fn truncated_json_is_a_decode_error_with_an_excerpt() {
 async fn a_hung_read_times_out_and_is_retried() {
     let sb = sandbox().await;
     let id = sb.kounta().insert(crm_person(1));
-    sb.kounta()
-        .inject(Fault::new(KountaEndpoint::Get, When::Nth(1), FaultAction::Hang));
+    sb.kounta().inject(Fault::new(
+        KountaEndpoint::Get,
+        When::Nth(1),
+        FaultAction::Hang,
+    ));
     let client = kounta_with(farmsync::kounta::KountaOptions {
         timeout: Duration::from_millis(300),
         ..kounta_options(&sb)
@@ -517,7 +586,10 @@ async fn check_reads_the_company_and_the_first_page() {
 
     let text = report.to_string();
     assert!(text.starts_with("Kounta: ok"), "{text}");
-    assert!(text.contains(&sb.kounta().company_id().to_string()), "{text}");
+    assert!(
+        text.contains(&sb.kounta().company_id().to_string()),
+        "{text}"
+    );
     assert!(text.contains("25 customers"), "{text}");
     let stats = sb.kounta().stats();
     assert_eq!(stats.writes, 0, "check is read-only");
@@ -606,4 +678,74 @@ async fn phone_normalising_writes_are_read_back_as_the_crm_spells_them() {
 
     let c = client.get(id).await.unwrap().unwrap();
     assert_eq!(c.phone, "02 8765 4321");
+}
+
+#[tokio::test]
+async fn every_error_body_shape_gives_the_crm_s_explanation() {
+    let sb = sandbox().await;
+    let id = sb.kounta().insert(crm_person(1));
+    let client = kounta(&sb);
+    let wrong = kounta_with(farmsync::kounta::KountaOptions {
+        auth: farmsync::kounta::KountaAuth::Basic {
+            client_id: "someone-else".to_owned(),
+            client_secret: "nope".into(),
+        },
+        ..kounta_options(&sb)
+    });
+
+    for shape in [
+        ErrorShape::Standard,
+        ErrorShape::ErrorMessage,
+        ErrorShape::Message,
+    ] {
+        sb.kounta().set_error_shape(shape);
+
+        let err = client
+            .update(
+                KountaId(id),
+                &KountaCustomerWrite {
+                    primary_address: Some(KountaAddress {
+                        country: "Australia".to_owned(),
+                        ..KountaAddress::default()
+                    }),
+                    ..KountaCustomerWrite::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        match &err {
+            ApiError::Validation {
+                status: 400,
+                message,
+                ..
+            } => assert!(message.contains("alpha-2"), "{shape:?}: {message}"),
+            other => panic!("{shape:?}: expected a validation error, got {other:?}"),
+        }
+
+        let err = wrong.check().await.unwrap_err();
+        assert!(err.is_auth(), "{shape:?}: {err:?}");
+        assert!(err.to_string().contains("not valid"), "{shape:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn an_update_answered_with_an_empty_body_still_succeeds() {
+    let sb = sandbox().await;
+    let id = sb.kounta().insert(crm_person(2));
+    sb.kounta().set_update_answers_empty(true);
+    let client = kounta(&sb);
+
+    let answer = client
+        .update(
+            KountaId(id),
+            &KountaCustomerWrite {
+                last_name: Some("Renamed".to_owned()),
+                ..KountaCustomerWrite::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(answer, None);
+    assert_eq!(sb.kounta().get(id).unwrap().last_name, "Renamed");
 }

@@ -38,10 +38,8 @@ async fn burst_of_reads(client: Arc<farmsync::kounta::KountaClient>, ids: &[i64]
 #[tokio::test(start_paused = true)]
 async fn at_60_a_minute_no_minute_holds_more_than_60_and_all_work_finishes() {
     let sb = sandbox().await;
-    sb.kounta().set_rate_limit(
-        farmsync::sandbox::Target::Any,
-        RateLimit::per_minute(60),
-    );
+    sb.kounta()
+        .set_rate_limit(farmsync::sandbox::Target::Any, RateLimit::per_minute(60));
     let ids: Vec<i64> = (0..10).map(|i| sb.kounta().insert(crm_person(i))).collect();
     let client = Arc::new(
         kounta_with(KountaOptions {
@@ -59,8 +57,15 @@ async fn at_60_a_minute_no_minute_holds_more_than_60_and_all_work_finishes() {
 
     let log = sb.kounta().request_log();
     assert_eq!(log.len(), 151);
-    assert!(max_in_window(&log, MINUTE) <= 60, "{}", max_in_window(&log, MINUTE));
-    assert!(log.iter().all(|r| r.status == Some(200)), "the sandbox never had to refuse");
+    assert!(
+        max_in_window(&log, MINUTE) <= 60,
+        "{}",
+        max_in_window(&log, MINUTE)
+    );
+    assert!(
+        log.iter().all(|r| r.status == Some(200)),
+        "the sandbox never had to refuse"
+    );
     let took = Instant::now() - start;
     assert!(took >= Duration::from_secs(120), "{took:?}");
     assert!(took < Duration::from_secs(130), "{took:?}");
@@ -88,11 +93,11 @@ async fn farmflow_at_120_a_minute_with_writes_and_reads_mixed() {
     for n in 0..150 {
         let client = client.clone();
         tasks.spawn(async move {
-            let created = client.create(&farmsync::farmflow::model::FarmflowFields {
+            let fields = farmsync::farmflow::model::FarmflowFields {
                 firstname: format!("Grower{n}"),
                 ..Default::default()
-            });
-            let created = created.await.expect("create");
+            };
+            let created = client.create(&fields).await.expect("create");
             client.get(created.id).await.expect("read").expect("found");
         });
     }
@@ -103,7 +108,11 @@ async fn farmflow_at_120_a_minute_with_writes_and_reads_mixed() {
     let log = sb.farmflow().request_log();
     assert_eq!(log.len(), 300);
     assert!(max_in_window(&log, MINUTE) <= 120);
-    assert_eq!(sb.farmflow().customers().len(), 150, "no create was lost or doubled");
+    assert_eq!(
+        sb.farmflow().customers().len(),
+        150,
+        "no create was lost or doubled"
+    );
     assert!(log.iter().all(|r| r.status == Some(200)));
 }
 
@@ -126,7 +135,11 @@ async fn a_scaled_burst_in_real_time_keeps_within_a_short_window() {
 
     let log = sb.kounta().request_log();
     assert_eq!(log.len(), 150);
-    assert!(max_in_window(&log, window) <= 60, "{}", max_in_window(&log, window));
+    assert!(
+        max_in_window(&log, window) <= 60,
+        "{}",
+        max_in_window(&log, window)
+    );
     assert_eq!(client.counts().throttled, 0);
 }
 
@@ -155,10 +168,20 @@ async fn third_read_waits_for_the_reset(limit: RateLimit) {
 
     let log = sb.kounta().request_log();
     let statuses: Vec<Option<u16>> = log.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, vec![Some(200), Some(200), Some(429), Some(200)], "{limit:?}");
+    assert_eq!(
+        statuses,
+        vec![Some(200), Some(200), Some(429), Some(200)],
+        "{limit:?}"
+    );
     let waited = log[3].at - log[2].at;
-    assert!(waited >= Duration::from_secs(59), "{limit:?}: waited {waited:?}");
-    assert!(waited <= Duration::from_secs(62), "{limit:?}: waited {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(59),
+        "{limit:?}: waited {waited:?}"
+    );
+    assert!(
+        waited <= Duration::from_secs(62),
+        "{limit:?}: waited {waited:?}"
+    );
     assert_eq!(client.counts().throttled, 1);
     assert_eq!(client.counts().retries, 1);
 }
@@ -170,8 +193,12 @@ async fn a_429_waits_for_the_epoch_reset_and_retry_after() {
 
 #[tokio::test(start_paused = true)]
 async fn a_429_waits_for_a_reset_given_as_a_delay_without_retry_after() {
-    third_read_waits_for_the_reset(RateLimit::per_minute(2).reset_as_delay().without_retry_after())
-        .await;
+    third_read_waits_for_the_reset(
+        RateLimit::per_minute(2)
+            .reset_as_delay()
+            .without_retry_after(),
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -224,7 +251,10 @@ async fn a_429_asking_for_too_long_a_wait_gives_up_with_rate_limited() {
         other => panic!("expected RateLimited, got {other:?}"),
     }
     assert!(err.is_transient());
-    assert!(err.to_string().contains("kounta.requests_per_minute"), "{err}");
+    assert!(
+        err.to_string().contains("kounta.requests_per_minute"),
+        "{err}"
+    );
     assert_eq!(sb.kounta().request_log().len(), 2, "no blind resend");
 }
 

@@ -39,7 +39,10 @@ async fn three_restarts_each_forced_to_refresh_use_the_rotated_token() {
         let store = Arc::new(FileTokenStore::new(path.clone()));
         let client = oauth_client(options.clone(), store.clone());
 
-        let listing = client.list().await.unwrap_or_else(|e| panic!("run {run}: {e}"));
+        let listing = client
+            .list()
+            .await
+            .unwrap_or_else(|e| panic!("run {run}: {e}"));
 
         assert_eq!(listing.items.len(), 1);
         let stored = store.load().unwrap().expect("tokens stored");
@@ -48,7 +51,10 @@ async fn three_restarts_each_forced_to_refresh_use_the_rotated_token() {
             sb.kounta().refresh_token(),
             "run {run}: the rotated refresh token is the stored one"
         );
-        assert_eq!(stored.access_token.expose_secret(), sb.kounta().access_token());
+        assert_eq!(
+            stored.access_token.expose_secret(),
+            sb.kounta().access_token()
+        );
         assert_eq!(
             sb.kounta().stats().count(KountaEndpoint::Token),
             run,
@@ -70,9 +76,38 @@ async fn a_usable_stored_access_token_is_used_without_refreshing() {
         .unwrap();
     let client = oauth_client(kounta_oauth_options(&sb), store);
 
+    assert!(!client.needs_refresh().await.unwrap());
     client.check().await.unwrap();
 
     assert_eq!(sb.kounta().stats().count(KountaEndpoint::Token), 0);
+}
+
+#[tokio::test]
+async fn needs_refresh_says_whether_a_refresh_is_coming() {
+    let sb = sandbox().await;
+    let store = Arc::new(MemoryTokenStore::new());
+    let client = oauth_client(kounta_oauth_options(&sb), store.clone());
+    assert!(client.needs_refresh().await.unwrap(), "nothing stored yet");
+
+    client.check().await.unwrap();
+    assert!(!client.needs_refresh().await.unwrap());
+
+    store
+        .save(&OAuthTokens {
+            expires_at: Some(0),
+            ..store.load().unwrap().unwrap()
+        })
+        .unwrap();
+    let restarted = oauth_client(kounta_oauth_options(&sb), store);
+    assert!(
+        restarted.needs_refresh().await.unwrap(),
+        "the stored token has expired"
+    );
+    assert!(
+        !kounta(&sb).needs_refresh().await.unwrap(),
+        "basic auth never refreshes"
+    );
+    assert_eq!(sb.kounta().stats().count(KountaEndpoint::Token), 1);
 }
 
 #[tokio::test]
@@ -83,7 +118,9 @@ async fn the_rotated_token_is_stored_before_the_new_access_token_is_used() {
     let gets_at_save = Arc::new(Mutex::new(Vec::new()));
     let seen = gets_at_save.clone();
     let store = Arc::new(ProbeTokenStore::new(false, move |_tokens: &OAuthTokens| {
-        seen.lock().unwrap().push(fake.stats().count(KountaEndpoint::Get));
+        seen.lock()
+            .unwrap()
+            .push(fake.stats().count(KountaEndpoint::Get));
     }));
     let client = oauth_client(
         KountaOptions {
@@ -95,7 +132,11 @@ async fn the_rotated_token_is_stored_before_the_new_access_token_is_used() {
 
     client.get(KountaId(id)).await.unwrap().expect("first read");
     sb.kounta().expire_access_tokens();
-    client.get(KountaId(id)).await.unwrap().expect("read after refresh");
+    client
+        .get(KountaId(id))
+        .await
+        .unwrap()
+        .expect("read after refresh");
 
     // First save before any read; second after the refused read and before its resend.
     assert_eq!(*gets_at_save.lock().unwrap(), vec![0, 2]);
@@ -118,7 +159,10 @@ async fn a_token_that_cannot_be_stored_is_not_used() {
     assert!(err.to_string().contains("disk full"), "{err}");
     let stats = sb.kounta().stats();
     assert_eq!(stats.count(KountaEndpoint::Token), 1);
-    assert_eq!(stats.reads, 0, "no request went out with the unstored token");
+    assert_eq!(
+        stats.reads, 0,
+        "no request went out with the unstored token"
+    );
 }
 
 #[tokio::test]
@@ -174,7 +218,11 @@ async fn a_second_refusal_after_refreshing_is_an_auth_error_not_a_loop() {
     let stats = sb.kounta().stats();
     // The first token (from the store-less start) and one refresh after the refusal.
     assert!(stats.count(KountaEndpoint::Token) <= 2, "{stats:?}");
-    assert_eq!(stats.count(KountaEndpoint::List), 2, "refreshed once, then gave up");
+    assert_eq!(
+        stats.count(KountaEndpoint::List),
+        2,
+        "refreshed once, then gave up"
+    );
 }
 
 #[tokio::test]

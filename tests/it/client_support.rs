@@ -13,7 +13,9 @@ use farmsync::kounta::{
     KountaAuth, KountaClient, KountaOptions, MemoryTokenStore, OAuthTokens, TokenStore,
     TokenStoreError,
 };
-use farmsync::sandbox::{FarmflowRecord, KountaRecord, KountaRecordAddress, Sandbox, SandboxOptions};
+use farmsync::sandbox::{
+    FarmflowRecord, KountaRecord, KountaRecordAddress, Sandbox, SandboxOptions,
+};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use url::Url;
@@ -180,7 +182,8 @@ impl TokenStore for FileTokenStore {
             "expires_at": tokens.expires_at,
         });
         let tmp = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp).map_err(|e| TokenStoreError::new(e.to_string()))?;
+        let mut file =
+            std::fs::File::create(&tmp).map_err(|e| TokenStoreError::new(e.to_string()))?;
         file.write_all(body.to_string().as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(|e| TokenStoreError::new(e.to_string()))?;
@@ -259,14 +262,14 @@ pub async fn recorder(
                 .map(|p| p.to_string())
                 .unwrap_or_default();
             let request_headers = req.headers().clone();
-            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+            let received = axum::body::to_bytes(req.into_body(), usize::MAX)
                 .await
                 .unwrap_or_default();
             let _ = tx.send(Seen {
                 method,
                 path,
                 headers: request_headers,
-                body: String::from_utf8_lossy(&body).into_owned(),
+                body: String::from_utf8_lossy(&received).into_owned(),
             });
             let mut response = axum::response::Response::new(axum::body::Body::from(body));
             *response.status_mut() = axum::http::StatusCode::from_u16(status).expect("status");

@@ -1,6 +1,12 @@
 //! farmsync's integration tests: one binary, one module per topic.
 
 mod cli;
+mod client_farmflow;
+mod client_kounta;
+mod client_limits;
+mod client_oauth;
+mod client_support;
+mod client_wire;
 mod sandbox_farmflow;
 mod sandbox_faults;
 mod sandbox_kounta;
