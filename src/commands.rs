@@ -61,6 +61,7 @@ pub fn sync(
     let report = runtime()?.block_on(engine.run_once(RunOptions {
         dry_run,
         allow_mass_delete,
+        cancel: None,
     }));
     if dry_run {
         print_plan(&report, format);

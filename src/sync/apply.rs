@@ -14,7 +14,7 @@ use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaCustomerWrite;
 use crate::store::{Link, LinkState, NewIntent, Side, StoreError, now};
 use crate::sync::action::{Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject};
-use crate::sync::engine::{Engine, Summary};
+use crate::sync::engine::{Engine, RunOptions, Summary};
 use crate::sync::plan::Plan;
 
 /// Why one action failed.
@@ -52,6 +52,8 @@ pub(super) struct Applier<'a> {
     pub(super) summary: Summary,
     /// Set when the run must stop (credentials refused, state DB failing).
     pub(super) fatal: Option<String>,
+    /// The run was cancelled before every action was applied.
+    pub(super) stopped_early: bool,
 }
 
 impl<'a> Applier<'a> {
@@ -71,13 +73,19 @@ impl<'a> Applier<'a> {
             watermark: farmflow.iter().map(|c| c.id.0).max().unwrap_or(0),
             summary: Summary::default(),
             fatal: None,
+            stopped_early: false,
         }
     }
 
     /// Applies every action in order.
-    pub(super) async fn apply(&mut self, plan: &Plan) {
+    pub(super) async fn apply(&mut self, plan: &Plan, options: &RunOptions) {
         let mut failed: Option<Subject> = None;
         for action in &plan.actions {
+            // Stop between actions, never inside one: the write in flight is settled first.
+            if options.cancelled() {
+                self.stopped_early = true;
+                return;
+            }
             let subject = action.subject();
             if failed.as_ref() == Some(&subject) {
                 continue;

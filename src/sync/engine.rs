@@ -82,12 +82,22 @@ pub struct RunReport {
 }
 
 /// How to run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Plan and report; write nothing remote and nothing to the state DB.
     pub dry_run: bool,
     /// `--allow-mass-delete`: the safety guard never trips.
     pub allow_mass_delete: bool,
+    /// Cancelled on shutdown: the run finishes the write in flight, settles it, and stops
+    /// before the next one (the rest waits for the next run).
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl RunOptions {
+    /// Whether the run has been asked to stop.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+    }
 }
 
 /// Everything a run needs: both clients, the store, and the user's policy.
@@ -199,7 +209,7 @@ impl Engine {
             }
         }
 
-        match self.reconcile(&run_id, options, &policy, &mut report).await {
+        match self.reconcile(&run_id, &options, &policy, &mut report).await {
             Ok(()) => {}
             Err(RunError::Unavailable(message)) => {
                 warn!(error = %message, "sync.run.unavailable");
@@ -213,7 +223,7 @@ impl Engine {
     async fn reconcile(
         &self,
         run_id: &str,
-        options: RunOptions,
+        options: &RunOptions,
         policy: &Policy,
         report: &mut RunReport,
     ) -> Result<(), RunError> {
@@ -333,7 +343,10 @@ impl Engine {
         // 5. Apply (a dry run stops here).
         if !options.dry_run {
             let mut applier = super::apply::Applier::new(self, run_id, &links, &farmflow);
-            applier.apply(&current).await;
+            applier.apply(&current, options).await;
+            if applier.stopped_early {
+                info!("sync.run.interrupted");
+            }
             report.summary = applier.summary;
             if let Some(message) = applier.fatal {
                 return Err(RunError::Unavailable(message));
