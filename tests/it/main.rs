@@ -7,6 +7,7 @@ mod client_limits;
 mod client_oauth;
 mod client_support;
 mod client_wire;
+mod commands;
 mod sandbox_farmflow;
 mod sandbox_faults;
 mod sandbox_kounta;

@@ -17,7 +17,7 @@ pub fn sandbox_config(sb: &Sandbox, extra: &str) -> String {
     )
 }
 
-async fn run(w: &Workdir, args: &[&str]) -> std::process::Output {
+pub async fn run(w: &Workdir, args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     let config = w.config_path();
     tokio::task::spawn_blocking(move || {
