@@ -279,13 +279,78 @@ impl fmt::Display for DecodeError {
 }
 
 /// A short, single-line excerpt of a body for an error message: whitespace and control
-/// characters collapsed, at most [`EXCERPT_CHARS`] characters.
+/// characters collapsed, customer contact details masked, at most [`EXCERPT_CHARS`] characters.
 pub fn excerpt(body: &[u8]) -> String {
     excerpt_text(&String::from_utf8_lossy(body))
 }
 
 /// [`excerpt`] over text already decoded.
 pub fn excerpt_text(text: &str) -> String {
+    // Error messages are logged above debug level, where customer emails and phones must not
+    // appear: an API that echoes the rejected record would otherwise leak them.
+    collapse(&mask_contacts(text))
+}
+
+/// Replaces anything shaped like an email with `[email]` and any run of phone-like characters
+/// holding seven or more digits with `[phone]`.
+pub fn mask_contacts(text: &str) -> String {
+    let is_boundary = |c: char| c.is_whitespace() || "\"',;:<>()[]{}=&?/".contains(c);
+    let mut out = String::with_capacity(text.len().min(4096));
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('@') && word.len() > 2 {
+            out.push_str("[email]");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if is_boundary(c) {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    mask_phones(&out)
+}
+
+fn mask_phones(text: &str) -> String {
+    let phoneish = |c: char| c.is_ascii_digit() || " +-().".contains(c);
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_digit() || chars[i] == '+' || chars[i] == '(' {
+            let mut j = i;
+            while j < chars.len() && phoneish(chars[j]) {
+                j += 1;
+            }
+            // Trailing separators are not part of the number.
+            while j > i && !chars[j - 1].is_ascii_digit() {
+                j -= 1;
+            }
+            let digits = chars[i..j].iter().filter(|c| c.is_ascii_digit()).count();
+            if digits >= 7 {
+                out.push_str("[phone]");
+                i = j;
+                continue;
+            }
+            if j > i {
+                out.extend(&chars[i..j]);
+                i = j;
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+fn collapse(text: &str) -> String {
     let mut out = String::new();
     let mut chars = 0usize;
     let mut pending_space = false;
@@ -1212,6 +1277,28 @@ mod tests {
         assert_eq!(
             endpoint(&base, &["customers-get"]).as_str(),
             "http://h:1/customers-get"
+        );
+    }
+}
+
+#[cfg(test)]
+mod contact_tests {
+    use super::*;
+
+    #[test]
+    fn excerpts_mask_emails_and_phones_but_keep_the_message() {
+        let body = r#"{"error":"invalid","error_description":"mobile 0412 345 678 already used by jamie+x@example.com (customer 389427)"}"#;
+        let e = excerpt(body.as_bytes());
+        assert!(!e.contains("jamie"), "{e}");
+        assert!(!e.contains("345"), "{e}");
+        assert!(e.contains("[email]"), "{e}");
+        assert!(e.contains("[phone]"), "{e}");
+        assert!(e.contains("already used by"), "{e}");
+        assert!(e.contains("389427"), "short ids stay: {e}");
+        assert_eq!(excerpt(b"+61 (02) 8765-4321."), "[phone].");
+        assert_eq!(
+            excerpt(b"<h1>502 Bad Gateway</h1>"),
+            "<h1>502 Bad Gateway</h1>"
         );
     }
 }
