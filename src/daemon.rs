@@ -354,7 +354,12 @@ impl<C: Cycle> Worker<C> {
                 received = self.triggers.recv(), if self.triggers_open => match received {
                     Some(t) => {
                         self.stats.coalesced += 1;
-                        info!(trigger = %t, "sync.trigger.coalesced");
+                        // Once a cycle at info: a burst of deliveries is one fact, not fifty.
+                        if pending.is_none() {
+                            info!(trigger = %t, "sync.trigger.coalesced");
+                        } else {
+                            debug!(trigger = %t, "sync.trigger.coalesced");
+                        }
                         pending = Some(t);
                     }
                     None => self.triggers_open = false,
