@@ -9,6 +9,7 @@ mod client_support;
 mod client_wire;
 mod daemon_run;
 mod daemon_support;
+mod daemon_units;
 mod daemon_worker;
 mod sandbox_farmflow;
 mod sandbox_faults;
