@@ -275,7 +275,13 @@ async fn deliver(
     body: Body,
 ) -> Response {
     let Some(topic) = Topic::from_suffix(&suffix) else {
-        warn!(path_topic = %crate::http::excerpt_text(&suffix), peer = %peer, status = 404, "webhook.rejected");
+        warn!(
+            path_topic = %crate::http::excerpt_text(&suffix),
+            peer = %peer,
+            status = 404,
+            reason = "unknown_topic",
+            "webhook.rejected"
+        );
         return StatusCode::NOT_FOUND.into_response();
     };
     match accept(&receiver, topic, &headers, body).await {
