@@ -402,12 +402,19 @@ pub struct DaemonStop {
     /// False when the cycle in progress did not stop within the drain timeout and was
     /// abandoned (its unsettled write is looked up at the next start).
     pub drained: bool,
+    /// True when the worker ended without being asked to (it panicked): the daemon stopped.
+    pub worker_died: bool,
 }
 
 impl DaemonStop {
-    /// The process exit code: 0 on a clean stop, 1 when the drain timed out.
+    /// The process exit code: 0 on a clean stop; 1 when the drain timed out or the worker
+    /// died (so `Restart=on-failure` starts farmsync again).
     pub fn exit(&self) -> Exit {
-        if self.drained { Exit::Ok } else { Exit::Failed }
+        if self.drained && !self.worker_died {
+            Exit::Ok
+        } else {
+            Exit::Failed
+        }
     }
 }
 
@@ -548,8 +555,18 @@ pub async fn run_daemon(
         debug!(error = %e, "daemon.scheduler.shutdown_failed");
     }
     stop.cancel();
+    let worker_died = early.is_some();
     let (stats, drained) = match early {
-        Some(ended) => (ended.unwrap_or_default(), true),
+        Some(ended) => {
+            // The worker only returns early when its triggers are gone, which cannot happen
+            // while the scheduler runs; in practice this is a panic.
+            let detail = match &ended {
+                Ok(_) => "it returned".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(detail = %detail, "daemon.worker.died");
+            (ended.unwrap_or_default(), true)
+        }
         None => match tokio::time::timeout(options.drain_timeout, &mut worker).await {
             Ok(ended) => (ended.unwrap_or_default(), true),
             Err(_) => {
@@ -582,7 +599,11 @@ pub async fn run_daemon(
         "daemon.stopped"
     );
     drop(lock);
-    Ok(DaemonStop { stats, drained })
+    Ok(DaemonStop {
+        stats,
+        drained,
+        worker_died,
+    })
 }
 
 /// Starts tokio-cron-scheduler with one job that only sends [`Trigger::Schedule`].

@@ -7,6 +7,7 @@ mod client_limits;
 mod client_oauth;
 mod client_support;
 mod client_wire;
+mod daemon_inprocess;
 mod daemon_run;
 mod daemon_support;
 mod daemon_units;
