@@ -262,3 +262,37 @@ async fn run_without_credentials_exits_2() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_the_next_sync_finds_nothing_to_do() {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(&sample_farm()).unwrap();
+    let w = Workdir::new(&sandbox_config(&sb, YEARLY));
+    converge(&w).await;
+    let farmflow_count = sb.farmflow().customers().len();
+    // Every CRM request takes 3 s: the first cycle is still reading when the signals come.
+    sb.kounta()
+        .set_latency(Target::<KountaEndpoint>::Any, Duration::from_secs(3));
+
+    let mut d = Daemon::spawn(&w, &[]);
+    d.wait_for(MINUTE, |l| event(l) == "sync.run.started").await;
+    d.signal("TERM");
+    d.wait_for(MINUTE, |l| event(l) == "daemon.stopping").await;
+    d.signal("TERM");
+    let (status, took) = d.exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(143), "{}", d.dump());
+    assert!(
+        took < Duration::from_secs(2),
+        "at once, not after the drain: {took:?}"
+    );
+    assert_eq!(d.count("daemon.signal.forced"), 1);
+    assert_eq!(d.count("sync.run.finished"), 0, "the cycle was cut short");
+
+    // The next sync finds the state consistent: nothing to write, nothing duplicated.
+    sb.kounta().clear_latency();
+    let before = writes(&sb);
+    let out = farmsync_in(&w, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(writes(&sb), before);
+    assert_eq!(sb.farmflow().customers().len(), farmflow_count);
+}
