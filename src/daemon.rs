@@ -513,7 +513,8 @@ pub async fn run_daemon(
         info!(listen = %local, public_url = %settings.webhooks.public_url, "webhook.listening");
     }
 
-    let mut scheduler = start_scheduler(&settings.schedule.cron, triggers.clone()).await?;
+    let (mut scheduler, offset_guard) =
+        start_scheduler(&settings.schedule.cron, triggers.clone()).await?;
     drop(triggers);
 
     info!(
@@ -551,6 +552,7 @@ pub async fn run_daemon(
 
     info!("daemon.stopping");
     notify(&[NotifyState::Stopping]);
+    offset_guard.abort();
     if let Err(e) = scheduler.shutdown().await {
         debug!(error = %e, "daemon.scheduler.shutdown_failed");
     }
@@ -606,26 +608,76 @@ pub async fn run_daemon(
     })
 }
 
-/// Starts tokio-cron-scheduler with one job that only sends [`Trigger::Schedule`].
+/// How often the daemon checks whether the local UTC offset changed (daylight saving).
+const OFFSET_CHECK: Duration = Duration::from_secs(60);
+
+/// The local time zone's offset from UTC now, in seconds.
+fn local_offset() -> i32 {
+    chrono::Local::now().offset().local_minus_utc()
+}
+
+/// The scheduler's one job: on each fire time, send [`Trigger::Schedule`], nothing more.
+fn schedule_job(
+    cron: &str,
+    triggers: mpsc::Sender<Trigger>,
+) -> Result<tokio_cron_scheduler::Job, tokio_cron_scheduler::JobSchedulerError> {
+    tokio_cron_scheduler::Job::new_async_tz(cron, chrono::Local, move |_id, _scheduler| {
+        // Full means a trigger is already waiting: the worker runs once either way.
+        let _ = triggers.try_send(Trigger::Schedule);
+        Box::pin(async {})
+    })
+}
+
+/// Starts tokio-cron-scheduler with the job of [`schedule_job`], and a task that keeps it on
+/// local time: the crate fixes a job's UTC offset when the job is made, so when daylight saving
+/// moves the offset, the job is made anew (the new one is added before the old one goes, so a
+/// fire time can be doubled — the worker coalesces it — but never lost).
 async fn start_scheduler(
     cron: &str,
     triggers: mpsc::Sender<Trigger>,
-) -> Result<tokio_cron_scheduler::JobScheduler, DaemonError> {
-    use tokio_cron_scheduler::{Job, JobScheduler};
+) -> Result<(tokio_cron_scheduler::JobScheduler, JoinHandle<()>), DaemonError> {
+    use tokio_cron_scheduler::JobScheduler;
     let failed = |e: tokio_cron_scheduler::JobSchedulerError| DaemonError::Scheduler {
         cron: cron.to_owned(),
         message: e.to_string(),
     };
     let scheduler = JobScheduler::new().await.map_err(failed)?;
-    let job = Job::new_async_tz(cron, chrono::Local, move |_id, _scheduler| {
-        // Full means a trigger is already waiting: the worker runs once either way.
-        let _ = triggers.try_send(Trigger::Schedule);
-        Box::pin(async {})
-    })
-    .map_err(failed)?;
-    scheduler.add(job).await.map_err(failed)?;
+    let mut offset = local_offset();
+    let mut job_id = scheduler
+        .add(schedule_job(cron, triggers.clone()).map_err(failed)?)
+        .await
+        .map_err(failed)?;
     scheduler.start().await.map_err(failed)?;
-    Ok(scheduler)
+    let keeper = scheduler.clone();
+    let cron = cron.to_owned();
+    let guard = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(OFFSET_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = local_offset();
+            if now == offset {
+                continue;
+            }
+            let added = match schedule_job(&cron, triggers.clone()) {
+                Ok(job) => keeper.add(job).await,
+                Err(e) => Err(e),
+            };
+            match added {
+                Ok(new_id) => {
+                    if let Err(e) = keeper.remove(&job_id).await {
+                        warn!(error = %e, "daemon.schedule.refresh_failed");
+                    }
+                    job_id = new_id;
+                    offset = now;
+                    info!(utc_offset_secs = now, "daemon.schedule.offset_changed");
+                }
+                // Keep the old job (an hour off is better than none); try again next check.
+                Err(e) => warn!(error = %e, "daemon.schedule.refresh_failed"),
+            }
+        }
+    });
+    Ok((scheduler, guard))
 }
 
 #[cfg(test)]
