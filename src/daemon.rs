@@ -514,7 +514,13 @@ pub async fn run_daemon(
     }
 
     let (mut scheduler, offset_guard) =
-        start_scheduler(&settings.schedule.cron, triggers.clone()).await?;
+        match start_scheduler(&settings.schedule.cron, triggers.clone()).await {
+            Ok(started) => started,
+            Err(e) => {
+                listener_stop.cancel();
+                return Err(e);
+            }
+        };
     drop(triggers);
 
     info!(
