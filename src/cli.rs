@@ -121,6 +121,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon: sync at once, then on `[schedule] cron`; serve webhooks if enabled.
+    ///
+    /// Holds the single-instance lock for its whole life. SIGTERM or SIGINT stops it cleanly:
+    /// the write in flight finishes and is settled, then it exits 0 (a second signal exits at
+    /// once). Under systemd it reports READY, STATUS, WATCHDOG and STOPPING (Type=notify).
+    Run,
+    /// Manage farmsync's webhook registrations on the CRM (customers/created|updated|deleted).
+    ///
+    /// Exit codes: 0 ok · 2 config error (or `register` with webhooks.enabled = false) · 4 the
+    /// CRM unreachable or refusing the credentials.
+    Webhooks {
+        #[command(subcommand)]
+        action: WebhooksAction,
+    },
+}
+
+/// What `farmsync webhooks` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum WebhooksAction {
+    /// Register the three topics at `<public_url>/webhooks/kounta/customers/<topic>`; running it
+    /// again changes nothing.
+    Register,
+    /// List the CRM's webhook registrations, marking farmsync's own.
+    List,
+    /// Remove farmsync's registrations (those at this config's addresses).
+    Remove,
 }
 
 /// Runs the command line and returns the process's exit code.
@@ -182,6 +208,8 @@ fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
             allow_mass_delete,
         } => crate::commands::sync(&settings, dry_run, allow_mass_delete, format),
         Command::Check => crate::commands::check(&settings),
+        Command::Run => crate::commands::run(&settings),
+        Command::Webhooks { action } => crate::commands::webhooks(&settings, action),
         Command::Demo | Command::Sandbox { .. } => Ok(Exit::Ok), // handled above
     }
 }

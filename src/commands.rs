@@ -251,3 +251,235 @@ pub fn sandbox(
         .map_err(|e| CliError::new(Exit::Unavailable, format!("cannot serve the sandbox: {e}")))?;
     Ok(Exit::Ok)
 }
+
+/// `farmsync run`: the daemon, until SIGTERM or SIGINT (a second one exits at once).
+pub fn run(settings: &Settings) -> Result<Exit, CliError> {
+    settings.require_credentials(Needs::BothApis)?;
+    let rt = runtime()?;
+    let outcome = rt.block_on(async {
+        // Handlers are installed before anything starts, so an early SIGTERM is a clean stop,
+        // not the default instant death.
+        let signals = StopSignals::install()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(signals.watch(stop.clone()));
+        crate::daemon::run_daemon(
+            settings,
+            crate::daemon::DaemonOptions::default(),
+            stop.cancelled_owned(),
+        )
+        .await
+        .map_err(|e| CliError::new(e.exit(), e.to_string()))
+    });
+    // A request abandoned at the drain deadline may still hold a blocking thread: do not wait
+    // for it (its journal entry is looked up at the next start).
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(outcome?.exit())
+}
+
+/// SIGTERM and SIGINT, caught.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self, CliError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let failed = |e: std::io::Error| {
+            CliError::new(Exit::Unavailable, format!("cannot catch signals: {e}"))
+        };
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).map_err(failed)?,
+            int: signal(SignalKind::interrupt()).map_err(failed)?,
+        })
+    }
+
+    async fn next(&mut self) -> (&'static str, i32) {
+        tokio::select! {
+            _ = self.term.recv() => ("SIGTERM", 143),
+            _ = self.int.recv() => ("SIGINT", 130),
+        }
+    }
+
+    /// The first signal asks for a clean stop; the second exits at once.
+    async fn watch(mut self, stop: tokio_util::sync::CancellationToken) {
+        let (first, _) = self.next().await;
+        tracing::info!(signal = first, "daemon.signal");
+        stop.cancel();
+        let (second, code) = self.next().await;
+        tracing::warn!(signal = second, "daemon.signal.forced");
+        std::process::exit(code);
+    }
+}
+
+/// `farmsync webhooks register|list|remove`.
+pub fn webhooks(settings: &Settings, action: crate::cli::WebhooksAction) -> Result<Exit, CliError> {
+    use crate::cli::WebhooksAction;
+    if action == WebhooksAction::Register && !settings.webhooks.enabled {
+        return Err(CliError::new(
+            Exit::Config,
+            "webhooks.enabled is false, so nothing would receive the deliveries: set [webhooks] enabled = true (and restart farmsync run) before registering",
+        ));
+    }
+    settings.require_credentials(Needs::Webhooks)?;
+    let rt = runtime()?;
+    let (tokens, _lock) = webhook_tokens(settings, &rt)?;
+    let client = KountaClient::new(engine::kounta_options(settings), tokens)
+        .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+    rt.block_on(async {
+        match action {
+            WebhooksAction::Register => webhooks_register(settings, &client).await,
+            WebhooksAction::List => webhooks_list(settings, &client).await,
+            WebhooksAction::Remove => webhooks_remove(settings, &client).await,
+        }
+    })
+}
+
+/// The token store for a webhooks command. With OAuth a refresh rotates the refresh token, so
+/// it needs the lock; while a daemon holds it, the stored access token is used if it is still
+/// good, else the command exits 4.
+fn webhook_tokens(
+    settings: &Settings,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(Arc<dyn TokenStore>, Option<InstanceLock>), CliError> {
+    if settings.kounta.auth == KountaAuthMode::Basic {
+        return Ok((Arc::new(MemoryTokenStore::new()), None));
+    }
+    match take_lock(settings) {
+        Ok(lock) => Ok((
+            Arc::new(SharedStore::new(open_store(settings)?)),
+            Some(lock),
+        )),
+        Err(held) => {
+            let store: Arc<dyn TokenStore> = Arc::new(SharedStore::new(open_store(settings)?));
+            let probe = KountaClient::new(engine::kounta_options(settings), store.clone())
+                .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+            let needs = rt
+                .block_on(probe.needs_refresh())
+                .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
+            if needs {
+                return Err(CliError::new(
+                    Exit::Unavailable,
+                    format!(
+                        "{}; the Kounta token needs a refresh, which only the lock holder may do — try again while the daemon is running a sync, or stop it",
+                        held.message
+                    ),
+                ));
+            }
+            Ok((store, None))
+        }
+    }
+}
+
+fn webhook_error(e: ApiError) -> CliError {
+    match e {
+        ApiError::Validation { .. } => CliError::new(
+            Exit::Config,
+            format!("{e} — check webhooks.public_url (Kounta must be able to reach it)"),
+        ),
+        ApiError::OutcomeUnknown { .. } => CliError::new(
+            Exit::Unavailable,
+            format!("{e}; run `farmsync webhooks register` again: it only adds what is missing"),
+        ),
+        other => CliError::new(Exit::Unavailable, other.to_string()),
+    }
+}
+
+async fn webhooks_register(settings: &Settings, client: &KountaClient) -> Result<Exit, CliError> {
+    use crate::webhook::{SECRET_HEADER, address, plan_registration};
+    use secrecy::ExposeSecret;
+    let public_url = &settings.webhooks.public_url;
+    if public_url.host().is_some_and(|h| {
+        matches!(h, url::Host::Ipv4(ip) if ip.is_loopback() || ip.is_unspecified())
+            || matches!(h, url::Host::Ipv6(ip) if ip.is_loopback() || ip.is_unspecified())
+            || matches!(h, url::Host::Domain("localhost"))
+    }) {
+        eprintln!(
+            "farmsync: note: webhooks.public_url is {public_url}, which a hosted CRM cannot reach; set it to the address Kounta should post to"
+        );
+    }
+    let secret = &settings.webhooks.shared_secret;
+    let existing = client.webhooks().await.map_err(webhook_error)?;
+    let plan = plan_registration(&existing, public_url, secret.expose_secret());
+    for (topic, id) in &plan.present {
+        println!("{topic}: already registered (webhook {id})");
+    }
+    for (topic, id) in &plan.unverified {
+        println!(
+            "{topic}: registered (webhook {id}); the CRM does not show its headers, so the shared secret cannot be checked — if you changed webhooks.shared_secret, run `farmsync webhooks remove` then `register`"
+        );
+    }
+    for topic in &plan.create {
+        let at = address(public_url, *topic);
+        let created = client
+            .register_webhook(topic.kounta_name(), &at, SECRET_HEADER, secret)
+            .await
+            .map_err(webhook_error)?;
+        println!("{topic}: registered at {at} (webhook {})", created.id);
+    }
+    for (topic, id) in &plan.remove {
+        if client.remove_webhook(*id).await.map_err(webhook_error)? {
+            println!("{topic}: removed the outdated registration {id}");
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn webhooks_list(settings: &Settings, client: &KountaClient) -> Result<Exit, CliError> {
+    use crate::webhook::{SECRET_HEADER, Topic, address, same_address};
+    use secrecy::ExposeSecret;
+    let public_url = &settings.webhooks.public_url;
+    let existing = client.webhooks().await.map_err(webhook_error)?;
+    if existing.is_empty() {
+        println!("no webhooks are registered");
+    }
+    for w in &existing {
+        let ours = Topic::from_kounta_name(&w.topic)
+            .is_some_and(|t| same_address(&w.address, &address(public_url, t)));
+        // Never print the secret itself.
+        let note = match (ours, w.headers.is_some(), w.header(SECRET_HEADER)) {
+            (false, _, _) => "not this farmsync's",
+            (true, false, _) => "farmsync's (the CRM does not show the secret)",
+            (true, true, Some(s)) if s == settings.webhooks.shared_secret.expose_secret() => {
+                "farmsync's, secret matches"
+            }
+            (true, true, _) => {
+                "farmsync's, but the secret differs: deliveries will be refused — run `farmsync webhooks register`"
+            }
+        };
+        println!("{:<8} {:<20} {}  [{note}]", w.id, w.topic, w.address);
+    }
+    for topic in Topic::ALL {
+        let at = address(public_url, topic);
+        if !existing
+            .iter()
+            .any(|w| w.topic == topic.kounta_name() && same_address(&w.address, &at))
+        {
+            println!("missing: {topic} at {at}");
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn webhooks_remove(settings: &Settings, client: &KountaClient) -> Result<Exit, CliError> {
+    use crate::webhook::{Topic, address, same_address};
+    let public_url = &settings.webhooks.public_url;
+    let existing = client.webhooks().await.map_err(webhook_error)?;
+    let ours: Vec<_> = existing
+        .iter()
+        .filter(|w| {
+            Topic::ALL
+                .iter()
+                .any(|t| same_address(&w.address, &address(public_url, *t)))
+        })
+        .collect();
+    if ours.is_empty() {
+        println!("no farmsync webhooks are registered at {public_url}");
+    }
+    for w in ours {
+        if client.remove_webhook(w.id).await.map_err(webhook_error)? {
+            println!("{}: removed webhook {} ({})", w.topic, w.id, w.address);
+        }
+    }
+    Ok(Exit::Ok)
+}

@@ -5,6 +5,8 @@
 //! ## Layout
 //! - [`cli`]: the command line; maps outcomes to DESIGN.md's exit codes.
 //! - [`commands`]: the commands that talk to the APIs (`sync`, `check`).
+//! - [`daemon`]: `farmsync run` — the worker that runs every cycle, the schedule, signals, sd_notify.
+//! - [`webhook`]: the listener for Kounta's webhook deliveries.
 //! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON lines) and secret redaction.
 //! - [`demo`]: `farmsync demo`, a small farm synced in the sandbox.
@@ -25,6 +27,7 @@ pub mod commands;
 pub mod config;
 pub mod country;
 pub mod customer;
+pub mod daemon;
 pub mod demo;
 pub mod farmflow;
 pub mod http;
@@ -37,3 +40,4 @@ pub mod status;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod webhook;

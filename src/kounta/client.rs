@@ -926,3 +926,248 @@ async fn save_tokens(store: &Arc<dyn TokenStore>, tokens: &OAuthTokens) -> Resul
         })?
         .map_err(|e| ApiError::TokenStore { message: e.message })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Webhook registrations (`farmsync webhooks register|list|remove`)
+
+/// One webhook registration as the CRM lists it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KountaWebhook {
+    /// The registration's id (for `DELETE …/webhooks/{id}`).
+    pub id: i64,
+    /// E.g. `customers/updated`.
+    pub topic: String,
+    /// Where deliveries are posted.
+    pub address: String,
+    /// The custom headers sent with every delivery, when the CRM shows them.
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl fmt::Debug for KountaWebhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Header values carry the shared secret.
+        let names: Option<Vec<&String>> = self.headers.as_ref().map(|h| h.keys().collect());
+        f.debug_struct("KountaWebhook")
+            .field("id", &self.id)
+            .field("topic", &self.topic)
+            .field("address", &self.address)
+            .field("header_names", &names)
+            .finish()
+    }
+}
+
+impl KountaWebhook {
+    /// The value of a custom header (case-insensitive name), when the CRM shows headers.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref().and_then(|h| {
+            h.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+}
+
+impl KountaClient {
+    /// Every webhook registration of the company (`GET /companies/{cid}/webhooks`).
+    pub async fn webhooks(&self) -> Result<Vec<KountaWebhook>, ApiError> {
+        let cid = self.company_id().await?;
+        let url = self.webhooks_url(cid);
+        let raw = self
+            .send(Call::Read, "webhook list", || {
+                self.core.http().get(url.clone())
+            })
+            .await?;
+        if !raw.status.is_success() {
+            return Err(self.status_error(&raw, format!("company {cid}")));
+        }
+        if raw.status == StatusCode::NO_CONTENT || raw.body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Vec::new());
+        }
+        decode_webhooks(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))
+    }
+
+    /// Registers a webhook for `topic` at `address`, sending `secret_header: secret` with every
+    /// delivery (`POST /companies/{cid}/webhooks`). Returns the registration.
+    ///
+    /// Like a customer create, a registration whose answer was lost is never resent: the
+    /// caller lists again to find out (`webhooks register` is idempotent for that reason).
+    pub async fn register_webhook(
+        &self,
+        topic: &str,
+        address: &Url,
+        secret_header: &str,
+        secret: &SecretString,
+    ) -> Result<KountaWebhook, ApiError> {
+        self.core.add_secret(secret);
+        let cid = self.company_id().await?;
+        let url = self.webhooks_url(cid);
+        let body = serde_json::json!({
+            "topic": topic,
+            "address": address.as_str(),
+            "format": "json",
+            "headers": { secret_header: secret.expose_secret() },
+        });
+        let raw = self
+            .send(Call::Create, "webhook registration", || {
+                self.core.http().post(url.clone()).json(&body)
+            })
+            .await?;
+        if raw.status.is_client_error() {
+            return Err(self.status_error(&raw, format!("company {cid}")));
+        }
+        if !raw.status.is_success() {
+            return Err(ApiError::OutcomeUnknown {
+                api: Api::Kounta,
+                operation: "webhook registration".to_owned(),
+                cause: format!("unexpected answer {}", raw.status.as_u16()),
+            });
+        }
+        if let Ok(mut one) = decode_webhooks(&raw.body)
+            && one.len() == 1
+        {
+            return Ok(one.remove(0));
+        }
+        // Tolerated: an empty body, the new registration named by `Location`.
+        let id = raw
+            .headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.trim_end_matches('/').rsplit('/').next())
+            .and_then(|s| s.parse::<i64>().ok())
+            .filter(|id| *id > 0);
+        match id {
+            Some(id) => Ok(KountaWebhook {
+                id,
+                topic: topic.to_owned(),
+                address: address.to_string(),
+                headers: None,
+            }),
+            None => Err(ApiError::OutcomeUnknown {
+                api: Api::Kounta,
+                operation: "webhook registration".to_owned(),
+                cause: format!(
+                    "answered {} without naming the new registration",
+                    raw.status.as_u16()
+                ),
+            }),
+        }
+    }
+
+    /// Removes a webhook registration (`DELETE …/webhooks/{id}`); `false` when it was not there.
+    pub async fn remove_webhook(&self, id: i64) -> Result<bool, ApiError> {
+        let cid = self.company_id().await?;
+        let url = endpoint(
+            &self.base,
+            &["companies", &cid.to_string(), "webhooks", &id.to_string()],
+        );
+        let raw = self
+            .send(Call::IdempotentWrite, "webhook removal", || {
+                self.core.http().delete(url.clone())
+            })
+            .await?;
+        if raw.status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        if !raw.status.is_success() {
+            return Err(self.status_error(&raw, format!("webhook {id}")));
+        }
+        Ok(true)
+    }
+
+    fn webhooks_url(&self, cid: i64) -> Url {
+        endpoint(&self.base, &["companies", &cid.to_string(), "webhooks"])
+    }
+}
+
+/// Webhook registrations from a list answer (an array, or `{"webhooks": [...]}`) or from a
+/// registration answer (one object).
+fn decode_webhooks(body: &[u8]) -> Result<Vec<KountaWebhook>, crate::http::DecodeError> {
+    use serde_json::Value;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| crate::http::DecodeError::new(format!("not JSON ({e})"), body))?;
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(mut obj) => match obj.remove("webhooks") {
+            Some(Value::Array(items)) => items,
+            Some(other) => vec![other],
+            None => vec![Value::Object(obj)],
+        },
+        _ => {
+            return Err(crate::http::DecodeError::new(
+                "expected a list of webhooks",
+                body,
+            ));
+        }
+    };
+    items
+        .iter()
+        .map(|item| webhook_value(item).map_err(|e| crate::http::DecodeError::new(e, body)))
+        .collect()
+}
+
+fn webhook_value(value: &serde_json::Value) -> Result<KountaWebhook, String> {
+    use crate::http::lenient;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| "expected a webhook object".to_owned())?;
+    let id = lenient::id(obj.get("id"))
+        .or_else(|e| match obj.get("id_str") {
+            Some(v) if !v.is_null() => lenient::id(Some(v)),
+            _ => Err(e),
+        })
+        .map_err(|e| format!("webhook id {e}"))?;
+    let text =
+        |key: &str| lenient::text(obj.get(key)).map_err(|e| format!("webhook {id}: {key:?} {e}"));
+    let headers = match obj.get("headers") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Object(h)) => Some(
+            h.iter()
+                .map(|(k, v)| Ok((k.clone(), lenient::text(Some(v))?)))
+                .collect::<Result<_, String>>()
+                .map_err(|e| format!("webhook {id}: a header {e}"))?,
+        ),
+        Some(_) => return Err(format!("webhook {id}: \"headers\" is not an object")),
+    };
+    Ok(KountaWebhook {
+        id,
+        topic: text("topic")?,
+        address: text("address")?,
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod webhook_decode_tests {
+    use super::*;
+
+    #[test]
+    fn lists_decode_in_both_shapes_and_tolerate_string_ids_and_missing_headers() {
+        let body = br#"[{"id": 3, "topic": "customers/created", "address": "http://h/x",
+                         "format": "json", "headers": {"X-Farmsync-Secret": "s"}},
+                        {"id_str": "4", "topic": "customers/updated", "address": "http://h/y"}]"#;
+        let hooks = decode_webhooks(body).unwrap();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].id, 3);
+        assert_eq!(hooks[0].header("x-farmsync-secret"), Some("s"));
+        assert_eq!(hooks[1].id, 4);
+        assert_eq!(hooks[1].headers, None);
+        let wrapped =
+            br#"{"webhooks": [{"id": "9", "topic": "customers/deleted", "address": "a"}]}"#;
+        assert_eq!(decode_webhooks(wrapped).unwrap()[0].id, 9);
+        assert!(decode_webhooks(b"[{\"topic\": \"x\"}]").is_err());
+        assert!(decode_webhooks(b"<html>").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_header_values() {
+        let hook = KountaWebhook {
+            id: 1,
+            topic: "customers/created".into(),
+            address: "http://h/x".into(),
+            headers: Some([("X-Farmsync-Secret".to_owned(), "hush-hush".to_owned())].into()),
+        };
+        let shown = format!("{hook:?}");
+        assert!(shown.contains("X-Farmsync-Secret"));
+        assert!(!shown.contains("hush-hush"));
+    }
+}

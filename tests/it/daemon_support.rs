@@ -1,0 +1,195 @@
+//! Helpers for the daemon tests: `farmsync run` as a child process whose JSON log is read
+//! line by line, and a converged sandbox.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use farmsync::sandbox::Sandbox;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::support::{Workdir, farmsync, text};
+
+/// `farmsync --config <w> args…`, off the async workers.
+pub async fn farmsync_in(w: &Workdir, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let config = w.config_path();
+    tokio::task::spawn_blocking(move || {
+        farmsync()
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            .output()
+            .expect("run farmsync")
+    })
+    .await
+    .expect("farmsync ran")
+}
+
+/// Runs `farmsync sync` until both sides agree: three runs, each exiting 0.
+pub async fn converge(w: &Workdir) {
+    for _ in 0..3 {
+        let out = farmsync_in(w, &["sync"]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+}
+
+/// Customer writes both fakes have been asked for so far.
+pub fn writes(sb: &Sandbox) -> u64 {
+    sb.kounta().stats().writes + sb.farmflow().stats().writes
+}
+
+/// Linked pairs (CRM id, FarmFlow id) as the CRM's `reference_id`s say.
+pub fn linked(sb: &Sandbox) -> Vec<(i64, i64)> {
+    sb.kounta()
+        .customers()
+        .iter()
+        .filter_map(|c| {
+            let ff = c.reference_id.strip_prefix("farmflow:")?.parse().ok()?;
+            Some((c.id, ff))
+        })
+        .collect()
+}
+
+/// A TCP port free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The event name of a JSON log line (`message`), or "" for other lines.
+pub fn event(line: &Value) -> &str {
+    line.get("message").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A running `farmsync run`.
+pub struct Daemon {
+    child: tokio::process::Child,
+    lines: mpsc::UnboundedReceiver<Value>,
+    /// Every line read so far (JSON objects; other lines as strings).
+    pub log: Vec<Value>,
+}
+
+impl Daemon {
+    /// Starts `farmsync --log-format json --config <w> run` with extra environment.
+    pub fn spawn(w: &Workdir, env: &[(&str, String)]) -> Daemon {
+        let mut cmd = farmsync();
+        cmd.arg("--log-format")
+            .arg("json")
+            .arg("--config")
+            .arg(w.config_path())
+            .arg("run")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("farmsync run starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("still running")
+    }
+
+    /// Reads log lines until one satisfies `what`; panics with the log after `within`.
+    pub async fn wait_for(&mut self, within: Duration, what: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    self.log.push(line.clone());
+                    if what(&line) {
+                        return line;
+                    }
+                }
+                Ok(None) => panic!("farmsync run ended early:\n{}", self.dump()),
+                Err(_) => panic!("timed out after {within:?}; log so far:\n{}", self.dump()),
+            }
+        }
+    }
+
+    /// Waits until `name` has been logged `n` times in all.
+    pub async fn wait_for_count(&mut self, name: &str, n: usize, within: Duration) {
+        while self.count(name) < n {
+            self.wait_for(within, |l| event(l) == name).await;
+        }
+    }
+
+    /// How often `name` was logged so far.
+    pub fn count(&self, name: &str) -> usize {
+        self.log.iter().filter(|l| event(l) == name).count()
+    }
+
+    /// The event names logged so far, in order.
+    pub fn events(&self) -> Vec<&str> {
+        self.log
+            .iter()
+            .map(event)
+            .filter(|e| !e.is_empty())
+            .collect()
+    }
+
+    /// Sends a signal (`TERM`, `INT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit (at most `within`), then reads the rest of its log.
+    pub async fn exit(&mut self, within: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("still running after {within:?}:\n{}", self.dump()))
+            .expect("wait");
+        let took = started.elapsed();
+        while let Some(line) = self.lines.recv().await {
+            self.log.push(line);
+        }
+        (status, took)
+    }
+
+    /// The log so far, one line each.
+    pub fn dump(&self) -> String {
+        self.log
+            .iter()
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
