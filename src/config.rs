@@ -384,11 +384,22 @@ impl SettingsBuilder {
         }
         layers.push(env_layer(&self.env, &known)?);
 
-        // Later layers win, key by key; the config crate does the typed deserialisation.
-        let mut merged: BTreeMap<String, (toml::Value, Origin)> = BTreeMap::new();
+        // Later layers win, key by key (a secret and its `_file` form count as one key); the
+        // config crate does the typed deserialisation.
+        let mut merged: Layer = BTreeMap::new();
         for layer in layers {
-            merged.extend(layer);
+            for (key, value) in layer {
+                let twin = match key.strip_suffix("_file") {
+                    Some(secret) if SECRET_KEYS.contains(&secret) => secret.to_owned(),
+                    _ => format!("{key}_file"),
+                };
+                merged.remove(&twin);
+                merged.insert(key, value);
+            }
         }
+        // Only the winning `_file` keys are read: an unreadable file that a later layer
+        // overrides is no error.
+        let merged = resolve_secret_files(merged)?;
         let mut builder = config::Config::builder();
         for (key, (value, _)) in &merged {
             builder = builder
@@ -441,7 +452,7 @@ fn flatten(table: &toml::Table, origin: &Origin, known: &[String]) -> Result<Lay
             layer.insert(full, (value.clone(), origin.clone()));
         }
     }
-    resolve_secret_files(layer)
+    reject_key_and_file(layer)
 }
 
 /// Reads the `FARMSYNC__SECTION__KEY` variables into a layer.
@@ -459,7 +470,22 @@ fn env_layer(vars: &[(String, String)], known: &[String]) -> Result<Layer, Confi
         }
         layer.insert(key, (toml::Value::String(value.clone()), origin));
     }
-    resolve_secret_files(layer)
+    reject_key_and_file(layer)
+}
+
+/// Giving a secret and its `_file` form in one layer is ambiguous: an error.
+fn reject_key_and_file(layer: Layer) -> Result<Layer, ConfigError> {
+    for secret in SECRET_KEYS {
+        let file_key = format!("{secret}_file");
+        if let (Some(_), Some((_, origin))) = (layer.get(*secret), layer.get(&file_key)) {
+            return Err(ConfigError::Invalid {
+                key: file_key.clone(),
+                origin: origin.clone(),
+                message: format!("give either {secret} or {secret}_file, not both"),
+            });
+        }
+    }
+    Ok(layer)
 }
 
 /// Replaces `<secret>_file` keys by the file's content under `<secret>`.
@@ -469,13 +495,6 @@ fn resolve_secret_files(mut layer: Layer) -> Result<Layer, ConfigError> {
         let Some((value, origin)) = layer.remove(&file_key) else {
             continue;
         };
-        if layer.contains_key(*secret) {
-            return Err(ConfigError::Invalid {
-                key: file_key,
-                origin,
-                message: format!("give either {secret} or {secret}_file, not both"),
-            });
-        }
         let Some(path) = value.as_str() else {
             return Err(ConfigError::Invalid {
                 key: file_key,
@@ -984,6 +1003,29 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(s.farmflow.api_key.expose_secret(), "from-file");
+    }
+
+    #[test]
+    fn an_unreadable_secret_file_overridden_by_a_later_layer_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_file(
+            &dir,
+            "f.toml",
+            "[farmflow]\napi_key_file = \"/nonexistent/credential\"\n",
+        );
+        let s = Settings::builder()
+            .file(&file)
+            .env_vars(env(&[("FARMSYNC__FARMFLOW__API_KEY", "from-env")]))
+            .build()
+            .unwrap();
+        assert_eq!(s.farmflow.api_key.expose_secret(), "from-env");
+        // Without the override, the file is read and its absence named.
+        let err = Settings::builder()
+            .file(&file)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/credential"), "{err}");
     }
 
     #[test]

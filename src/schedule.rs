@@ -12,8 +12,10 @@ pub fn parse(expr: &str) -> Result<Cron, String> {
             expr.split_whitespace().count()
         ));
     }
+    // The same parser settings as tokio-cron-scheduler's, so `status` predicts its fire times.
     CronParser::builder()
         .seconds(Seconds::Required)
+        .dom_and_dow(true)
         .build()
         .parse(expr)
         .map_err(|e| format!("{expr:?} is not a cron expression: {e}"))
@@ -52,6 +54,12 @@ mod tests {
             Utc.with_ymd_and_hms(2026, 11, 26, 10, 5, 0).unwrap()
         );
         assert_eq!(period_after(&cron, &t).unwrap(), Duration::minutes(5));
+        // Day of month AND day of week must both match, as the scheduler reads it.
+        let first_monday_of_a_month = parse("0 0 0 1 * Mon").unwrap();
+        assert_eq!(
+            next_after(&first_monday_of_a_month, &t).unwrap(),
+            Utc.with_ymd_and_hms(2027, 2, 1, 0, 0, 0).unwrap()
+        );
         let every_second = parse("* * * * * *").unwrap();
         assert_eq!(
             period_after(&every_second, &t).unwrap(),

@@ -40,11 +40,18 @@ impl LogFormat {
 
 /// Installs the global subscriber writing to stderr. `level` is used unless `RUST_LOG` is set.
 pub fn init(format: LogFormat, level: &str, secrets: Vec<String>) {
+    // The scheduler crate narrates its own housekeeping at info; keep it to warnings unless
+    // the user's filter says otherwise.
+    let quiet = |f: EnvFilter| match "tokio_cron_scheduler=warn".parse() {
+        Ok(directive) => f.add_directive(directive),
+        Err(_) => f,
+    };
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
-        .or_else(|| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| {
+            quiet(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")))
+        });
     let writer = RedactingWriter::new(io::stderr, secrets);
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests, `demo` inside one process) keeps the first subscriber.

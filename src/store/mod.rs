@@ -616,11 +616,13 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Drops hints that were acted on, unless a newer delivery arrived after `seen_at`.
+    /// Drops hints that were acted on: those received strictly before `seen_at` (the second
+    /// the run read them). A delivery in that same second may have come after the read, so it
+    /// is kept for the next run — a spare read, never a lost hint.
     pub fn clear_hints(&self, ids: &[KountaId], seen_at: i64) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("DELETE FROM hints WHERE kounta_id = ?1 AND received_at <= ?2")?;
+            .prepare_cached("DELETE FROM hints WHERE kounta_id = ?1 AND received_at < ?2")?;
         for id in ids {
             stmt.execute(params![id.0, seen_at])?;
         }
