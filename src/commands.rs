@@ -174,23 +174,14 @@ fn print_plan(report: &RunReport, format: LogFormat) {
 pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     settings.require_credentials(Needs::BothApis)?;
     println!("config: ok");
-    // With OAuth a check may have to refresh, which rotates the refresh token: it must hold
-    // the lock and store the new token like any writer.
-    let (tokens, _lock): (Arc<dyn TokenStore>, Option<InstanceLock>) = match settings.kounta.auth {
-        KountaAuthMode::Basic => (Arc::new(MemoryTokenStore::new()), None),
-        KountaAuthMode::Oauth => {
-            let lock = take_lock(settings)?;
-            (
-                Arc::new(SharedStore::new(open_store(settings)?)),
-                Some(lock),
-            )
-        }
-    };
+    let rt = runtime()?;
+    // With OAuth a check may have to refresh, which rotates the refresh token: it then needs
+    // the lock; while a daemon holds it, the stored access token is tried first.
+    let (tokens, lock) = oauth_tokens(settings, &rt)?;
     let kounta = KountaClient::new(engine::kounta_options(settings), tokens)
-        .map(|c| c.with_retry_policy(RetryPolicy::none()));
+        .map(|c| beside_the_lock_holder(settings, &lock, c.with_retry_policy(RetryPolicy::none())));
     let farmflow = FarmflowClient::new(engine::farmflow_options(settings))
         .map(|c| c.with_retry_policy(RetryPolicy::none()));
-    let rt = runtime()?;
     let mut failed = false;
     let mut report = |label: &str, result: Result<String, ApiError>| match result {
         Ok(detail) => println!("{label}: ok — {detail}"),
@@ -323,9 +314,10 @@ pub fn webhooks(settings: &Settings, action: crate::cli::WebhooksAction) -> Resu
     }
     settings.require_credentials(Needs::Webhooks)?;
     let rt = runtime()?;
-    let (tokens, _lock) = webhook_tokens(settings, &rt)?;
+    let (tokens, lock) = oauth_tokens(settings, &rt)?;
     let client = KountaClient::new(engine::kounta_options(settings), tokens)
         .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+    let client = beside_the_lock_holder(settings, &lock, client);
     rt.block_on(async {
         match action {
             WebhooksAction::Register => webhooks_register(settings, &client).await,
@@ -335,10 +327,23 @@ pub fn webhooks(settings: &Settings, action: crate::cli::WebhooksAction) -> Resu
     })
 }
 
-/// The token store for a webhooks command. With OAuth a refresh rotates the refresh token, so
-/// it needs the lock; while a daemon holds it, the stored access token is used if it is still
-/// good, else the command exits 4.
-fn webhook_tokens(
+/// A client for a command that did not get the lock (OAuth only): it never refreshes.
+fn beside_the_lock_holder(
+    settings: &Settings,
+    lock: &Option<InstanceLock>,
+    client: KountaClient,
+) -> KountaClient {
+    if settings.kounta.auth == KountaAuthMode::Oauth && lock.is_none() {
+        client.without_refresh()
+    } else {
+        client
+    }
+}
+
+/// The token store for a command other than `sync`/`run` (`check`, `webhooks`). With OAuth a
+/// refresh rotates the refresh token, so it needs the lock; while a daemon holds it, the stored
+/// access token is used if it is still good, else the command exits 4.
+fn oauth_tokens(
     settings: &Settings,
     rt: &tokio::runtime::Runtime,
 ) -> Result<(Arc<dyn TokenStore>, Option<InstanceLock>), CliError> {

@@ -142,6 +142,9 @@ pub struct KountaClient {
     company: tokio::sync::OnceCell<i64>,
     auth: AuthMode,
     page_cap: u32,
+    /// False for a command running beside the lock holder: it may use a stored access token
+    /// but never rotate the refresh token behind the holder's back.
+    refresh_allowed: bool,
 }
 
 impl fmt::Debug for KountaClient {
@@ -209,7 +212,15 @@ impl KountaClient {
             company: tokio::sync::OnceCell::new(),
             auth,
             page_cap: DEFAULT_PAGE_CAP,
+            refresh_allowed: true,
         })
+    }
+
+    /// Never refreshes the OAuth token: a request that would need a refresh fails with `Auth`.
+    /// For commands that run while another farmsync holds the lock.
+    pub fn without_refresh(mut self) -> Self {
+        self.refresh_allowed = false;
+        self
     }
 
     /// Replaces the retry policy (e.g. [`RetryPolicy::none`] for a quick `check`).
@@ -736,6 +747,12 @@ impl KountaClient {
         oauth: &OAuth,
         current: &mut Option<OAuthTokens>,
     ) -> Result<SecretString, ApiError> {
+        if !self.refresh_allowed {
+            return Err(ApiError::Auth {
+                api: Api::Kounta,
+                message: "the Kounta access token needs a refresh, which only the farmsync holding the lock may do; try again once it has refreshed, or stop it".to_owned(),
+            });
+        }
         let stored = load_tokens(&oauth.store)
             .await?
             .map(|t| t.refresh_token)

@@ -149,6 +149,45 @@ async fn oauth_rotation_across_three_processes_never_locks_farmsync_out() {
     }
     assert_ne!(sb.kounta().refresh_token(), first_refresh);
     assert!(sb.kounta().stats().auth >= 3);
+
+    // While another farmsync holds the lock, `check` uses the stored access token if it is
+    // still good, and refuses (exit 4) rather than rotate the token behind the holder's back.
+    let held = InstanceLock::acquire(&w.state_path()).unwrap();
+    let check = |w: &Workdir| {
+        let mut cmd = farmsync();
+        cmd.arg("--config")
+            .arg(w.config_path())
+            .arg("check")
+            .env("FARMSYNC__KOUNTA__AUTH", "oauth")
+            .env("FARMSYNC__KOUNTA__REFRESH_TOKEN", &first_refresh);
+        cmd
+    };
+    let mut cmd = check(&w);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    sb.kounta().expire_access_tokens();
+    let rotated = sb.kounta().refresh_token();
+    let mut cmd = check(&w);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{all}");
+    assert!(all.contains("lock"), "{all}");
+    assert_eq!(
+        sb.kounta().refresh_token(),
+        rotated,
+        "nothing was refreshed"
+    );
+    drop(held);
 }
 
 #[test]
