@@ -58,11 +58,40 @@ pub fn sync(
     let store = SharedStore::new(store);
     let engine = Engine::from_settings(settings, store, allow_mass_delete)
         .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
-    let report = runtime()?.block_on(engine.run_once(RunOptions {
+    let options = RunOptions {
         dry_run,
         allow_mass_delete,
         cancel: None,
-    }));
+    };
+    let show_progress =
+        format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let report = runtime()?.block_on(async {
+        if !show_progress {
+            return engine.run_once(options).await;
+        }
+        let run = engine.run_once(options);
+        tokio::pin!(run);
+        let started = std::time::Instant::now();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                report = &mut run => {
+                    eprint!("\r\x1b[2K");
+                    break report;
+                }
+                _ = tick.tick() => {
+                    // Long runs (a first sync of thousands, a tight rate limit) show they move.
+                    eprint!(
+                        "\r\x1b[2Ksyncing… {} s, {} CRM and {} FarmFlow requests so far",
+                        started.elapsed().as_secs(),
+                        engine.kounta.counts().total(),
+                        engine.farmflow.counts().total()
+                    );
+                }
+            }
+        }
+    });
     if dry_run {
         print_plan(&report, format);
     } else {
