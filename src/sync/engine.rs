@@ -209,7 +209,10 @@ impl Engine {
             }
         }
 
-        match self.reconcile(&run_id, &options, &policy, &mut report).await {
+        match self
+            .reconcile(&run_id, &options, &policy, &mut report)
+            .await
+        {
             Ok(()) => {}
             Err(RunError::Unavailable(message)) => {
                 warn!(error = %message, "sync.run.unavailable");

@@ -14,4 +14,6 @@ mod sandbox_lifecycle;
 mod sandbox_support;
 mod sandbox_webhooks;
 mod support;
+mod sync_matrix;
 mod sync_smoke;
+mod sync_support;
