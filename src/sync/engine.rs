@@ -108,7 +108,11 @@ pub struct Engine {
     pub policy: Policy,
     /// `kounta.requests_per_minute`: the verification budget is what it leaves.
     pub kounta_rate: u32,
+    /// A link not verified for this long is read whatever the budget says.
     pub max_verify_age_secs: i64,
+    /// The date one-time orders are judged against; `None` is the local date (set it to replay
+    /// a day, or to let a test's order come due).
+    pub today: Option<chrono::NaiveDate>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -172,6 +176,7 @@ impl Engine {
             policy: settings.policy(allow_mass_delete),
             kounta_rate: settings.kounta.requests_per_minute,
             max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+            today: None,
         })
     }
 
@@ -297,7 +302,9 @@ impl Engine {
             .await?;
 
         // 4. Plan; read what the plan asks for (orders, more CRM records) and plan again.
-        let today = chrono::Local::now().date_naive();
+        let today = self
+            .today
+            .unwrap_or_else(|| chrono::Local::now().date_naive());
         let mut orders: Option<OrderBook> = None;
         let mut orders_tried = false;
         let mut current = loop {

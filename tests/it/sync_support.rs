@@ -35,7 +35,8 @@ pub fn quick_retries() -> RetryPolicy {
 /// Both sandbox APIs, a state DB in a temp dir, and an engine pointed at them.
 pub struct Harness {
     pub sb: Sandbox,
-    pub dir: tempfile::TempDir,
+    /// Holds the state DB; removed with the harness.
+    _dir: tempfile::TempDir,
     pub settings: Settings,
     pub engine: Engine,
     extra: Vec<(String, String)>,
@@ -64,7 +65,7 @@ impl Harness {
         let engine = engine_for(&settings, open_store(&settings.state.path));
         Harness {
             sb,
-            dir,
+            _dir: dir,
             settings,
             engine,
             extra,
@@ -296,6 +297,7 @@ pub fn engine_for(settings: &Settings, store: Store) -> Engine {
         policy: settings.policy(false),
         kounta_rate: settings.kounta.requests_per_minute,
         max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+        today: None,
     }
 }
 
