@@ -17,5 +17,6 @@ mod support;
 mod sync_deletes;
 mod sync_lost;
 mod sync_matrix;
+mod sync_runs;
 mod sync_smoke;
 mod sync_support;
