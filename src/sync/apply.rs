@@ -14,7 +14,7 @@ use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaCustomerWrite;
 use crate::store::{Link, LinkState, NewIntent, Side, StoreError, now};
 use crate::sync::action::{Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject};
-use crate::sync::engine::{Engine, RunOptions, Summary};
+use crate::sync::engine::{Engine, RunOptions, Summary, mask_contacts};
 use crate::sync::plan::Plan;
 
 /// Why one action failed.
@@ -93,15 +93,17 @@ impl<'a> Applier<'a> {
             failed = None;
             if let Err(failure) = self.apply_one(action).await {
                 self.summary.failed += 1;
+                // API errors may quote a record back: no contact details above debug.
+                let message = mask_contacts(&failure.to_string());
                 warn!(
                     subject = %subject,
                     action = action.kind(),
-                    error = %failure,
+                    error = %message,
                     "sync.record.failed"
                 );
                 match &failure {
                     Failure::Api(e) if e.is_auth() => {
-                        self.fatal = Some(e.to_string());
+                        self.fatal = Some(message);
                         return;
                     }
                     Failure::Store(e) => {
@@ -112,7 +114,6 @@ impl<'a> Applier<'a> {
                 }
                 if let Subject::Link(reference) = &subject {
                     let reference = reference.clone();
-                    let message = failure.to_string();
                     let _ = self
                         .engine
                         .store
@@ -416,7 +417,9 @@ impl<'a> Applier<'a> {
                 info!(farmflow_id = farmflow_id.0, "sync.record.deleted");
             }
             DeleteOutcome::Blocked { reason } => {
-                let reason = BlockReason::Refused { message: reason };
+                let reason = BlockReason::Refused {
+                    message: mask_contacts(&reason),
+                };
                 let mut blocked = link.clone();
                 blocked.state = LinkState::DeleteBlocked;
                 let row = self.to_link(&blocked, Some(reason.to_string()));

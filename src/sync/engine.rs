@@ -220,6 +220,8 @@ impl Engine {
         {
             Ok(()) => {}
             Err(RunError::Unavailable(message)) => {
+                // API errors may quote a record back (an unreadable answer's excerpt).
+                let message = mask_contacts(&message);
                 warn!(error = %message, "sync.run.unavailable");
                 report.outcome = Outcome::Unavailable(message);
             }
@@ -244,8 +246,9 @@ impl Engine {
             RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
         })?;
         if let Some(cut) = &listing.error {
+            let cut = mask_contacts(&cut.to_string());
             warn!(error = %cut, pages = listing.pages, "sync.listing.incomplete");
-            report.listing_cut = Some(cut.to_string());
+            report.listing_cut = Some(cut);
         }
 
         // 2. Settle what an earlier run left unsettled, before anything is retried.
@@ -407,7 +410,8 @@ impl Engine {
                     return Err(RunError::Unavailable(e.to_string()));
                 }
                 Err(e) => {
-                    warn!(kounta_id = id.0, error = %e, "sync.read.failed");
+                    let error = mask_contacts(&e.to_string());
+                    warn!(kounta_id = id.0, error = %error, "sync.read.failed");
                     // The record waits for the next run; the run reports it as failed.
                     report.summary.failed += 1;
                 }
@@ -420,14 +424,14 @@ impl Engine {
         let recurring = match self.farmflow.recurring_orders().await {
             Ok(r) => r,
             Err(e) => {
-                warn!(error = %e, "sync.orders.unreadable");
+                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
                 return None;
             }
         };
         let one_time = match self.farmflow.one_time_orders().await {
             Ok(o) => o,
             Err(e) => {
-                warn!(error = %e, "sync.orders.unreadable");
+                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
                 return None;
             }
         };
@@ -564,6 +568,104 @@ fn store_down(e: StoreError) -> RunError {
     RunError::Unavailable(e.to_string())
 }
 
+/// Masks what looks like an email address or a phone number in operator-facing text.
+///
+/// DESIGN.md allows customer emails and phones only at debug level, but an API's error text
+/// may quote a record back (the excerpt of an answer cut short, a refusal naming a value).
+/// Everything the engine logs above debug that carries such text goes through here. A phone
+/// is a run of at least eight digits standing alone, either ungrouped or in groups of at most
+/// five separated by spaces, dashes, dots or parentheses, optionally led by `+`; an ISO date
+/// (`2026-03-12`) is not one.
+pub fn mask_contacts(text: &str) -> String {
+    const MIN_PHONE_DIGITS: usize = 8;
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let is_local = |c: char| c.is_alphanumeric() || "._%+-".contains(c);
+    let is_domain = |c: char| c.is_alphanumeric() || ".-".contains(c);
+    let is_phone_sep = |c: char| " -.()".contains(c);
+    while i < chars.len() {
+        let c = chars[i];
+        // An email: the local part was copied already; take it back if the domain holds a dot.
+        if c == '@' {
+            let mut start = out.len();
+            for (pos, ch) in out.char_indices().rev() {
+                if !is_local(ch) {
+                    break;
+                }
+                start = pos;
+            }
+            let mut end = i + 1;
+            while end < chars.len() && is_domain(chars[end]) {
+                end += 1;
+            }
+            // A trailing dot ends the sentence, not the domain.
+            while end > i + 1 && chars[end - 1] == '.' {
+                end -= 1;
+            }
+            let domain: String = chars[i + 1..end].iter().collect();
+            let dotted = domain
+                .split_once('.')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty());
+            if start < out.len() && dotted {
+                out.truncate(start);
+                out.push_str("[email]");
+                i = end;
+                continue;
+            }
+        }
+        let standalone = i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        let starts_phone = c.is_ascii_digit()
+            || (matches!(c, '+' | '(') && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit()));
+        if standalone && starts_phone {
+            let mut end = i + 1;
+            while end < chars.len() && (chars[end].is_ascii_digit() || is_phone_sep(chars[end])) {
+                end += 1;
+            }
+            // Separators at the end belong to the text around the number.
+            while end > i + 1 && is_phone_sep(chars[end - 1]) && chars[end - 1] != ')' {
+                end -= 1;
+            }
+            let run: String = chars[i..end].iter().collect();
+            let groups: Vec<usize> = run
+                .split(|c: char| !c.is_ascii_digit())
+                .map(str::len)
+                .filter(|n| *n > 0)
+                .collect();
+            let digits: usize = groups.iter().sum();
+            // Phones are written in short groups or not grouped at all; "customer 389403
+            // (404)" is an id and a status.
+            let grouped_like_a_phone = groups.len() == 1 || groups.iter().all(|n| *n <= 5);
+            let glued = chars
+                .get(end)
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_');
+            if digits >= MIN_PHONE_DIGITS && grouped_like_a_phone && !glued && !is_iso_date(&run) {
+                out.push_str("[phone]");
+                i = end;
+                continue;
+            }
+            out.push_str(&run);
+            i = end;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// `YYYY-MM-DD`, possibly followed by the rest of a timestamp's separators.
+fn is_iso_date(run: &str) -> bool {
+    let b = run.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+        && b[10..].iter().all(|c| !c.is_ascii_digit())
+}
+
 /// A run id: time-ordered and unique enough to tell runs apart in logs.
 fn new_run_id() -> String {
     format!(
@@ -571,4 +673,52 @@ fn new_run_id() -> String {
         chrono::Utc::now().format("%Y%m%dT%H%M%S"),
         rand::random::<u16>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_contacts;
+
+    #[test]
+    fn emails_and_phones_are_masked() {
+        let text =
+            r#"cannot read: "{\"email\":\"dee.private@example.com\",\"phone\":\"0412 654 321\"…""#;
+        let masked = mask_contacts(text);
+        assert!(!masked.contains("dee.private"), "{masked}");
+        assert!(!masked.contains("0412"), "{masked}");
+        assert!(
+            masked.contains("[email]") && masked.contains("[phone]"),
+            "{masked}"
+        );
+        for phone in [
+            "+1 503 555 0142",
+            "(04) 1230-0001",
+            "02 8765 4321",
+            "0287654321",
+            "8765-4321",
+        ] {
+            let masked = mask_contacts(&format!("phone {phone}, again"));
+            assert_eq!(masked, "phone [phone], again", "{phone}");
+        }
+        assert_eq!(
+            mask_contacts("mail Tom.OBrien@Example.com."),
+            "mail [email]."
+        );
+    }
+
+    #[test]
+    fn ids_dates_and_ordinary_text_are_kept() {
+        for text in [
+            "customer 389403 (404)",
+            "one-time order 9001 due 2026-03-12",
+            "created_at 2026-11-26T12:03:30+10:00",
+            "could not reach Kounta at http://127.0.0.1:41234/v1 (timed out)",
+            "not JSON (EOF while parsing a string at line 1 column 203)",
+            "user@localhost has no domain",
+            "token at-3f9a123456789012 stays",
+            "farmflow:301 and crm 389400",
+        ] {
+            assert_eq!(mask_contacts(text), text);
+        }
+    }
 }

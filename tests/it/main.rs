@@ -15,6 +15,7 @@ mod sandbox_support;
 mod sandbox_webhooks;
 mod support;
 mod sync_deletes;
+mod sync_logs;
 mod sync_lost;
 mod sync_matrix;
 mod sync_runs;
