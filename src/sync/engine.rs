@@ -239,12 +239,30 @@ impl Engine {
     ) -> Result<(), RunError> {
         let seen_at = now();
         // 1. Read both sides. FarmFlow has no paging: all or nothing.
-        let farmflow: Vec<FarmflowCustomer> = self.farmflow.list().await.map_err(|e| {
-            RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
-        })?;
-        let listing = self.kounta.list().await.map_err(|e| {
-            RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
-        })?;
+        let read_farmflow = || async {
+            self.farmflow.list().await.map_err(|e| {
+                RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
+            })
+        };
+        let read_kounta = || async {
+            self.kounta.list().await.map_err(|e| {
+                RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
+            })
+        };
+        let mut farmflow: Vec<FarmflowCustomer> = read_farmflow().await?;
+        let mut listing = read_kounta().await?;
+        // An empty list may be a glitch (a replica or a proxy answering `[]`). With links the
+        // guard holds everything destructive back, but on a first run nothing would stop every
+        // customer of the other side being created into it a second time: read an empty list
+        // once more before believing it.
+        if farmflow.is_empty() {
+            info!("sync.listing.empty_reread");
+            farmflow = read_farmflow().await?;
+        }
+        if listing.complete && listing.items.is_empty() {
+            info!("sync.listing.empty_reread");
+            listing = read_kounta().await?;
+        }
         if let Some(cut) = &listing.error {
             let cut = mask_contacts(&cut.to_string());
             warn!(error = %cut, pages = listing.pages, "sync.listing.incomplete");

@@ -233,65 +233,119 @@ async fn a_farmflow_refusal_counts_as_blocked() {
 
 // ----- guards ------------------------------------------------------------------------------------
 
+/// The CRM answers an empty list and keeps doing so (a wiped or wrongly chosen account):
+/// every link looks deleted, and the guard holds every deletion back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_crm_list_trips_the_guard_and_deletes_nothing() {
     let h = Harness::start().await;
-    linked_people(&h, 4).await;
+    let people = linked_people(&h, 4).await;
     h.sb.farmflow()
         .insert(ff_person("Zed", "New", "zed@example.com", "0412 799 000"));
-    h.sb.kounta().empty_list_once();
+    for (k, _) in &people {
+        h.sb.kounta().backoffice_delete(*k);
+    }
 
-    let (report, writes) = h.run_counting_writes().await;
+    for _ in 0..2 {
+        let (report, writes) = h.run_counting_writes().await;
 
-    assert_eq!(report.outcome, Outcome::Guarded);
-    assert_eq!(report.outcome.exit_code(), 3);
-    assert_eq!(
-        report.plan.as_ref().unwrap().guard.unwrap().reason,
-        GuardReason::EmptyKountaList
-    );
-    assert_eq!(
-        writes, 0,
-        "nothing deleted, nothing created into the empty side"
-    );
-    assert_eq!(h.sb.farmflow().customers().len(), 5);
-    assert!(h.links().await.iter().all(|l| l.state == LinkState::Active));
-
-    // The list is back: nothing was lost, and the new person goes across.
-    h.run_ok().await;
-    h.converge().await;
-    assert_eq!(h.sb.kounta().customers().len(), 5);
-    assert_eq!(h.sb.farmflow().customers().len(), 5);
-    assert_settled_state(&h).await;
+        assert_eq!(report.outcome, Outcome::Guarded);
+        assert_eq!(report.outcome.exit_code(), 3);
+        let guard = report.plan.as_ref().unwrap().guard.unwrap();
+        assert_eq!(guard.reason, GuardReason::EmptyKountaList);
+        assert_eq!((guard.planned_deletions, guard.live_links), (4, 4));
+        assert_eq!(
+            writes, 0,
+            "nothing deleted, nothing created into the empty side"
+        );
+        assert_eq!(h.sb.farmflow().customers().len(), 5);
+        assert!(h.links().await.iter().all(|l| l.state == LinkState::Active));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_farmflow_list_trips_the_guard_and_tags_nothing() {
     let h = Harness::start().await;
-    linked_people(&h, 4).await;
+    let people = linked_people(&h, 4).await;
     let zed =
         h.sb.kounta()
             .insert(crm_person("Zed", "New", "zed@example.com", "0412 799 000"));
-    h.sb.farmflow().empty_list_once();
+    for (_, f) in &people {
+        h.sb.farmflow().delete(*f).unwrap();
+    }
 
-    let (report, writes) = h.run_counting_writes().await;
+    for _ in 0..2 {
+        let (report, writes) = h.run_counting_writes().await;
 
-    assert_eq!(report.outcome, Outcome::Guarded);
-    assert_eq!(
-        report.plan.as_ref().unwrap().guard.unwrap().reason,
-        GuardReason::EmptyFarmflowList
-    );
-    assert_eq!(
-        writes, 0,
-        "nothing tagged, nothing created into the empty side"
-    );
-    assert!(h.sb.kounta().customers().iter().all(|c| c.tags.is_empty()));
-    assert_eq!(h.sb.kounta().get(zed).unwrap().reference_id, "");
+        assert_eq!(report.outcome, Outcome::Guarded);
+        assert_eq!(
+            report.plan.as_ref().unwrap().guard.unwrap().reason,
+            GuardReason::EmptyFarmflowList
+        );
+        assert_eq!(
+            writes, 0,
+            "nothing tagged, nothing created into the empty side"
+        );
+        assert!(h.sb.kounta().customers().iter().all(|c| c.tags.is_empty()));
+        assert_eq!(h.sb.kounta().get(zed).unwrap().reference_id, "");
+        assert!(h.links().await.iter().all(|l| l.state == LinkState::Active));
+    }
+}
 
-    h.run_ok().await;
-    h.converge().await;
-    assert_eq!(h.sb.farmflow().customers().len(), 5);
-    assert!(h.sb.kounta().customers().iter().all(|c| c.tags.is_empty()));
+/// A list that answers empty once (a replica or a proxy glitch) is read again before it is
+/// believed: nothing is guarded, deleted or created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_list_answered_once_is_read_again() {
+    let h = Harness::start().await;
+    linked_people(&h, 4).await;
+    for kounta in [true, false] {
+        if kounta {
+            h.sb.kounta().empty_list_once();
+        } else {
+            h.sb.farmflow().empty_list_once();
+        }
+
+        let (report, writes) = h.run_counting_writes().await;
+
+        assert_eq!(report.outcome, Outcome::Applied, "crm: {kounta}");
+        assert_eq!(writes, 0, "crm: {kounta}");
+    }
+    assert_eq!(h.sb.kounta().customers().len(), 4);
+    assert_eq!(h.sb.farmflow().customers().len(), 4);
     assert_settled_state(&h).await;
+}
+
+/// On a first run there are no links for the guard to count: an empty answer read as the
+/// truth would create every customer of the other side a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_run_over_a_glitchy_empty_list_duplicates_no_one() {
+    for kounta in [true, false] {
+        let h = Harness::start().await;
+        for i in 0..3 {
+            let (first, email, phone) = (
+                format!("G{i}"),
+                format!("g{i}@example.com"),
+                format!("0412 880 {i:03}"),
+            );
+            h.sb.kounta()
+                .insert(crm_person(&first, "Glitch", &email, &phone));
+            h.sb.farmflow()
+                .insert(ff_person(&first, "Glitch", &email, &phone));
+        }
+        if kounta {
+            h.sb.kounta().empty_list_once();
+        } else {
+            h.sb.farmflow().empty_list_once();
+        }
+
+        let report = h.run_ok().await;
+
+        assert_eq!(report.summary.created, 0, "crm: {kounta}");
+        assert_eq!(report.summary.linked, 3, "crm: {kounta}");
+        h.converge().await;
+        assert_eq!(h.sb.kounta().customers().len(), 3);
+        assert_eq!(h.sb.farmflow().customers().len(), 3);
+        assert_settled_state(&h).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
