@@ -1,7 +1,7 @@
 //! One reconcile, start to finish: read both sides, settle the journal, read the CRM on a
 //! budget, plan, then apply (or, for a dry run, print).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -317,10 +317,8 @@ impl Engine {
             verification,
             staleness,
         );
-        let mut full: HashMap<KountaId, KountaCustomer> = HashMap::new();
-        let mut attempted: std::collections::HashSet<KountaId> = Default::default();
-        self.read_full(&reads, &mut full, &mut attempted, report)
-            .await?;
+        let mut reads_done = FullReads::default();
+        self.read_full(&reads, &mut reads_done).await?;
 
         // 4. Plan; read what the plan asks for (orders, more CRM records) and plan again.
         let today = self
@@ -333,7 +331,7 @@ impl Engine {
                 farmflow: &farmflow,
                 kounta_list: &listing.items,
                 kounta_list_complete: listing.complete,
-                kounta_full: &full,
+                kounta_full: &reads_done.full,
                 links: &links,
                 orders: orders.as_ref(),
                 today,
@@ -343,17 +341,22 @@ impl Engine {
             if planned.needs_orders && !orders_tried {
                 orders_tried = true;
                 orders = self.read_orders().await;
-                more |= orders.is_some();
+                if orders.is_some() {
+                    more = true;
+                } else {
+                    // The deletions waiting on them are not decided this run: a failure to
+                    // report, like a record that could not be read.
+                    reads_done.failed += 1;
+                }
             }
             let wanted: Vec<KountaId> = planned
                 .needs_kounta_reads
                 .iter()
                 .copied()
-                .filter(|k| !attempted.contains(k))
+                .filter(|k| !reads_done.attempted.contains(k))
                 .collect();
             if !wanted.is_empty() {
-                self.read_full(&wanted, &mut full, &mut attempted, report)
-                    .await?;
+                self.read_full(&wanted, &mut reads_done).await?;
                 more = true;
             }
             if !more {
@@ -383,10 +386,11 @@ impl Engine {
                 return Err(RunError::Unavailable(message));
             }
             self.note_attention(&current.attention).await;
+            // A hint is spent once its record was read (or found gone), not when the read failed.
             let hinted_ids: Vec<KountaId> = hints
                 .iter()
                 .map(|h| h.kounta_id)
-                .filter(|k| attempted.contains(k))
+                .filter(|k| reads_done.answered.contains(k))
                 .collect();
             if !hinted_ids.is_empty() {
                 let _ = self
@@ -397,7 +401,10 @@ impl Engine {
         } else {
             report.summary = dry_run_summary(&current);
         }
-        report.summary.skipped = current.counts.skipped as u64;
+        // Reads that failed leave their records for the next run: reported as failures. The
+        // applier's own skips (deletes a direct read did not confirm) add to the plan's.
+        report.summary.failed += reads_done.failed;
+        report.summary.skipped += current.counts.skipped as u64;
         if current.guard.is_some() {
             report.outcome = Outcome::Guarded;
         } else if report.summary.failed > 0 || !listing.complete {
@@ -408,22 +415,20 @@ impl Engine {
         Ok(())
     }
 
-    async fn read_full(
-        &self,
-        ids: &[KountaId],
-        full: &mut HashMap<KountaId, KountaCustomer>,
-        attempted: &mut std::collections::HashSet<KountaId>,
-        report: &mut RunReport,
-    ) -> Result<(), RunError> {
+    async fn read_full(&self, ids: &[KountaId], reads: &mut FullReads) -> Result<(), RunError> {
         for &id in ids {
-            if !attempted.insert(id) {
+            if !reads.attempted.insert(id) {
                 continue;
             }
             match self.kounta.get(id).await {
                 Ok(Some(record)) => {
-                    full.insert(id, record);
+                    reads.full.insert(id, record);
+                    reads.answered.insert(id);
                 }
-                Ok(None) => {} // gone since the listing: the plan sees it as unread, and waits
+                // Gone since the listing: the plan sees it as unread, and waits.
+                Ok(None) => {
+                    reads.answered.insert(id);
+                }
                 Err(e) if e.is_auth() => {
                     return Err(RunError::Unavailable(e.to_string()));
                 }
@@ -431,7 +436,7 @@ impl Engine {
                     let error = mask_contacts(&e.to_string());
                     warn!(kounta_id = id.0, error = %error, "sync.read.failed");
                     // The record waits for the next run; the run reports it as failed.
-                    report.summary.failed += 1;
+                    reads.failed += 1;
                 }
             }
         }
@@ -574,6 +579,19 @@ fn dry_run_summary(plan: &Plan) -> Summary {
         conflicts: c.conflicts as u64,
         ..Summary::default()
     }
+}
+
+/// The CRM records read in full this run.
+#[derive(Default)]
+struct FullReads {
+    /// The records read.
+    full: HashMap<KountaId, KountaCustomer>,
+    /// Every id a read was tried for (each is tried once a run).
+    attempted: HashSet<KountaId>,
+    /// Ids the CRM answered for: a record, or 404.
+    answered: HashSet<KountaId>,
+    /// Reads that failed (and order lists that could not be read).
+    failed: u64,
 }
 
 /// Why a run could not go on.

@@ -14,6 +14,7 @@ mod sandbox_lifecycle;
 mod sandbox_support;
 mod sandbox_webhooks;
 mod support;
+mod sync_budget;
 mod sync_cli;
 mod sync_deletes;
 mod sync_logs;
