@@ -58,6 +58,15 @@ enum Op {
     DeleteInFarmflow(u8),
     StandingOrder(u8),
     Run(Option<FaultSpec>),
+    /// A dry run: must change nothing anywhere.
+    DryRun,
+    /// The process is killed while the k-th write of one side waits for its answer.
+    Killed {
+        kounta: bool,
+        nth: u64,
+    },
+    /// The state DB is lost (deleted) between runs.
+    LoseStateDb,
 }
 
 fn person() -> impl Strategy<Value = u8> {
@@ -106,6 +115,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => person().prop_map(Op::DeleteInFarmflow),
         1 => person().prop_map(Op::StandingOrder),
         4 => proptest::option::weighted(0.6, fault()).prop_map(Op::Run),
+        1 => Just(Op::DryRun),
+        1 => (any::<bool>(), 1u64..4).prop_map(|(kounta, nth)| Op::Killed { kounta, nth }),
+        1 => Just(Op::LoseStateDb),
     ]
 }
 
@@ -241,7 +253,7 @@ fn ff_id(h: &Harness, p: u8) -> Option<i64> {
     h.ff_named(&name(p)).map(|c| c.id)
 }
 
-async fn apply(h: &Harness, ledger: &mut Ledger, op: &Op) {
+async fn apply(h: &mut Harness, ledger: &mut Ledger, op: &Op) {
     let fresh = |ledger: &mut Ledger| {
         ledger.edits += 1;
         ledger.edits
@@ -322,13 +334,58 @@ async fn apply(h: &Harness, ledger: &mut Ledger, op: &Op) {
             }
             check_after_run(h, ledger);
         }
+        Op::DryRun => {
+            let before = (
+                h.sb.kounta().customers(),
+                h.sb.farmflow().customers(),
+                h.links().await,
+                h.unsettled().await,
+                h.writes(),
+            );
+            h.dry_run().await;
+            let after = (
+                h.sb.kounta().customers(),
+                h.sb.farmflow().customers(),
+                h.links().await,
+                h.unsettled().await,
+                h.writes(),
+            );
+            assert!(before == after, "a dry run changed something");
+        }
+        Op::Killed { kounta, nth } => {
+            let (k, f) = (h.sb.kounta().clone(), h.sb.farmflow().clone());
+            let (when, action) = (When::Nth(nth), FaultAction::ApplyThenHang);
+            let target = if kounta {
+                k.inject(Fault::new(Target::AnyWrite, when, action));
+                *k.writes_applied().borrow() + nth
+            } else {
+                f.inject(Fault::new(Target::AnyWrite, when, action));
+                *f.writes_applied().borrow() + nth
+            };
+            let written = async {
+                if kounta {
+                    k.wait_for_writes(target).await;
+                } else {
+                    f.wait_for_writes(target).await;
+                }
+            };
+            tokio::select! {
+                _ = h.run() => {}
+                () = written => {}
+            }
+            heal(h);
+            // A new process on the same state DB.
+            h.reconfigure(&[]);
+            check_after_run(h, ledger);
+        }
+        Op::LoseStateDb => h.lose_state_db(),
     }
 }
 
 async fn scenario(ops: Vec<Op>, winner: &str, on_delete: &str) {
     let mut options = SandboxOptions::default();
     options.kounta.page_size = 3;
-    let h = Harness::start_with(
+    let mut h = Harness::start_with(
         options,
         &[
             ("sync.conflict_winner", winner),
@@ -338,7 +395,7 @@ async fn scenario(ops: Vec<Op>, winner: &str, on_delete: &str) {
     .await;
     let mut ledger = Ledger::default();
     for op in &ops {
-        apply(&h, &mut ledger, op).await;
+        apply(&mut h, &mut ledger, op).await;
     }
     // The faults stop. The operator lets any mass deletion through (the guard is tested
     // elsewhere); two runs settle, and the next writes nothing.
