@@ -54,24 +54,38 @@ impl Outcome {
 /// The counts of `sync.run.finished`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Customers created (or recreated) on either side.
     pub created: u64,
+    /// Customers updated on either side.
     pub updated: u64,
+    /// FarmFlow customers deleted, and CRM customers tagged or unlinked for a FarmFlow deletion.
     pub deleted: u64,
+    /// New links made by matching.
     pub linked: u64,
+    /// FarmFlow deletes blocked (by policy, an order, or FarmFlow's refusal).
     pub blocked: u64,
+    /// Fields both sides changed differently, settled by `conflict_winner`.
     pub conflicts: u64,
+    /// Writes that failed, and reads whose failure left a record unsynced.
     pub failed: u64,
+    /// Records left alone this run, with a reason.
     pub skipped: u64,
+    /// Requests sent to the CRM (retries and token refreshes included).
     pub kounta_requests: u64,
+    /// Requests sent to FarmFlow (retries included).
     pub farmflow_requests: u64,
 }
 
 /// What one run did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
+    /// The run's id, as in its log span and the `runs` table.
     pub run_id: String,
+    /// Whether it was a dry run.
     pub dry_run: bool,
+    /// How it ended.
     pub outcome: Outcome,
+    /// Its counts (for a dry run: what it would have done).
     pub summary: Summary,
     /// The final plan (absent when the run could not read both sides).
     pub plan: Option<Plan>,
@@ -79,6 +93,8 @@ pub struct RunReport {
     pub listing_cut: Option<String>,
     /// Unsettled journal entries a dry run saw (a real run settles them first).
     pub unsettled: usize,
+    /// The run was cancelled before every action was applied (the rest waits for the next).
+    pub interrupted: bool,
 }
 
 /// How to run.
@@ -102,9 +118,13 @@ impl RunOptions {
 
 /// Everything a run needs: both clients, the store, and the user's policy.
 pub struct Engine {
+    /// The CRM client.
     pub kounta: KountaClient,
+    /// The FarmFlow client.
     pub farmflow: FarmflowClient,
+    /// The state DB.
     pub store: SharedStore,
+    /// The user's choices (`[sync]`).
     pub policy: Policy,
     /// `kounta.requests_per_minute`: the verification budget is what it leaves.
     pub kounta_rate: u32,
@@ -203,6 +223,7 @@ impl Engine {
             plan: None,
             listing_cut: None,
             unsettled: 0,
+            interrupted: false,
         };
         if !options.dry_run {
             let id = run_id.clone();
@@ -380,6 +401,7 @@ impl Engine {
             applier.apply(&current, options).await;
             if applier.stopped_early {
                 info!("sync.run.interrupted");
+                report.interrupted = true;
             }
             report.summary = applier.summary;
             if let Some(message) = applier.fatal {
@@ -702,18 +724,27 @@ fn is_iso_date(run: &str) -> bool {
         && b[10..].iter().all(|c| !c.is_ascii_digit())
 }
 
-/// A run id: time-ordered and unique enough to tell runs apart in logs.
+/// A run id: time-ordered, and unique (it keys the `runs` table). Sixteen random bits were
+/// not enough: runs started in the same second (a daemon woken by webhooks, tests) collided
+/// often enough to fail a run on the table's key.
 fn new_run_id() -> String {
     format!(
-        "{}-{:04x}",
+        "{}-{:016x}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S"),
-        rand::random::<u16>()
+        rand::random::<u64>()
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::mask_contacts;
+
+    #[test]
+    fn run_ids_do_not_collide() {
+        let ids: std::collections::HashSet<String> =
+            (0..5_000).map(|_| super::new_run_id()).collect();
+        assert_eq!(ids.len(), 5_000);
+    }
 
     #[test]
     fn emails_and_phones_are_masked() {

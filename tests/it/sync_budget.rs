@@ -196,6 +196,7 @@ async fn a_cancelled_run_stops_between_writes_and_the_next_run_finishes() {
     );
     h.sb.kounta().clear_latency();
     let rest = h.run_ok().await;
+    assert!(!rest.interrupted);
     assert_eq!(rest.summary.created as usize, 6 - created);
     h.converge().await;
     assert_settled_state(&h).await;

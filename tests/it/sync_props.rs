@@ -263,16 +263,22 @@ async fn apply(h: &mut Harness, ledger: &mut Ledger, op: &Op) {
             if !ledger.created.insert(p) {
                 return;
             }
+            // Spelt as people type: a lower-case state, an unformatted phone (which the APIs
+            // may reformat when farmsync writes them).
             let email = format!("prop{p}@example.com");
-            let phone = format!("0412 {:03} 000", p);
+            let phone = format!("0412{p:03}000");
             if !matches!(op, Op::CreateInFarmflow(_)) {
-                h.sb.kounta()
-                    .insert(crm_person(&name(p), "Person", &email, &phone));
+                let mut c = crm_person(&name(p), "Person", &email, &phone);
+                if let Some(a) = c.primary_address.as_mut() {
+                    a.state = "nsw".into();
+                }
+                h.sb.kounta().insert(c);
                 ledger.seen_crm.insert(p);
             }
             if !matches!(op, Op::CreateInCrm(_)) {
-                h.sb.farmflow()
-                    .insert(ff_person(&name(p), "Person", &email, &phone));
+                let mut c = ff_person(&name(p), "Person", &email, &phone);
+                c.state = "nsw".into();
+                h.sb.farmflow().insert(c);
                 ledger.seen_ff.insert(p);
             }
         }
@@ -382,9 +388,12 @@ async fn apply(h: &mut Harness, ledger: &mut Ledger, op: &Op) {
     }
 }
 
-async fn scenario(ops: Vec<Op>, winner: &str, on_delete: &str) {
+async fn scenario(ops: Vec<Op>, winner: &str, on_delete: &str, normalising: bool) {
     let mut options = SandboxOptions::default();
     options.kounta.page_size = 3;
+    // Both APIs reformat what they store: the CRM its phones, FarmFlow its states.
+    options.kounta.normalise_phones = normalising;
+    options.farmflow.uppercase_state = normalising;
     let mut h = Harness::start_with(
         options,
         &[
@@ -439,12 +448,13 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..24),
         winner in prop_oneof![Just("kounta"), Just("farmflow")],
         on_delete in prop_oneof![Just("tag"), Just("unlink"), Just("ignore")],
+        normalising in any::<bool>(),
     ) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(scenario(ops, winner, on_delete));
+        rt.block_on(scenario(ops, winner, on_delete, normalising));
     }
 }
