@@ -315,6 +315,16 @@ impl Store {
         upsert_link(&self.conn, link)
     }
 
+    /// Inserts or replaces several links in one transaction (one disk sync for all of them).
+    pub fn upsert_links(&mut self, links: &[Link]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        for link in links {
+            upsert_link(&tx, link)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// How many links are in each state.
     pub fn link_counts(&self) -> Result<Vec<(LinkState, i64)>, StoreError> {
         let mut stmt = self

@@ -14,7 +14,7 @@ use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaCustomerWrite;
 use crate::store::{Link, LinkState, NewIntent, Side, StoreError, now};
 use crate::sync::action::{Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject};
-use crate::sync::engine::{Engine, RunOptions, Summary};
+use crate::sync::engine::{Engine, RunOptions, Summary, mask_contacts};
 use crate::sync::plan::Plan;
 
 /// Why one action failed.
@@ -49,6 +49,11 @@ pub(super) struct Applier<'a> {
     links: HashMap<ReferenceId, Link>,
     /// The highest FarmFlow id seen: the watermark of FarmFlow creates.
     watermark: i64,
+    /// Link rows of actions with no remote write (links, refreshes, tombstones, blocks), kept
+    /// until the next write's intent or the end of the run and then stored in one transaction:
+    /// one disk sync instead of one per row. Losing them to a crash only means the next run
+    /// plans them again.
+    pending: Vec<Link>,
     pub(super) summary: Summary,
     /// Set when the run must stop (credentials refused, state DB failing).
     pub(super) fatal: Option<String>,
@@ -71,6 +76,7 @@ impl<'a> Applier<'a> {
                 .map(|l| (l.reference_id.clone(), l.clone()))
                 .collect(),
             watermark: farmflow.iter().map(|c| c.id.0).max().unwrap_or(0),
+            pending: Vec::new(),
             summary: Summary::default(),
             fatal: None,
             stopped_early: false,
@@ -79,6 +85,14 @@ impl<'a> Applier<'a> {
 
     /// Applies every action in order.
     pub(super) async fn apply(&mut self, plan: &Plan, options: &RunOptions) {
+        self.apply_actions(plan, options).await;
+        if let Err(e) = self.flush().await {
+            self.fatal
+                .get_or_insert_with(|| format!("the state DB failed: {e}"));
+        }
+    }
+
+    async fn apply_actions(&mut self, plan: &Plan, options: &RunOptions) {
         let mut failed: Option<Subject> = None;
         for action in &plan.actions {
             // Stop between actions, never inside one: the write in flight is settled first.
@@ -93,15 +107,17 @@ impl<'a> Applier<'a> {
             failed = None;
             if let Err(failure) = self.apply_one(action).await {
                 self.summary.failed += 1;
+                // API errors may quote a record back: no contact details above debug.
+                let message = mask_contacts(&failure.to_string());
                 warn!(
                     subject = %subject,
                     action = action.kind(),
-                    error = %failure,
+                    error = %message,
                     "sync.record.failed"
                 );
                 match &failure {
                     Failure::Api(e) if e.is_auth() => {
-                        self.fatal = Some(e.to_string());
+                        self.fatal = Some(message);
                         return;
                     }
                     Failure::Store(e) => {
@@ -112,7 +128,6 @@ impl<'a> Applier<'a> {
                 }
                 if let Subject::Link(reference) = &subject {
                     let reference = reference.clone();
-                    let message = failure.to_string();
                     let _ = self
                         .engine
                         .store
@@ -416,7 +431,9 @@ impl<'a> Applier<'a> {
                 info!(farmflow_id = farmflow_id.0, "sync.record.deleted");
             }
             DeleteOutcome::Blocked { reason } => {
-                let reason = BlockReason::Refused { message: reason };
+                let reason = BlockReason::Refused {
+                    message: mask_contacts(&reason),
+                };
                 let mut blocked = link.clone();
                 blocked.state = LinkState::DeleteBlocked;
                 let row = self.to_link(&blocked, Some(reason.to_string()));
@@ -437,10 +454,20 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Commits the intent of a write before it is sent.
+    /// Stores the link rows kept back so far.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut self.pending);
+        self.engine.store.call(move |s| s.upsert_links(&rows)).await
+    }
+
+    /// Commits the intent of a write before it is sent (after the rows kept back, so the
+    /// state DB sees everything in plan order).
     #[allow(clippy::too_many_arguments)]
     async fn begin(
-        &self,
+        &mut self,
         side: Side,
         op: &str,
         reference_id: Option<&ReferenceId>,
@@ -449,6 +476,7 @@ impl<'a> Applier<'a> {
         payload: String,
         watermark: Option<i64>,
     ) -> Result<i64, Failure> {
+        self.flush().await?;
         let intent = NewIntent {
             run_id: self.run_id.to_owned(),
             side,
@@ -504,10 +532,10 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// Stores a link row with no remote write behind it.
+    /// Stores a link row with no remote write behind it (kept back; see `pending`).
     async fn save(&mut self, after: &LinkAfter, error: Option<String>) -> Result<(), Failure> {
         let row = self.to_link(after, error);
-        self.engine.store.call(move |s| s.upsert_link(&row)).await?;
+        self.pending.push(row);
         self.remember(after);
         Ok(())
     }

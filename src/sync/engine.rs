@@ -1,7 +1,7 @@
 //! One reconcile, start to finish: read both sides, settle the journal, read the CRM on a
 //! budget, plan, then apply (or, for a dry run, print).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,24 +54,38 @@ impl Outcome {
 /// The counts of `sync.run.finished`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// Customers created (or recreated) on either side.
     pub created: u64,
+    /// Customers updated on either side.
     pub updated: u64,
+    /// FarmFlow customers deleted, and CRM customers tagged or unlinked for a FarmFlow deletion.
     pub deleted: u64,
+    /// New links made by matching.
     pub linked: u64,
+    /// FarmFlow deletes blocked (by policy, an order, or FarmFlow's refusal).
     pub blocked: u64,
+    /// Fields both sides changed differently, settled by `conflict_winner`.
     pub conflicts: u64,
+    /// Writes that failed, and reads whose failure left a record unsynced.
     pub failed: u64,
+    /// Records left alone this run, with a reason.
     pub skipped: u64,
+    /// Requests sent to the CRM (retries and token refreshes included).
     pub kounta_requests: u64,
+    /// Requests sent to FarmFlow (retries included).
     pub farmflow_requests: u64,
 }
 
 /// What one run did.
 #[derive(Debug, Clone)]
 pub struct RunReport {
+    /// The run's id, as in its log span and the `runs` table.
     pub run_id: String,
+    /// Whether it was a dry run.
     pub dry_run: bool,
+    /// How it ended.
     pub outcome: Outcome,
+    /// Its counts (for a dry run: what it would have done).
     pub summary: Summary,
     /// The final plan (absent when the run could not read both sides).
     pub plan: Option<Plan>,
@@ -79,6 +93,8 @@ pub struct RunReport {
     pub listing_cut: Option<String>,
     /// Unsettled journal entries a dry run saw (a real run settles them first).
     pub unsettled: usize,
+    /// The run was cancelled before every action was applied (the rest waits for the next).
+    pub interrupted: bool,
 }
 
 /// How to run.
@@ -102,13 +118,21 @@ impl RunOptions {
 
 /// Everything a run needs: both clients, the store, and the user's policy.
 pub struct Engine {
+    /// The CRM client.
     pub kounta: KountaClient,
+    /// The FarmFlow client.
     pub farmflow: FarmflowClient,
+    /// The state DB.
     pub store: SharedStore,
+    /// The user's choices (`[sync]`).
     pub policy: Policy,
     /// `kounta.requests_per_minute`: the verification budget is what it leaves.
     pub kounta_rate: u32,
+    /// A link not verified for this long is read whatever the budget says.
     pub max_verify_age_secs: i64,
+    /// The date one-time orders are judged against; `None` is the local date (set it to replay
+    /// a day, or to let a test's order come due).
+    pub today: Option<chrono::NaiveDate>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -172,6 +196,7 @@ impl Engine {
             policy: settings.policy(allow_mass_delete),
             kounta_rate: settings.kounta.requests_per_minute,
             max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+            today: None,
         })
     }
 
@@ -198,6 +223,7 @@ impl Engine {
             plan: None,
             listing_cut: None,
             unsettled: 0,
+            interrupted: false,
         };
         if !options.dry_run {
             let id = run_id.clone();
@@ -215,6 +241,8 @@ impl Engine {
         {
             Ok(()) => {}
             Err(RunError::Unavailable(message)) => {
+                // API errors may quote a record back (an unreadable answer's excerpt).
+                let message = mask_contacts(&message);
                 warn!(error = %message, "sync.run.unavailable");
                 report.outcome = Outcome::Unavailable(message);
             }
@@ -232,15 +260,34 @@ impl Engine {
     ) -> Result<(), RunError> {
         let seen_at = now();
         // 1. Read both sides. FarmFlow has no paging: all or nothing.
-        let farmflow: Vec<FarmflowCustomer> = self.farmflow.list().await.map_err(|e| {
-            RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
-        })?;
-        let listing = self.kounta.list().await.map_err(|e| {
-            RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
-        })?;
+        let read_farmflow = || async {
+            self.farmflow.list().await.map_err(|e| {
+                RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
+            })
+        };
+        let read_kounta = || async {
+            self.kounta.list().await.map_err(|e| {
+                RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
+            })
+        };
+        let mut farmflow: Vec<FarmflowCustomer> = read_farmflow().await?;
+        let mut listing = read_kounta().await?;
+        // An empty list may be a glitch (a replica or a proxy answering `[]`). With links the
+        // guard holds everything destructive back, but on a first run nothing would stop every
+        // customer of the other side being created into it a second time: read an empty list
+        // once more before believing it.
+        if farmflow.is_empty() {
+            info!("sync.listing.empty_reread");
+            farmflow = read_farmflow().await?;
+        }
+        if listing.complete && listing.items.is_empty() {
+            info!("sync.listing.empty_reread");
+            listing = read_kounta().await?;
+        }
         if let Some(cut) = &listing.error {
+            let cut = mask_contacts(&cut.to_string());
             warn!(error = %cut, pages = listing.pages, "sync.listing.incomplete");
-            report.listing_cut = Some(cut.to_string());
+            report.listing_cut = Some(cut);
         }
 
         // 2. Settle what an earlier run left unsettled, before anything is retried.
@@ -291,13 +338,13 @@ impl Engine {
             verification,
             staleness,
         );
-        let mut full: HashMap<KountaId, KountaCustomer> = HashMap::new();
-        let mut attempted: std::collections::HashSet<KountaId> = Default::default();
-        self.read_full(&reads, &mut full, &mut attempted, report)
-            .await?;
+        let mut reads_done = FullReads::default();
+        self.read_full(&reads, &mut reads_done).await?;
 
         // 4. Plan; read what the plan asks for (orders, more CRM records) and plan again.
-        let today = chrono::Local::now().date_naive();
+        let today = self
+            .today
+            .unwrap_or_else(|| chrono::Local::now().date_naive());
         let mut orders: Option<OrderBook> = None;
         let mut orders_tried = false;
         let mut current = loop {
@@ -305,7 +352,7 @@ impl Engine {
                 farmflow: &farmflow,
                 kounta_list: &listing.items,
                 kounta_list_complete: listing.complete,
-                kounta_full: &full,
+                kounta_full: &reads_done.full,
                 links: &links,
                 orders: orders.as_ref(),
                 today,
@@ -315,17 +362,22 @@ impl Engine {
             if planned.needs_orders && !orders_tried {
                 orders_tried = true;
                 orders = self.read_orders().await;
-                more |= orders.is_some();
+                if orders.is_some() {
+                    more = true;
+                } else {
+                    // The deletions waiting on them are not decided this run: a failure to
+                    // report, like a record that could not be read.
+                    reads_done.failed += 1;
+                }
             }
             let wanted: Vec<KountaId> = planned
                 .needs_kounta_reads
                 .iter()
                 .copied()
-                .filter(|k| !attempted.contains(k))
+                .filter(|k| !reads_done.attempted.contains(k))
                 .collect();
             if !wanted.is_empty() {
-                self.read_full(&wanted, &mut full, &mut attempted, report)
-                    .await?;
+                self.read_full(&wanted, &mut reads_done).await?;
                 more = true;
             }
             if !more {
@@ -349,16 +401,18 @@ impl Engine {
             applier.apply(&current, options).await;
             if applier.stopped_early {
                 info!("sync.run.interrupted");
+                report.interrupted = true;
             }
             report.summary = applier.summary;
             if let Some(message) = applier.fatal {
                 return Err(RunError::Unavailable(message));
             }
             self.note_attention(&current.attention).await;
+            // A hint is spent once its record was read (or found gone), not when the read failed.
             let hinted_ids: Vec<KountaId> = hints
                 .iter()
                 .map(|h| h.kounta_id)
-                .filter(|k| attempted.contains(k))
+                .filter(|k| reads_done.answered.contains(k))
                 .collect();
             if !hinted_ids.is_empty() {
                 let _ = self
@@ -369,7 +423,10 @@ impl Engine {
         } else {
             report.summary = dry_run_summary(&current);
         }
-        report.summary.skipped = current.counts.skipped as u64;
+        // Reads that failed leave their records for the next run: reported as failures. The
+        // applier's own skips (deletes a direct read did not confirm) add to the plan's.
+        report.summary.failed += reads_done.failed;
+        report.summary.skipped += current.counts.skipped as u64;
         if current.guard.is_some() {
             report.outcome = Outcome::Guarded;
         } else if report.summary.failed > 0 || !listing.complete {
@@ -380,29 +437,28 @@ impl Engine {
         Ok(())
     }
 
-    async fn read_full(
-        &self,
-        ids: &[KountaId],
-        full: &mut HashMap<KountaId, KountaCustomer>,
-        attempted: &mut std::collections::HashSet<KountaId>,
-        report: &mut RunReport,
-    ) -> Result<(), RunError> {
+    async fn read_full(&self, ids: &[KountaId], reads: &mut FullReads) -> Result<(), RunError> {
         for &id in ids {
-            if !attempted.insert(id) {
+            if !reads.attempted.insert(id) {
                 continue;
             }
             match self.kounta.get(id).await {
                 Ok(Some(record)) => {
-                    full.insert(id, record);
+                    reads.full.insert(id, record);
+                    reads.answered.insert(id);
                 }
-                Ok(None) => {} // gone since the listing: the plan sees it as unread, and waits
+                // Gone since the listing: the plan sees it as unread, and waits.
+                Ok(None) => {
+                    reads.answered.insert(id);
+                }
                 Err(e) if e.is_auth() => {
                     return Err(RunError::Unavailable(e.to_string()));
                 }
                 Err(e) => {
-                    warn!(kounta_id = id.0, error = %e, "sync.read.failed");
+                    let error = mask_contacts(&e.to_string());
+                    warn!(kounta_id = id.0, error = %error, "sync.read.failed");
                     // The record waits for the next run; the run reports it as failed.
-                    report.summary.failed += 1;
+                    reads.failed += 1;
                 }
             }
         }
@@ -413,14 +469,14 @@ impl Engine {
         let recurring = match self.farmflow.recurring_orders().await {
             Ok(r) => r,
             Err(e) => {
-                warn!(error = %e, "sync.orders.unreadable");
+                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
                 return None;
             }
         };
         let one_time = match self.farmflow.one_time_orders().await {
             Ok(o) => o,
             Err(e) => {
-                warn!(error = %e, "sync.orders.unreadable");
+                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
                 return None;
             }
         };
@@ -547,6 +603,19 @@ fn dry_run_summary(plan: &Plan) -> Summary {
     }
 }
 
+/// The CRM records read in full this run.
+#[derive(Default)]
+struct FullReads {
+    /// The records read.
+    full: HashMap<KountaId, KountaCustomer>,
+    /// Every id a read was tried for (each is tried once a run).
+    attempted: HashSet<KountaId>,
+    /// Ids the CRM answered for: a record, or 404.
+    answered: HashSet<KountaId>,
+    /// Reads that failed (and order lists that could not be read).
+    failed: u64,
+}
+
 /// Why a run could not go on.
 #[derive(Debug)]
 enum RunError {
@@ -557,11 +626,166 @@ fn store_down(e: StoreError) -> RunError {
     RunError::Unavailable(e.to_string())
 }
 
-/// A run id: time-ordered and unique enough to tell runs apart in logs.
+/// Masks what looks like an email address or a phone number in operator-facing text.
+///
+/// DESIGN.md allows customer emails and phones only at debug level, but an API's error text
+/// may quote a record back (the excerpt of an answer cut short, a refusal naming a value).
+/// Everything the engine logs above debug that carries such text goes through here. A phone
+/// is a run of at least eight digits standing alone, either ungrouped or in groups of at most
+/// five separated by spaces, dashes, dots or parentheses, optionally led by `+`; an ISO date
+/// (`2026-03-12`) is not one.
+pub fn mask_contacts(text: &str) -> String {
+    const MIN_PHONE_DIGITS: usize = 8;
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let is_local = |c: char| c.is_alphanumeric() || "._%+-".contains(c);
+    let is_domain = |c: char| c.is_alphanumeric() || ".-".contains(c);
+    let is_phone_sep = |c: char| " -.()".contains(c);
+    while i < chars.len() {
+        let c = chars[i];
+        // An email: the local part was copied already; take it back if the domain holds a dot.
+        if c == '@' {
+            let mut start = out.len();
+            for (pos, ch) in out.char_indices().rev() {
+                if !is_local(ch) {
+                    break;
+                }
+                start = pos;
+            }
+            let mut end = i + 1;
+            while end < chars.len() && is_domain(chars[end]) {
+                end += 1;
+            }
+            // A trailing dot ends the sentence, not the domain.
+            while end > i + 1 && chars[end - 1] == '.' {
+                end -= 1;
+            }
+            let domain: String = chars[i + 1..end].iter().collect();
+            let dotted = domain
+                .split_once('.')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty());
+            if start < out.len() && dotted {
+                out.truncate(start);
+                out.push_str("[email]");
+                i = end;
+                continue;
+            }
+        }
+        let standalone = i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        let starts_phone = c.is_ascii_digit()
+            || (matches!(c, '+' | '(') && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit()));
+        if standalone && starts_phone {
+            let mut end = i + 1;
+            while end < chars.len() && (chars[end].is_ascii_digit() || is_phone_sep(chars[end])) {
+                end += 1;
+            }
+            // Separators at the end belong to the text around the number.
+            while end > i + 1 && is_phone_sep(chars[end - 1]) && chars[end - 1] != ')' {
+                end -= 1;
+            }
+            let run: String = chars[i..end].iter().collect();
+            let groups: Vec<usize> = run
+                .split(|c: char| !c.is_ascii_digit())
+                .map(str::len)
+                .filter(|n| *n > 0)
+                .collect();
+            let digits: usize = groups.iter().sum();
+            // Phones are written in short groups or not grouped at all; "customer 389403
+            // (404)" is an id and a status.
+            let grouped_like_a_phone = groups.len() == 1 || groups.iter().all(|n| *n <= 5);
+            let glued = chars
+                .get(end)
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_');
+            if digits >= MIN_PHONE_DIGITS && grouped_like_a_phone && !glued && !is_iso_date(&run) {
+                out.push_str("[phone]");
+                i = end;
+                continue;
+            }
+            out.push_str(&run);
+            i = end;
+            continue;
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// `YYYY-MM-DD`, possibly followed by the rest of a timestamp's separators.
+fn is_iso_date(run: &str) -> bool {
+    let b = run.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+        && b[10..].iter().all(|c| !c.is_ascii_digit())
+}
+
+/// A run id: time-ordered, and unique (it keys the `runs` table). Sixteen random bits were
+/// not enough: runs started in the same second (a daemon woken by webhooks, tests) collided
+/// often enough to fail a run on the table's key.
 fn new_run_id() -> String {
     format!(
-        "{}-{:04x}",
+        "{}-{:016x}",
         chrono::Utc::now().format("%Y%m%dT%H%M%S"),
-        rand::random::<u16>()
+        rand::random::<u64>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_contacts;
+
+    #[test]
+    fn run_ids_do_not_collide() {
+        let ids: std::collections::HashSet<String> =
+            (0..5_000).map(|_| super::new_run_id()).collect();
+        assert_eq!(ids.len(), 5_000);
+    }
+
+    #[test]
+    fn emails_and_phones_are_masked() {
+        let text =
+            r#"cannot read: "{\"email\":\"dee.private@example.com\",\"phone\":\"0412 654 321\"…""#;
+        let masked = mask_contacts(text);
+        assert!(!masked.contains("dee.private"), "{masked}");
+        assert!(!masked.contains("0412"), "{masked}");
+        assert!(
+            masked.contains("[email]") && masked.contains("[phone]"),
+            "{masked}"
+        );
+        for phone in [
+            "+1 503 555 0142",
+            "(04) 1230-0001",
+            "02 8765 4321",
+            "0287654321",
+            "8765-4321",
+        ] {
+            let masked = mask_contacts(&format!("phone {phone}, again"));
+            assert_eq!(masked, "phone [phone], again", "{phone}");
+        }
+        assert_eq!(
+            mask_contacts("mail Tom.OBrien@Example.com."),
+            "mail [email]."
+        );
+    }
+
+    #[test]
+    fn ids_dates_and_ordinary_text_are_kept() {
+        for text in [
+            "customer 389403 (404)",
+            "one-time order 9001 due 2026-03-12",
+            "created_at 2026-11-26T12:03:30+10:00",
+            "could not reach Kounta at http://127.0.0.1:41234/v1 (timed out)",
+            "not JSON (EOF while parsing a string at line 1 column 203)",
+            "user@localhost has no domain",
+            "token at-3f9a123456789012 stays",
+            "farmflow:301 and crm 389400",
+        ] {
+            assert_eq!(mask_contacts(text), text);
+        }
+    }
 }

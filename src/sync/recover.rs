@@ -72,7 +72,8 @@ async fn settle_kounta_create(
         Err(e) => {
             // Cannot tell yet; try again next run. Nothing will create this record meanwhile:
             // the plan only creates into the CRM from a complete listing, which would show it.
-            warn!(reference_id = %reference, error = %e, "sync.journal.unresolved");
+            let error = crate::sync::engine::mask_contacts(&e.to_string());
+            warn!(reference_id = %reference, error = %error, "sync.journal.unresolved");
             return Ok(None);
         }
     };
