@@ -716,6 +716,7 @@ mod tests {
             plan: None,
             listing_cut: None,
             unsettled: 0,
+            interrupted: false,
         };
         assert!(!CycleResult::from_report(&report).failed);
         report.outcome = Outcome::Guarded;

@@ -626,15 +626,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Drops hints that were acted on: those received strictly before `seen_at` (the second
-    /// the run read them). A delivery in that same second may have come after the read, so it
-    /// is kept for the next run — a spare read, never a lost hint.
-    pub fn clear_hints(&self, ids: &[KountaId], seen_at: i64) -> Result<(), StoreError> {
+    /// Drops hints that were acted on: each only if no delivery came since it was read (its
+    /// delivery count is unchanged), so a delivery that arrives after the run looked is never
+    /// lost, whatever the clock's resolution.
+    pub fn clear_hints(&self, seen: &[Hint]) -> Result<(), StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("DELETE FROM hints WHERE kounta_id = ?1 AND received_at < ?2")?;
-        for id in ids {
-            stmt.execute(params![id.0, seen_at])?;
+            .prepare_cached("DELETE FROM hints WHERE kounta_id = ?1 AND deliveries = ?2")?;
+        for hint in seen {
+            stmt.execute(params![hint.kounta_id.0, hint.deliveries])?;
         }
         Ok(())
     }

@@ -409,16 +409,13 @@ impl Engine {
             }
             self.note_attention(&current.attention).await;
             // A hint is spent once its record was read (or found gone), not when the read failed.
-            let hinted_ids: Vec<KountaId> = hints
+            let spent: Vec<_> = hints
                 .iter()
-                .map(|h| h.kounta_id)
-                .filter(|k| reads_done.answered.contains(k))
+                .filter(|h| reads_done.answered.contains(&h.kounta_id))
+                .cloned()
                 .collect();
-            if !hinted_ids.is_empty() {
-                let _ = self
-                    .store
-                    .call(move |s| s.clear_hints(&hinted_ids, seen_at))
-                    .await;
+            if !spent.is_empty() {
+                let _ = self.store.call(move |s| s.clear_hints(&spent)).await;
             }
         } else {
             report.summary = dry_run_summary(&current);
