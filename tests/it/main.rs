@@ -8,6 +8,8 @@ mod client_oauth;
 mod client_support;
 mod client_wire;
 mod commands;
+mod proof_crash;
+mod proof_support;
 mod sandbox_farmflow;
 mod sandbox_faults;
 mod sandbox_kounta;

@@ -1,0 +1,439 @@
+//! The crash campaign: the real `farmsync sync` is killed with SIGKILL right after its k-th
+//! write reaches the sandbox (the write is applied, its answer never sent), for every k the
+//! scenario needs; then farmsync runs again until a run writes nothing. After each k: no
+//! duplicate on either side, no customer lost or changed compared with a run that was never
+//! killed, no link pointing at nothing, the journal settled, and the last run wrote nothing.
+//!
+//! A test-only fault (`FARMSYNC_TEST_FAULT=skip-journal-recovery`, debug builds only) stops
+//! farmsync from settling its journal; the campaign must catch it.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use farmsync::sandbox::{
+    Access, Endpoint, FarmflowRecord, Fault, FaultAction, KountaRecord, KountaRecordAddress,
+    SampleData, Sandbox, SandboxOptions, Target, When, sample_farm,
+};
+use tokio::sync::Semaphore;
+
+use crate::proof_support::{World, run_farmsync, sandbox_config, writes};
+use crate::support::{Workdir, text};
+
+/// How long one process may take to reach its k-th write.
+const REACH_WRITE: Duration = Duration::from_secs(30);
+/// Runs after the crash that may be needed before one writes nothing.
+const MAX_RERUNS: usize = 4;
+/// Crash points tried at once (each has its own sandbox and state DB).
+const PARALLEL: usize = 3;
+
+/// Which fake a write went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Kounta,
+    Farmflow,
+}
+
+/// The k-th write of the uncrashed run: which side, which write of that side, what it was.
+#[derive(Debug, Clone)]
+struct CrashPoint {
+    k: usize,
+    side: Side,
+    nth: u64,
+    what: String,
+}
+
+/// What one crash point came to.
+#[derive(Debug)]
+struct Verdict {
+    point: CrashPoint,
+    /// Invariant violations; empty when the point passed.
+    violations: Vec<String>,
+    /// Runs after the crash, the last of which wrote nothing.
+    reruns: usize,
+}
+
+/// The sample farm plus people on one side only and people on both sides spelt differently, so
+/// that the first run links, creates and updates on both sides.
+fn scenario() -> SampleData {
+    let mut data = sample_farm();
+    for i in 0..8 {
+        data.kounta.push(KountaRecord {
+            first_name: format!("Kim{i}"),
+            last_name: "Crash".into(),
+            email: format!("kim{i}@crash.example"),
+            phone: format!("02 7000 10{i:02}"),
+            primary_address: Some(KountaRecordAddress {
+                address: format!("{i} Kill Street\nUnit {i}"),
+                city: "Sydney".into(),
+                state: "NSW".into(),
+                postal_code: "2000".into(),
+                country: "AU".into(),
+            }),
+            ..KountaRecord::default()
+        });
+        data.farmflow.push(FarmflowRecord {
+            id: 400 + i,
+            firstname: format!("Fern{i}"),
+            lastname: "Crash".into(),
+            email: format!("fern{i}@crash.example"),
+            phone: format!("03 7000 20{i:02}"),
+            address: format!("{i} Signal Road"),
+            city: "Melbourne".into(),
+            state: "VIC".into(),
+            zip: "3000".into(),
+            country: "Australia".into(),
+            ..FarmflowRecord::default()
+        });
+    }
+    // Linked by email, each side knowing fields the other lacks: updates in both directions.
+    for i in 0..4 {
+        data.kounta.push(KountaRecord {
+            first_name: format!("Bo{i}"),
+            last_name: "Both".into(),
+            email: format!("bo{i}@both.example"),
+            phone: format!("07 7000 30{i:02}"),
+            ..KountaRecord::default()
+        });
+        data.farmflow.push(FarmflowRecord {
+            id: 500 + i,
+            firstname: format!("Bo{i}"),
+            lastname: "Both".into(),
+            email: format!("BO{i}@both.example"),
+            address: format!("{i} Both Lane"),
+            city: "Brisbane".into(),
+            state: "QLD".into(),
+            zip: "4000".into(),
+            country: "AU".into(),
+            ..FarmflowRecord::default()
+        });
+    }
+    data
+}
+
+/// One run that is never killed, to learn the writes it makes (in order) and the outcome every
+/// crashed run must reach too.
+async fn uncrashed(data: &SampleData) -> (Vec<CrashPoint>, World) {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(data).unwrap();
+    let w = Workdir::new(&sandbox_config(&sb, ""));
+    let out = run_farmsync(&w, &["sync"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
+    for r in sb.kounta().request_log() {
+        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
+            log.push((r.at, Side::Kounta, format!("crm {e:?} {}", r.path)));
+        }
+    }
+    for r in sb.farmflow().request_log() {
+        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
+            log.push((r.at, Side::Farmflow, format!("farmflow {e:?}")));
+        }
+    }
+    log.sort_by_key(|(at, _, _)| *at);
+    let (mut kounta, mut farmflow) = (0, 0);
+    let points = log
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, side, what))| {
+            let nth = match side {
+                Side::Kounta => {
+                    kounta += 1;
+                    kounta
+                }
+                Side::Farmflow => {
+                    farmflow += 1;
+                    farmflow
+                }
+            };
+            CrashPoint {
+                k: i + 1,
+                side,
+                nth,
+                what,
+            }
+        })
+        .collect();
+
+    // The uncrashed outcome settles too: a second run writes nothing.
+    let before = writes(&sb);
+    let again = run_farmsync(&w, &["sync"], &[]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert_eq!(writes(&sb), before, "{}", text(&again.stdout));
+    let world = World::read(&sb, &w.state_path()).unwrap();
+    assert!(
+        world.duplicate_people().is_empty(),
+        "{:?}",
+        world.duplicate_people()
+    );
+    assert!(
+        world.broken_links().is_empty(),
+        "{:?}",
+        world.broken_links()
+    );
+    (points, world)
+}
+
+/// Kills `farmsync sync` right after the write at `point` is applied, then reruns it until a
+/// run writes nothing, and checks every invariant against `expected`.
+async fn crash_at(
+    point: CrashPoint,
+    data: &SampleData,
+    expected: &World,
+    fault_env: &[(&str, &str)],
+) -> Verdict {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(data).unwrap();
+    let w = Workdir::new(&sandbox_config(&sb, ""));
+    let fault = Fault::new(
+        Target::AnyWrite,
+        When::Nth(point.nth),
+        FaultAction::ApplyThenHang,
+    );
+    let fault_id = match point.side {
+        Side::Kounta => sb.kounta().inject(fault),
+        Side::Farmflow => {
+            sb.farmflow()
+                .inject(Fault::new(Target::AnyWrite, fault.when, fault.action))
+        }
+    };
+    let mut violations = Vec::new();
+
+    let mut cmd = crate::support::farmsync();
+    cmd.env_remove("FARMSYNC_TEST_FAULT");
+    for (k, v) in fault_env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--config")
+        .arg(w.config_path())
+        .arg("sync")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn farmsync");
+    let reached = async {
+        match point.side {
+            Side::Kounta => sb.kounta().wait_for_writes(point.nth).await,
+            Side::Farmflow => sb.farmflow().wait_for_writes(point.nth).await,
+        }
+    };
+    tokio::select! {
+        () = reached => {}
+        status = child.wait() => {
+            violations.push(format!("farmsync exited ({status:?}) before write {}", point.k));
+        }
+        () = tokio::time::sleep(REACH_WRITE) => {
+            violations.push(format!("write {} never arrived", point.k));
+        }
+    }
+    // SIGKILL: no destructor, no flush, no settling; the write is applied, its answer unsent.
+    child.kill().await.expect("kill farmsync");
+    match point.side {
+        Side::Kounta => sb.kounta().remove_fault(fault_id),
+        Side::Farmflow => sb.farmflow().remove_fault(fault_id),
+    };
+
+    let mut reruns = 0;
+    let mut converged = false;
+    let mut last = String::new();
+    while reruns < MAX_RERUNS {
+        reruns += 1;
+        let before = writes(&sb);
+        let out = run_farmsync(&w, &["sync"], fault_env).await;
+        last = format!(
+            "exit {:?}\n{}{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        if writes(&sb) == before {
+            converged = true;
+            if out.status.code() != Some(0) {
+                violations.push(format!("the run that wrote nothing did not exit 0: {last}"));
+            }
+            break;
+        }
+    }
+    if !converged {
+        violations.push(format!(
+            "still writing after {MAX_RERUNS} runs; the last one said: {last}"
+        ));
+    }
+    match World::read(&sb, &w.state_path()) {
+        Ok(world) => {
+            violations.extend(world.duplicate_people());
+            violations.extend(world.broken_links());
+            violations.extend(world.differences_from(expected));
+        }
+        Err(e) => violations.push(e),
+    }
+    sb.shutdown().await;
+    Verdict {
+        point,
+        violations,
+        reruns,
+    }
+}
+
+/// Every crash point of the scenario, `PARALLEL` at a time, in order of k.
+async fn campaign(fault_env: &'static [(&'static str, &'static str)]) -> (usize, Vec<Verdict>) {
+    let data = Arc::new(scenario());
+    let (points, expected) = uncrashed(&data).await;
+    let expected = Arc::new(expected);
+    let total = points.len();
+    let gate = Arc::new(Semaphore::new(PARALLEL));
+    let mut tasks = tokio::task::JoinSet::new();
+    for point in points {
+        let (data, expected, gate) = (data.clone(), expected.clone(), gate.clone());
+        tasks.spawn(async move {
+            let _permit = gate.acquire_owned().await.unwrap();
+            crash_at(point, &data, &expected, fault_env).await
+        });
+    }
+    let mut verdicts = Vec::new();
+    while let Some(v) = tasks.join_next().await {
+        verdicts.push(v.expect("crash point task"));
+    }
+    verdicts.sort_by_key(|v| v.point.k);
+    (total, verdicts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let (total, verdicts) = campaign(&[]).await;
+    let crm = verdicts
+        .iter()
+        .filter(|v| v.point.side == Side::Kounta)
+        .count();
+    let reruns: usize = verdicts.iter().map(|v| v.reruns).sum();
+    println!(
+        "crash campaign: {total} crash points ({crm} crm writes, {} farmflow writes), {reruns} \
+         runs after the kills, {:.1} s",
+        total - crm,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        total >= 40,
+        "the scenario needs dozens of writes, made {total}"
+    );
+    assert!(crm >= 15 && total - crm >= 15, "both sides take writes");
+    let failed: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.violations.is_empty())
+        .map(|v| {
+            format!(
+                "k={} ({}): {}",
+                v.point.k,
+                v.point.what,
+                v.violations.join("\n    ")
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {total} crash points failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_is_never_settled_fails_the_campaign() {
+    let (total, verdicts) = campaign(&[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")]).await;
+    let caught: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.violations.is_empty())
+        .map(|v| {
+            format!(
+                "k={} ({}): {}",
+                v.point.k,
+                v.point.what,
+                v.violations.join("\n    ")
+            )
+        })
+        .collect();
+    println!(
+        "broken journal: {} of {total} crash points caught:\n{}",
+        caught.len(),
+        caught.join("\n")
+    );
+    assert!(
+        caught.iter().any(|c| c.contains("unsettled journal entry")),
+        "the campaign passed a journal that is never settled"
+    );
+}
+
+/// The checks themselves can fail: a duplicate, a dangling link, an unsettled write and a lost
+/// customer are each reported.
+#[test]
+fn the_checks_see_duplicates_dangling_links_and_lost_customers() {
+    use farmsync::ids::{FarmflowId, KountaId, ReferenceId};
+    use farmsync::store::{Link, LinkState};
+
+    let person = |id, first: &str| KountaRecord {
+        id,
+        first_name: first.into(),
+        last_name: "Same".into(),
+        email: format!("{first}@x.example"),
+        ..KountaRecord::default()
+    };
+    let link = |ff, crm| Link {
+        reference_id: ReferenceId::for_farmflow(FarmflowId(ff)),
+        farmflow_id: FarmflowId(ff),
+        kounta_id: Some(KountaId(crm)),
+        kounta_snapshot: None,
+        farmflow_snapshot: None,
+        kounta_verified: true,
+        state: LinkState::Active,
+        last_verified_at: None,
+        last_synced_at: None,
+        last_error: None,
+        consecutive_failures: 0,
+    };
+    let healthy = World {
+        crm: vec![person(1, "Ann"), person(2, "Ben")],
+        ff: vec![FarmflowRecord {
+            id: 301,
+            firstname: "Ann".into(),
+            lastname: "Same".into(),
+            ..FarmflowRecord::default()
+        }],
+        links: vec![link(301, 1)],
+        unsettled: Vec::new(),
+    };
+    assert!(healthy.duplicate_people().is_empty());
+    assert!(healthy.broken_links().is_empty());
+    assert!(healthy.differences_from(&healthy).is_empty());
+
+    let mut twice = healthy.clone();
+    twice.crm.push(KountaRecord {
+        id: 3,
+        ..person(3, " ANN ")
+    });
+    assert_eq!(
+        twice.duplicate_people().len(),
+        1,
+        "{:?}",
+        twice.duplicate_people()
+    );
+
+    let mut dangling = healthy.clone();
+    dangling.links.push(link(302, 2));
+    assert_eq!(
+        dangling.broken_links().len(),
+        1,
+        "{:?}",
+        dangling.broken_links()
+    );
+
+    let mut lost = healthy.clone();
+    lost.crm.retain(|c| c.id != 2);
+    assert_eq!(
+        lost.differences_from(&healthy),
+        vec!["lost on crm: ben same"]
+    );
+}
