@@ -9,6 +9,8 @@ mod client_support;
 mod client_wire;
 mod commands;
 mod proof_crash;
+mod proof_input;
+mod proof_soak;
 mod proof_support;
 mod sandbox_farmflow;
 mod sandbox_faults;
