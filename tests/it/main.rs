@@ -10,6 +10,7 @@ mod client_wire;
 mod commands;
 mod proof_crash;
 mod proof_input;
+mod proof_security;
 mod proof_soak;
 mod proof_support;
 mod sandbox_farmflow;
