@@ -34,9 +34,20 @@ enum Side {
     Farmflow,
 }
 
+/// Which run of the scenario is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The first run over both sides' customers: links, creates and updates.
+    FirstSync,
+    /// The run after people deleted and edited on both sides: deletes, blocked deletes, tags,
+    /// a recreation, updates, a conflict and creates.
+    AfterChanges,
+}
+
 /// The k-th write of the uncrashed run: which side, which write of that side, what it was.
 #[derive(Debug, Clone)]
 struct CrashPoint {
+    phase: Phase,
     k: usize,
     side: Side,
     nth: u64,
@@ -111,12 +122,96 @@ fn scenario() -> SampleData {
     data
 }
 
-/// One run that is never killed, to learn the writes it makes (in order) and the outcome every
-/// crashed run must reach too.
-async fn uncrashed(data: &SampleData) -> (Vec<CrashPoint>, World) {
+/// What people change after the first sync, by name: deletions on both sides (some blocked by
+/// orders), a deletion in the CRM of someone FarmFlow edits meanwhile, edits on either side and
+/// both, and new people.
+fn people_change(sb: &Sandbox) {
+    let crm = sb.kounta().customers();
+    let ff = sb.farmflow().customers();
+    let crm_id = |first: &str, last: &str| {
+        crm.iter()
+            .find(|c| c.first_name == first && c.last_name == last)
+            .unwrap_or_else(|| panic!("no crm {first} {last}"))
+            .id
+    };
+    let ff_id = |first: &str, last: &str| {
+        ff.iter()
+            .find(|c| c.firstname == first && c.lastname == last)
+            .unwrap_or_else(|| panic!("no farmflow {first} {last}"))
+            .id
+    };
+    // Gone from the CRM: deleted in FarmFlow, or blocked by a recurring or an upcoming order.
+    for (first, last) in [
+        ("Oliver", "Bennett"),
+        ("Jamie", "McDonald"),
+        ("Mei", "Chen"),
+        ("Kim3", "Crash"),
+    ] {
+        assert!(sb.kounta().backoffice_delete(crm_id(first, last)));
+    }
+    // Gone from FarmFlow: tagged in the CRM.
+    for (first, last) in [("Kim0", "Crash"), ("Fern1", "Crash")] {
+        sb.farmflow().delete(ff_id(first, last)).unwrap();
+    }
+    // Deleted in the CRM but edited in FarmFlow: the edit wins, the CRM customer comes back.
+    assert!(sb.kounta().backoffice_delete(crm_id("Fern2", "Crash")));
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Fern2", "Crash"), |c| c.city = "Geelong".into())
+    );
+    // Edits on one side, and on both (a conflict the CRM wins).
+    assert!(
+        sb.kounta()
+            .edit(crm_id("Bo0", "Both"), |c| c.phone = "07 7999 0000".into())
+    );
+    assert!(sb.farmflow().edit(ff_id("Bo1", "Both"), |c| c.email =
+        "bo1.new@both.example".into()));
+    assert!(
+        sb.kounta()
+            .edit(crm_id("Bo2", "Both"), |c| c.last_name = "Both-Crm".into())
+    );
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Bo2", "Both"), |c| c.lastname = "Both-Farm".into())
+    );
+    assert!(sb.farmflow().edit(ff_id("Fern4", "Crash"), |c| {
+        c.address = "4 Moved Road".into();
+        c.zip = "3001".into();
+    }));
+    // New people on each side.
+    sb.kounta().insert(KountaRecord {
+        first_name: "Nina".into(),
+        last_name: "Later".into(),
+        email: "nina@later.example".into(),
+        ..KountaRecord::default()
+    });
+    sb.farmflow().insert(FarmflowRecord {
+        firstname: "Omar".into(),
+        lastname: "Later".into(),
+        phone: "0499 000 111".into(),
+        ..FarmflowRecord::default()
+    });
+}
+
+/// A fresh sandbox and state DB, ready for the run of `phase`.
+async fn prepare(phase: Phase, data: &SampleData) -> (Sandbox, Workdir) {
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.seed(data).unwrap();
     let w = Workdir::new(&sandbox_config(&sb, ""));
+    if phase == Phase::AfterChanges {
+        let out = run_farmsync(&w, &["sync"], &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        people_change(&sb);
+    }
+    sb.kounta().reset_stats();
+    sb.farmflow().reset_stats();
+    (sb, w)
+}
+
+/// One run that is never killed, to learn the writes it makes (in order) and the outcome every
+/// crashed run must reach too.
+async fn uncrashed(phase: Phase, data: &SampleData) -> (Vec<CrashPoint>, World) {
+    let (sb, w) = prepare(phase, data).await;
     let out = run_farmsync(&w, &["sync"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
@@ -148,6 +243,7 @@ async fn uncrashed(data: &SampleData) -> (Vec<CrashPoint>, World) {
                 }
             };
             CrashPoint {
+                phase,
                 k: i + 1,
                 side,
                 nth,
@@ -183,9 +279,12 @@ async fn crash_at(
     expected: &World,
     fault_env: &[(&str, &str)],
 ) -> Verdict {
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.seed(data).unwrap();
-    let w = Workdir::new(&sandbox_config(&sb, ""));
+    let (sb, w) = prepare(point.phase, data).await;
+    // Writes are counted from the sandbox's start; the prepared phase may have made some.
+    let base = match point.side {
+        Side::Kounta => *sb.kounta().writes_applied().borrow(),
+        Side::Farmflow => *sb.farmflow().writes_applied().borrow(),
+    };
     let fault = Fault::new(
         Target::AnyWrite,
         When::Nth(point.nth),
@@ -216,8 +315,8 @@ async fn crash_at(
         .expect("spawn farmsync");
     let reached = async {
         match point.side {
-            Side::Kounta => sb.kounta().wait_for_writes(point.nth).await,
-            Side::Farmflow => sb.farmflow().wait_for_writes(point.nth).await,
+            Side::Kounta => sb.kounta().wait_for_writes(base + point.nth).await,
+            Side::Farmflow => sb.farmflow().wait_for_writes(base + point.nth).await,
         }
     };
     tokio::select! {
@@ -278,55 +377,89 @@ async fn crash_at(
     }
 }
 
-/// Every crash point of the scenario, `PARALLEL` at a time, in order of k.
-async fn campaign(fault_env: &'static [(&'static str, &'static str)]) -> (usize, Vec<Verdict>) {
+/// Every crash point of the runs of `phases`, `PARALLEL` at a time, in order.
+async fn campaign(
+    phases: &[Phase],
+    fault_env: &'static [(&'static str, &'static str)],
+) -> (usize, Vec<Verdict>) {
     let data = Arc::new(scenario());
-    let (points, expected) = uncrashed(&data).await;
-    let expected = Arc::new(expected);
-    let total = points.len();
     let gate = Arc::new(Semaphore::new(PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
-    for point in points {
-        let (data, expected, gate) = (data.clone(), expected.clone(), gate.clone());
-        tasks.spawn(async move {
-            let _permit = gate.acquire_owned().await.unwrap();
-            crash_at(point, &data, &expected, fault_env).await
-        });
+    let mut total = 0;
+    for &phase in phases {
+        let (points, expected) = uncrashed(phase, &data).await;
+        let expected = Arc::new(expected);
+        total += points.len();
+        for point in points {
+            let (data, expected, gate) = (data.clone(), expected.clone(), gate.clone());
+            tasks.spawn(async move {
+                let _permit = gate.acquire_owned().await.unwrap();
+                crash_at(point, &data, &expected, fault_env).await
+            });
+        }
     }
     let mut verdicts = Vec::new();
     while let Some(v) = tasks.join_next().await {
         verdicts.push(v.expect("crash point task"));
     }
-    verdicts.sort_by_key(|v| v.point.k);
+    verdicts.sort_by_key(|v| (v.point.phase == Phase::AfterChanges, v.point.k));
     (total, verdicts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let (total, verdicts) = campaign(&[]).await;
-    let crm = verdicts
-        .iter()
-        .filter(|v| v.point.side == Side::Kounta)
-        .count();
+    let (total, verdicts) = campaign(&[Phase::FirstSync, Phase::AfterChanges], &[]).await;
+    let count = |phase: Phase, side: Side| {
+        verdicts
+            .iter()
+            .filter(|v| v.point.phase == phase && v.point.side == side)
+            .count()
+    };
     let reruns: usize = verdicts.iter().map(|v| v.reruns).sum();
+    let kinds: std::collections::BTreeSet<String> = verdicts
+        .iter()
+        .map(|v| v.point.what.split(" /").next().unwrap_or("").to_owned())
+        .collect();
     println!(
-        "crash campaign: {total} crash points ({crm} crm writes, {} farmflow writes), {reruns} \
-         runs after the kills, {:.1} s",
-        total - crm,
+        "crash campaign: {total} crash points — first sync: {} crm + {} farmflow writes; after \
+         changes: {} crm + {} farmflow writes; kinds {kinds:?}; {reruns} runs after the kills; \
+         {:.1} s",
+        count(Phase::FirstSync, Side::Kounta),
+        count(Phase::FirstSync, Side::Farmflow),
+        count(Phase::AfterChanges, Side::Kounta),
+        count(Phase::AfterChanges, Side::Farmflow),
         started.elapsed().as_secs_f64()
     );
     assert!(
-        total >= 40,
+        total >= 60,
         "the scenario needs dozens of writes, made {total}"
     );
-    assert!(crm >= 15 && total - crm >= 15, "both sides take writes");
+    for phase in [Phase::FirstSync, Phase::AfterChanges] {
+        assert!(
+            count(phase, Side::Kounta) >= 5 && count(phase, Side::Farmflow) >= 5,
+            "{phase:?}: both sides take writes"
+        );
+    }
+    for kind in [
+        "crm Create",
+        "crm Update",
+        "farmflow Create",
+        "farmflow Update",
+        "farmflow Delete",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no {kind} among the crash points: {kinds:?}"
+        );
+    }
     let failed: Vec<String> = verdicts
         .iter()
         .filter(|v| !v.violations.is_empty())
         .map(|v| {
             format!(
-                "k={} ({}): {}",
+                "{:?} k={} ({}): {}",
+                v.point.phase,
                 v.point.k,
                 v.point.what,
                 v.violations.join("\n    ")
@@ -343,7 +476,11 @@ async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_that_is_never_settled_fails_the_campaign() {
-    let (total, verdicts) = campaign(&[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")]).await;
+    let (total, verdicts) = campaign(
+        &[Phase::FirstSync],
+        &[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")],
+    )
+    .await;
     let caught: Vec<String> = verdicts
         .iter()
         .filter(|v| !v.violations.is_empty())
