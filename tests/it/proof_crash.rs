@@ -1,11 +1,15 @@
 //! The crash campaign: the real `farmsync sync` is killed with SIGKILL right after its k-th
-//! write reaches the sandbox (the write is applied, its answer never sent), for every k the
-//! scenario needs; then farmsync runs again until a run writes nothing. After each k: no
+//! write reaches the sandbox (the write is applied, its answer never sent), for every k of two
+//! runs — the first sync of a two-sided farm (links, creates, updates) and the sync after
+//! people deleted and edited on both sides (deletes, blocked deletes, tags, a recreation, a
+//! conflict, creates). Then farmsync runs again until a run writes nothing. After each k: no
 //! duplicate on either side, no customer lost or changed compared with a run that was never
 //! killed, no link pointing at nothing, the journal settled, and the last run wrote nothing.
+//! A second campaign also kills the recovering run after its first write.
 //!
-//! A test-only fault (`FARMSYNC_TEST_FAULT=skip-journal-recovery`, debug builds only) stops
-//! farmsync from settling its journal; the campaign must catch it.
+//! A test-only fault (`FARMSYNC_TEST_FAULT=skip-journal-recovery`, read in
+//! `src/sync/recover.rs` in debug builds only) stops farmsync from settling its journal; the
+//! campaign must catch it.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -271,13 +275,57 @@ async fn uncrashed(phase: Phase, data: &SampleData) -> (Vec<CrashPoint>, World) 
     (points, world)
 }
 
-/// Kills `farmsync sync` right after the write at `point` is applied, then reruns it until a
-/// run writes nothing, and checks every invariant against `expected`.
+/// Starts `farmsync sync` with its output discarded (it is killed, so there is none to read).
+fn spawn_sync(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Child {
+    let mut cmd = crate::support::farmsync();
+    cmd.env_remove("FARMSYNC_TEST_FAULT");
+    for (k, v) in fault_env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--config")
+        .arg(w.config_path())
+        .arg("sync")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn farmsync")
+}
+
+/// Kills the recovering run too, right after its first write on either side (if it makes one:
+/// a run with nothing left to do exits by itself).
+async fn kill_after_first_write(sb: &Sandbox, w: &Workdir, fault_env: &[(&str, &str)]) {
+    let hang = |when| Fault::new(Target::AnyWrite, when, FaultAction::ApplyThenHang);
+    let k = sb.kounta().inject(hang(When::Nth(1)));
+    let f = sb.farmflow().inject(Fault::new(
+        Target::AnyWrite,
+        When::Nth(1),
+        FaultAction::ApplyThenHang,
+    ));
+    let (mut kw, mut fw) = (sb.kounta().writes_applied(), sb.farmflow().writes_applied());
+    let (k0, f0) = (*kw.borrow(), *fw.borrow());
+    let mut child = spawn_sync(w, fault_env);
+    tokio::select! {
+        _ = kw.wait_for(|n| *n > k0) => {}
+        _ = fw.wait_for(|n| *n > f0) => {}
+        _ = child.wait() => {}
+        () = tokio::time::sleep(REACH_WRITE) => {}
+    }
+    child.kill().await.expect("kill farmsync");
+    sb.kounta().remove_fault(k);
+    sb.farmflow().remove_fault(f);
+}
+
+/// Kills `farmsync sync` right after the write at `point` is applied (and, `twice`, the run
+/// that recovers from it after its first write), then reruns it until a run writes nothing,
+/// and checks every invariant against `expected`.
 async fn crash_at(
     point: CrashPoint,
     data: &SampleData,
     expected: &World,
     fault_env: &[(&str, &str)],
+    twice: bool,
 ) -> Verdict {
     let (sb, w) = prepare(point.phase, data).await;
     // Writes are counted from the sandbox's start; the prepared phase may have made some.
@@ -299,20 +347,7 @@ async fn crash_at(
     };
     let mut violations = Vec::new();
 
-    let mut cmd = crate::support::farmsync();
-    cmd.env_remove("FARMSYNC_TEST_FAULT");
-    for (k, v) in fault_env {
-        cmd.env(k, v);
-    }
-    cmd.arg("--config")
-        .arg(w.config_path())
-        .arg("sync")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut child = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn farmsync");
+    let mut child = spawn_sync(&w, fault_env);
     let reached = async {
         match point.side {
             Side::Kounta => sb.kounta().wait_for_writes(base + point.nth).await,
@@ -334,6 +369,9 @@ async fn crash_at(
         Side::Kounta => sb.kounta().remove_fault(fault_id),
         Side::Farmflow => sb.farmflow().remove_fault(fault_id),
     };
+    if twice {
+        kill_after_first_write(&sb, &w, fault_env).await;
+    }
 
     let mut reruns = 0;
     let mut converged = false;
@@ -381,6 +419,7 @@ async fn crash_at(
 async fn campaign(
     phases: &[Phase],
     fault_env: &'static [(&'static str, &'static str)],
+    twice: bool,
 ) -> (usize, Vec<Verdict>) {
     let data = Arc::new(scenario());
     let gate = Arc::new(Semaphore::new(PARALLEL));
@@ -394,7 +433,7 @@ async fn campaign(
             let (data, expected, gate) = (data.clone(), expected.clone(), gate.clone());
             tasks.spawn(async move {
                 let _permit = gate.acquire_owned().await.unwrap();
-                crash_at(point, &data, &expected, fault_env).await
+                crash_at(point, &data, &expected, fault_env, twice).await
             });
         }
     }
@@ -406,10 +445,33 @@ async fn campaign(
     (total, verdicts)
 }
 
+/// Fails listing every crash point that broke an invariant.
+fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
+    let failed: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.violations.is_empty())
+        .map(|v| {
+            format!(
+                "{:?} k={} ({}): {}",
+                v.point.phase,
+                v.point.k,
+                v.point.what,
+                v.violations.join("\n    ")
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {total} crash points failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let (total, verdicts) = campaign(&[Phase::FirstSync, Phase::AfterChanges], &[]).await;
+    let (total, verdicts) = campaign(&[Phase::FirstSync, Phase::AfterChanges], &[], false).await;
     let count = |phase: Phase, side: Side| {
         verdicts
             .iter()
@@ -453,25 +515,19 @@ async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
             "no {kind} among the crash points: {kinds:?}"
         );
     }
-    let failed: Vec<String> = verdicts
-        .iter()
-        .filter(|v| !v.violations.is_empty())
-        .map(|v| {
-            format!(
-                "{:?} k={} ({}): {}",
-                v.point.phase,
-                v.point.k,
-                v.point.what,
-                v.violations.join("\n    ")
-            )
-        })
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
+    assert_all_passed(total, &verdicts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_recovering_run_too_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let (total, verdicts) = campaign(&[Phase::FirstSync, Phase::AfterChanges], &[], true).await;
+    println!(
+        "double-crash campaign: {total} crash points, each followed by a kill of the recovering \
+         run after its first write; {:.1} s",
+        started.elapsed().as_secs_f64()
     );
+    assert_all_passed(total, &verdicts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,6 +535,7 @@ async fn a_journal_that_is_never_settled_fails_the_campaign() {
     let (total, verdicts) = campaign(
         &[Phase::FirstSync],
         &[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")],
+        false,
     )
     .await;
     let caught: Vec<String> = verdicts
