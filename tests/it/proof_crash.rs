@@ -28,8 +28,9 @@ use crate::support::{Workdir, text};
 const REACH_WRITE: Duration = Duration::from_secs(30);
 /// Runs after the crash that may be needed before one writes nothing.
 const MAX_RERUNS: usize = 4;
-/// Crash points tried at once (each has its own sandbox and state DB).
-const PARALLEL: usize = 3;
+/// Crash points tried at once across every campaign of the test binary (each has its own
+/// sandbox and state DB); more would only slow each process down on a small machine.
+static GATE: Semaphore = Semaphore::const_new(3);
 
 /// Which fake a write went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,14 +416,13 @@ async fn crash_at(
     }
 }
 
-/// Every crash point of the runs of `phases`, `PARALLEL` at a time, in order.
+/// Every crash point of the runs of `phases`, a few at a time, in order.
 async fn campaign(
     phases: &[Phase],
     fault_env: &'static [(&'static str, &'static str)],
     twice: bool,
 ) -> (usize, Vec<Verdict>) {
     let data = Arc::new(scenario());
-    let gate = Arc::new(Semaphore::new(PARALLEL));
     let mut tasks = tokio::task::JoinSet::new();
     let mut total = 0;
     for &phase in phases {
@@ -430,9 +430,9 @@ async fn campaign(
         let expected = Arc::new(expected);
         total += points.len();
         for point in points {
-            let (data, expected, gate) = (data.clone(), expected.clone(), gate.clone());
+            let (data, expected) = (data.clone(), expected.clone());
             tasks.spawn(async move {
-                let _permit = gate.acquire_owned().await.unwrap();
+                let _permit = GATE.acquire().await.unwrap();
                 crash_at(point, &data, &expected, fault_env, twice).await
             });
         }
