@@ -502,10 +502,10 @@ fn resolve_secret_files(mut layer: Layer) -> Result<Layer, ConfigError> {
                 message: "expected a file path (a string)".to_owned(),
             });
         };
-        let content = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        let content = read_secret_file(path).map_err(|message| ConfigError::Invalid {
             key: file_key.clone(),
             origin: origin.clone(),
-            message: format!("cannot read {path}: {e}"),
+            message,
         })?;
         let content = content.strip_suffix('\n').unwrap_or(&content);
         let content = content.strip_suffix('\r').unwrap_or(content);
@@ -515,6 +515,27 @@ fn resolve_secret_files(mut layer: Layer) -> Result<Layer, ConfigError> {
         );
     }
     Ok(layer)
+}
+
+/// The largest secret file read: a key or token is at most a few KiB, so a bigger file (or a
+/// device that never ends, like `/dev/zero`) is a mistake and must not be read into memory.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file, refusing one over [`MAX_SECRET_FILE_BYTES`].
+fn read_secret_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "{path} is larger than {} KiB; a secret file holds only the secret",
+            MAX_SECRET_FILE_BYTES / 1024
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("cannot read {path}: it is not UTF-8 text"))
 }
 
 fn to_config_value(value: &toml::Value) -> config::Value {

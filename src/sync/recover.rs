@@ -33,6 +33,14 @@ pub async fn settle(
     farmflow: &[FarmflowCustomer],
     _listing: &[KountaListItem],
 ) -> Result<Vec<KountaId>, RecoverError> {
+    #[cfg(debug_assertions)]
+    if test_fault_skips_recovery() {
+        warn!(
+            unsettled = intents.len(),
+            "sync.journal.recovery_skipped_by_test_fault"
+        );
+        return Ok(Vec::new());
+    }
     let mut reread = Vec::new();
     for intent in intents {
         let i = &intent.intent;
@@ -55,6 +63,14 @@ pub async fn settle(
         }
     }
     Ok(reread)
+}
+
+/// Test-only (debug builds): `FARMSYNC_TEST_FAULT=skip-journal-recovery` leaves every
+/// unsettled write unsettled and unlooked-up, so the crash campaign can prove it notices a
+/// broken journal. Release builds do not contain it.
+#[cfg(debug_assertions)]
+fn test_fault_skips_recovery() -> bool {
+    std::env::var("FARMSYNC_TEST_FAULT").is_ok_and(|v| v == "skip-journal-recovery")
 }
 
 /// A CRM create carries its `reference_id`: look it up.

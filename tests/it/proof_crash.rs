@@ -1,0 +1,648 @@
+//! The crash campaign: the real `farmsync sync` is killed with SIGKILL right after its k-th
+//! write reaches the sandbox (the write is applied, its answer never sent), for every k of two
+//! runs — the first sync of a two-sided farm (links, creates, updates) and the sync after
+//! people deleted and edited on both sides (deletes, blocked deletes, tags, a recreation, a
+//! conflict, creates). Then farmsync runs again until a run writes nothing. After each k: no
+//! duplicate on either side, no customer lost or changed compared with a run that was never
+//! killed, no link pointing at nothing, the journal settled, and the last run wrote nothing.
+//! A second campaign also kills the recovering run after its first write.
+//!
+//! A test-only fault (`FARMSYNC_TEST_FAULT=skip-journal-recovery`, read in
+//! `src/sync/recover.rs` in debug builds only) stops farmsync from settling its journal; the
+//! campaign must catch it.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use farmsync::sandbox::{
+    Access, Endpoint, FarmflowRecord, Fault, FaultAction, KountaRecord, KountaRecordAddress,
+    SampleData, Sandbox, SandboxOptions, Target, When, sample_farm,
+};
+use tokio::sync::Semaphore;
+
+use crate::proof_support::{World, run_farmsync, sandbox_config, writes};
+use crate::support::{Workdir, text};
+
+/// How long one process may take to reach its k-th write.
+const REACH_WRITE: Duration = Duration::from_secs(30);
+/// Runs after the crash before one writes nothing: the first finishes the work, the journal
+/// settled; DESIGN.md allows a second to bring both sides into agreement; the third writes
+/// nothing.
+const MAX_RERUNS: usize = 3;
+/// Crash points tried at once across every campaign of the test binary (each has its own
+/// sandbox and state DB); more would only slow each process down on a small machine.
+static GATE: Semaphore = Semaphore::const_new(3);
+
+/// Which fake a write went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Kounta,
+    Farmflow,
+}
+
+/// Which run of the scenario is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The first run over both sides' customers: links, creates and updates.
+    FirstSync,
+    /// The run after people deleted and edited on both sides: deletes, blocked deletes, tags,
+    /// a recreation, updates, a conflict and creates.
+    AfterChanges,
+}
+
+/// The k-th write of the uncrashed run: which side, which write of that side, what it was.
+#[derive(Debug, Clone)]
+struct CrashPoint {
+    phase: Phase,
+    k: usize,
+    side: Side,
+    nth: u64,
+    what: String,
+}
+
+/// What one crash point came to.
+#[derive(Debug)]
+struct Verdict {
+    point: CrashPoint,
+    /// Invariant violations; empty when the point passed.
+    violations: Vec<String>,
+    /// Runs after the crash, the last of which wrote nothing.
+    reruns: usize,
+    /// The recovering run was killed after its first write too.
+    killed_twice: bool,
+}
+
+/// The sample farm plus people on one side only and people on both sides spelt differently, so
+/// that the first run links, creates and updates on both sides.
+fn scenario() -> SampleData {
+    let mut data = sample_farm();
+    for i in 0..8 {
+        data.kounta.push(KountaRecord {
+            first_name: format!("Kim{i}"),
+            last_name: "Crash".into(),
+            email: format!("kim{i}@crash.example"),
+            phone: format!("02 7000 10{i:02}"),
+            primary_address: Some(KountaRecordAddress {
+                address: format!("{i} Kill Street\nUnit {i}"),
+                city: "Sydney".into(),
+                state: "NSW".into(),
+                postal_code: "2000".into(),
+                country: "AU".into(),
+            }),
+            ..KountaRecord::default()
+        });
+        data.farmflow.push(FarmflowRecord {
+            id: 400 + i,
+            firstname: format!("Fern{i}"),
+            lastname: "Crash".into(),
+            email: format!("fern{i}@crash.example"),
+            phone: format!("03 7000 20{i:02}"),
+            address: format!("{i} Signal Road"),
+            city: "Melbourne".into(),
+            state: "VIC".into(),
+            zip: "3000".into(),
+            country: "Australia".into(),
+            ..FarmflowRecord::default()
+        });
+    }
+    // Linked by email, each side knowing fields the other lacks: updates in both directions.
+    for i in 0..4 {
+        data.kounta.push(KountaRecord {
+            first_name: format!("Bo{i}"),
+            last_name: "Both".into(),
+            email: format!("bo{i}@both.example"),
+            phone: format!("07 7000 30{i:02}"),
+            ..KountaRecord::default()
+        });
+        data.farmflow.push(FarmflowRecord {
+            id: 500 + i,
+            firstname: format!("Bo{i}"),
+            lastname: "Both".into(),
+            email: format!("BO{i}@both.example"),
+            address: format!("{i} Both Lane"),
+            city: "Brisbane".into(),
+            state: "QLD".into(),
+            zip: "4000".into(),
+            country: "AU".into(),
+            ..FarmflowRecord::default()
+        });
+    }
+    data
+}
+
+/// What people change after the first sync, by name: deletions on both sides (some blocked by
+/// orders), a deletion in the CRM of someone FarmFlow edits meanwhile, edits on either side and
+/// both, and new people.
+fn people_change(sb: &Sandbox) {
+    let crm = sb.kounta().customers();
+    let ff = sb.farmflow().customers();
+    let crm_id = |first: &str, last: &str| {
+        crm.iter()
+            .find(|c| c.first_name == first && c.last_name == last)
+            .unwrap_or_else(|| panic!("no crm {first} {last}"))
+            .id
+    };
+    let ff_id = |first: &str, last: &str| {
+        ff.iter()
+            .find(|c| c.firstname == first && c.lastname == last)
+            .unwrap_or_else(|| panic!("no farmflow {first} {last}"))
+            .id
+    };
+    // Gone from the CRM: deleted in FarmFlow, or blocked by a recurring or an upcoming order.
+    for (first, last) in [
+        ("Oliver", "Bennett"),
+        ("Jamie", "McDonald"),
+        ("Mei", "Chen"),
+        ("Kim3", "Crash"),
+    ] {
+        assert!(sb.kounta().backoffice_delete(crm_id(first, last)));
+    }
+    // Gone from FarmFlow: tagged in the CRM.
+    for (first, last) in [("Kim0", "Crash"), ("Fern1", "Crash")] {
+        sb.farmflow().delete(ff_id(first, last)).unwrap();
+    }
+    // Deleted in the CRM but edited in FarmFlow: the edit wins, the CRM customer comes back.
+    assert!(sb.kounta().backoffice_delete(crm_id("Fern2", "Crash")));
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Fern2", "Crash"), |c| c.city = "Geelong".into())
+    );
+    // Edits on one side, and on both (a conflict the CRM wins).
+    assert!(
+        sb.kounta()
+            .edit(crm_id("Bo0", "Both"), |c| c.phone = "07 7999 0000".into())
+    );
+    assert!(sb.farmflow().edit(ff_id("Bo1", "Both"), |c| c.email =
+        "bo1.new@both.example".into()));
+    assert!(
+        sb.kounta()
+            .edit(crm_id("Bo2", "Both"), |c| c.last_name = "Both-Crm".into())
+    );
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Bo2", "Both"), |c| c.lastname = "Both-Farm".into())
+    );
+    assert!(sb.farmflow().edit(ff_id("Fern4", "Crash"), |c| {
+        c.address = "4 Moved Road".into();
+        c.zip = "3001".into();
+    }));
+    // New people on each side.
+    sb.kounta().insert(KountaRecord {
+        first_name: "Nina".into(),
+        last_name: "Later".into(),
+        email: "nina@later.example".into(),
+        ..KountaRecord::default()
+    });
+    sb.farmflow().insert(FarmflowRecord {
+        firstname: "Omar".into(),
+        lastname: "Later".into(),
+        phone: "0499 000 111".into(),
+        ..FarmflowRecord::default()
+    });
+}
+
+/// A fresh sandbox and state DB, ready for the run of `phase`.
+async fn prepare(phase: Phase, data: &SampleData) -> (Sandbox, Workdir) {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(data).unwrap();
+    let w = Workdir::new(&sandbox_config(&sb, ""));
+    if phase == Phase::AfterChanges {
+        let out = run_farmsync(&w, &["sync"], &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        people_change(&sb);
+    }
+    sb.kounta().reset_stats();
+    sb.farmflow().reset_stats();
+    (sb, w)
+}
+
+/// One run that is never killed, to learn the writes it makes (in order) and the outcome every
+/// crashed run must reach too.
+async fn uncrashed(phase: Phase, data: &SampleData) -> (Vec<CrashPoint>, World) {
+    let (sb, w) = prepare(phase, data).await;
+    let out = run_farmsync(&w, &["sync"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
+    for r in sb.kounta().request_log() {
+        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
+            log.push((r.at, Side::Kounta, format!("crm {e:?} {}", r.path)));
+        }
+    }
+    for r in sb.farmflow().request_log() {
+        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
+            log.push((r.at, Side::Farmflow, format!("farmflow {e:?}")));
+        }
+    }
+    log.sort_by_key(|(at, _, _)| *at);
+    let (mut kounta, mut farmflow) = (0, 0);
+    let points = log
+        .into_iter()
+        .enumerate()
+        .map(|(i, (_, side, what))| {
+            let nth = match side {
+                Side::Kounta => {
+                    kounta += 1;
+                    kounta
+                }
+                Side::Farmflow => {
+                    farmflow += 1;
+                    farmflow
+                }
+            };
+            CrashPoint {
+                phase,
+                k: i + 1,
+                side,
+                nth,
+                what,
+            }
+        })
+        .collect();
+
+    // The uncrashed outcome settles too: a second run writes nothing.
+    let before = writes(&sb);
+    let again = run_farmsync(&w, &["sync"], &[]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert_eq!(writes(&sb), before, "{}", text(&again.stdout));
+    let world = World::read(&sb, &w.state_path()).unwrap();
+    assert!(
+        world.duplicate_people().is_empty(),
+        "{:?}",
+        world.duplicate_people()
+    );
+    assert!(
+        world.broken_links().is_empty(),
+        "{:?}",
+        world.broken_links()
+    );
+    (points, world)
+}
+
+/// Starts `farmsync sync` with its output discarded (it is killed, so there is none to read).
+fn spawn_sync(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Child {
+    let mut cmd = crate::support::farmsync();
+    cmd.env_remove("FARMSYNC_TEST_FAULT");
+    for (k, v) in fault_env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--config")
+        .arg(w.config_path())
+        .arg("sync")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn farmsync")
+}
+
+/// Kills the recovering run too, right after its first write on either side (if it makes one:
+/// a run with nothing left to do exits by itself). Returns whether it was killed after a write.
+async fn kill_after_first_write(sb: &Sandbox, w: &Workdir, fault_env: &[(&str, &str)]) -> bool {
+    let hang = |when| Fault::new(Target::AnyWrite, when, FaultAction::ApplyThenHang);
+    let k = sb.kounta().inject(hang(When::Nth(1)));
+    let f = sb.farmflow().inject(Fault::new(
+        Target::AnyWrite,
+        When::Nth(1),
+        FaultAction::ApplyThenHang,
+    ));
+    let (mut kw, mut fw) = (sb.kounta().writes_applied(), sb.farmflow().writes_applied());
+    let (k0, f0) = (*kw.borrow(), *fw.borrow());
+    let mut child = spawn_sync(w, fault_env);
+    let wrote = tokio::select! {
+        _ = kw.wait_for(|n| *n > k0) => true,
+        _ = fw.wait_for(|n| *n > f0) => true,
+        _ = child.wait() => false,
+        () = tokio::time::sleep(REACH_WRITE) => false,
+    };
+    child.kill().await.expect("kill farmsync");
+    sb.kounta().remove_fault(k);
+    sb.farmflow().remove_fault(f);
+    wrote
+}
+
+/// Kills `farmsync sync` right after the write at `point` is applied (and, `twice`, the run
+/// that recovers from it after its first write), then reruns it until a run writes nothing,
+/// and checks every invariant against `expected`.
+async fn crash_at(
+    point: CrashPoint,
+    data: &SampleData,
+    expected: &World,
+    fault_env: &[(&str, &str)],
+    twice: bool,
+) -> Verdict {
+    let (sb, w) = prepare(point.phase, data).await;
+    // Writes are counted from the sandbox's start; the prepared phase may have made some.
+    let base = match point.side {
+        Side::Kounta => *sb.kounta().writes_applied().borrow(),
+        Side::Farmflow => *sb.farmflow().writes_applied().borrow(),
+    };
+    let fault = Fault::new(
+        Target::AnyWrite,
+        When::Nth(point.nth),
+        FaultAction::ApplyThenHang,
+    );
+    let fault_id = match point.side {
+        Side::Kounta => sb.kounta().inject(fault),
+        Side::Farmflow => {
+            sb.farmflow()
+                .inject(Fault::new(Target::AnyWrite, fault.when, fault.action))
+        }
+    };
+    let mut violations = Vec::new();
+
+    let mut child = spawn_sync(&w, fault_env);
+    let reached = async {
+        match point.side {
+            Side::Kounta => sb.kounta().wait_for_writes(base + point.nth).await,
+            Side::Farmflow => sb.farmflow().wait_for_writes(base + point.nth).await,
+        }
+    };
+    tokio::select! {
+        () = reached => {}
+        status = child.wait() => {
+            violations.push(format!("farmsync exited ({status:?}) before write {}", point.k));
+        }
+        () = tokio::time::sleep(REACH_WRITE) => {
+            violations.push(format!("write {} never arrived", point.k));
+        }
+    }
+    // SIGKILL: no destructor, no flush, no settling; the write is applied, its answer unsent.
+    child.kill().await.expect("kill farmsync");
+    match point.side {
+        Side::Kounta => sb.kounta().remove_fault(fault_id),
+        Side::Farmflow => sb.farmflow().remove_fault(fault_id),
+    };
+    let killed_twice = twice && kill_after_first_write(&sb, &w, fault_env).await;
+
+    let mut reruns = 0;
+    let mut converged = false;
+    let mut last = String::new();
+    while reruns < MAX_RERUNS {
+        reruns += 1;
+        let before = writes(&sb);
+        let out = run_farmsync(&w, &["sync"], fault_env).await;
+        last = format!(
+            "exit {:?}\n{}{}",
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        if writes(&sb) == before {
+            converged = true;
+            if out.status.code() != Some(0) {
+                violations.push(format!("the run that wrote nothing did not exit 0: {last}"));
+            }
+            break;
+        }
+    }
+    if !converged {
+        violations.push(format!(
+            "still writing after {MAX_RERUNS} runs; the last one said: {last}"
+        ));
+    }
+    match World::read(&sb, &w.state_path()) {
+        Ok(world) => {
+            violations.extend(world.duplicate_people());
+            violations.extend(world.broken_links());
+            violations.extend(world.differences_from(expected));
+        }
+        Err(e) => violations.push(e),
+    }
+    sb.shutdown().await;
+    Verdict {
+        point,
+        violations,
+        reruns,
+        killed_twice,
+    }
+}
+
+/// Every crash point of the runs of `phases`, a few at a time, in order.
+async fn campaign(
+    phases: &[Phase],
+    fault_env: &'static [(&'static str, &'static str)],
+    twice: bool,
+) -> (usize, Vec<Verdict>) {
+    let data = Arc::new(scenario());
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut total = 0;
+    for &phase in phases {
+        let (points, expected) = uncrashed(phase, &data).await;
+        let expected = Arc::new(expected);
+        total += points.len();
+        for point in points {
+            let (data, expected) = (data.clone(), expected.clone());
+            tasks.spawn(async move {
+                let _permit = GATE.acquire().await.unwrap();
+                crash_at(point, &data, &expected, fault_env, twice).await
+            });
+        }
+    }
+    let mut verdicts = Vec::new();
+    while let Some(v) = tasks.join_next().await {
+        verdicts.push(v.expect("crash point task"));
+    }
+    verdicts.sort_by_key(|v| (v.point.phase == Phase::AfterChanges, v.point.k));
+    (total, verdicts)
+}
+
+/// Fails listing every crash point that broke an invariant.
+fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
+    let failed: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.violations.is_empty())
+        .map(|v| {
+            format!(
+                "{:?} k={} ({}): {}",
+                v.point.phase,
+                v.point.k,
+                v.point.what,
+                v.violations.join("\n    ")
+            )
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {total} crash points failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let (total, verdicts) = campaign(&[Phase::FirstSync, Phase::AfterChanges], &[], false).await;
+    let count = |phase: Phase, side: Side| {
+        verdicts
+            .iter()
+            .filter(|v| v.point.phase == phase && v.point.side == side)
+            .count()
+    };
+    let reruns: usize = verdicts.iter().map(|v| v.reruns).sum();
+    let most = verdicts.iter().map(|v| v.reruns).max().unwrap_or(0);
+    let kinds: std::collections::BTreeSet<String> = verdicts
+        .iter()
+        .map(|v| v.point.what.split(" /").next().unwrap_or("").to_owned())
+        .collect();
+    println!(
+        "crash campaign: {total} crash points — first sync: {} crm + {} farmflow writes; after \
+         changes: {} crm + {} farmflow writes; kinds {kinds:?}; {reruns} runs after the kills (at \
+         most {most} for one crash point); {:.1} s",
+        count(Phase::FirstSync, Side::Kounta),
+        count(Phase::FirstSync, Side::Farmflow),
+        count(Phase::AfterChanges, Side::Kounta),
+        count(Phase::AfterChanges, Side::Farmflow),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        total >= 60,
+        "the scenario needs dozens of writes, made {total}"
+    );
+    for phase in [Phase::FirstSync, Phase::AfterChanges] {
+        assert!(
+            count(phase, Side::Kounta) >= 5 && count(phase, Side::Farmflow) >= 5,
+            "{phase:?}: both sides take writes"
+        );
+    }
+    for kind in [
+        "crm Create",
+        "crm Update",
+        "farmflow Create",
+        "farmflow Update",
+        "farmflow Delete",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no {kind} among the crash points: {kinds:?}"
+        );
+    }
+    assert_all_passed(total, &verdicts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_recovering_run_too_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let (total, verdicts) = campaign(&[Phase::FirstSync, Phase::AfterChanges], &[], true).await;
+    let twice = verdicts.iter().filter(|v| v.killed_twice).count();
+    println!(
+        "double-crash campaign: {total} crash points; {twice} of the runs recovering from them \
+         were killed after their first write too (the others had nothing left to write); {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        twice > total / 2,
+        "only {twice} recovering runs were killed"
+    );
+    assert_all_passed(total, &verdicts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_is_never_settled_fails_the_campaign() {
+    let (total, verdicts) = campaign(
+        &[Phase::FirstSync],
+        &[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")],
+        false,
+    )
+    .await;
+    let caught: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.violations.is_empty())
+        .map(|v| {
+            format!(
+                "k={} ({}): {}",
+                v.point.k,
+                v.point.what,
+                v.violations.join("\n    ")
+            )
+        })
+        .collect();
+    println!(
+        "broken journal: {} of {total} crash points caught, e.g.\n{}",
+        caught.len(),
+        caught
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        caught.iter().any(|c| c.contains("unsettled journal entry")),
+        "the campaign passed a journal that is never settled"
+    );
+}
+
+/// The checks themselves can fail: a duplicate, a dangling link, an unsettled write and a lost
+/// customer are each reported.
+#[test]
+fn the_checks_see_duplicates_dangling_links_and_lost_customers() {
+    use farmsync::ids::{FarmflowId, KountaId, ReferenceId};
+    use farmsync::store::{Link, LinkState};
+
+    let person = |id, first: &str| KountaRecord {
+        id,
+        first_name: first.into(),
+        last_name: "Same".into(),
+        email: format!("{first}@x.example"),
+        ..KountaRecord::default()
+    };
+    let link = |ff, crm| Link {
+        reference_id: ReferenceId::for_farmflow(FarmflowId(ff)),
+        farmflow_id: FarmflowId(ff),
+        kounta_id: Some(KountaId(crm)),
+        kounta_snapshot: None,
+        farmflow_snapshot: None,
+        kounta_verified: true,
+        state: LinkState::Active,
+        last_verified_at: None,
+        last_synced_at: None,
+        last_error: None,
+        consecutive_failures: 0,
+    };
+    let healthy = World {
+        crm: vec![person(1, "Ann"), person(2, "Ben")],
+        ff: vec![FarmflowRecord {
+            id: 301,
+            firstname: "Ann".into(),
+            lastname: "Same".into(),
+            ..FarmflowRecord::default()
+        }],
+        links: vec![link(301, 1)],
+        unsettled: Vec::new(),
+    };
+    assert!(healthy.duplicate_people().is_empty());
+    assert!(healthy.broken_links().is_empty());
+    assert!(healthy.differences_from(&healthy).is_empty());
+
+    let mut twice = healthy.clone();
+    twice.crm.push(KountaRecord {
+        id: 3,
+        ..person(3, " ANN ")
+    });
+    assert_eq!(
+        twice.duplicate_people().len(),
+        1,
+        "{:?}",
+        twice.duplicate_people()
+    );
+
+    let mut dangling = healthy.clone();
+    dangling.links.push(link(302, 2));
+    assert_eq!(
+        dangling.broken_links().len(),
+        1,
+        "{:?}",
+        dangling.broken_links()
+    );
+
+    let mut lost = healthy.clone();
+    lost.crm.retain(|c| c.id != 2);
+    assert_eq!(
+        lost.differences_from(&healthy),
+        vec!["lost on crm: ben same"]
+    );
+}

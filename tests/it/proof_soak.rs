@@ -1,0 +1,843 @@
+//! The fault soak: random people's creates, edits and deletes on both sides, interleaved with
+//! in-process sync runs while every sandbox fault fires at a meaningful rate (429s, 5xx, HTML
+//! 502 pages, truncated JSON, hangs past the timeout, lost answers to applied writes, failing
+//! CRM list pages, empty lists, normalising writes). DESIGN.md's invariants are checked after
+//! every run; then the faults stop and the runs must converge to one that writes nothing.
+//!
+//! Seeded and replayable: the seed is printed; `FARMSYNC_SOAK_SEED=<seed>` replays it,
+//! `FARMSYNC_SOAK_SECS=<n>` soaks longer (default 25 s), `FARMSYNC_SOAK_CYCLES=<n>` runs exactly
+//! n runs instead of a time bound (for an exact replay of a printed run count).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use farmsync::config::Settings;
+use farmsync::farmflow::client::FarmflowClient;
+use farmsync::http::RetryPolicy;
+use farmsync::kounta::client::KountaClient;
+use farmsync::sandbox::{
+    Access, Endpoint, FarmflowEndpoint, FarmflowRecord, Fault, FaultAction, KountaEndpoint,
+    KountaRecord, KountaRecordAddress, RequestRecord, Sandbox, SandboxOptions, When,
+};
+use farmsync::store::{LinkState, SharedStore, Store};
+use farmsync::sync::engine::{Engine, Outcome, RunOptions, farmflow_options, kounta_options};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::proof_support::{World, digits, fold};
+
+/// The tag the CRM customer gets when FarmFlow loses it (the default `deleted_tag`).
+const DELETED_TAG: &str = "farmflow-deleted";
+/// The client's per-request timeout: hangs cost this much each.
+const TIMEOUT: Duration = Duration::from_millis(250);
+/// Runs after the faults stop before one writes nothing: DESIGN.md promises agreement within
+/// two runs when the verification budget covers every link, so the third writes nothing.
+const MAX_CONVERGENCE_RUNS: usize = 3;
+/// Chance that any one read draws an injected fault.
+const READ_FAULT_RATE: f64 = 0.05;
+/// Chance that any one write draws an injected fault: lost answers to writes are what the
+/// journal exists for, so they come often.
+const WRITE_FAULT_RATE: f64 = 0.15;
+
+/// What a person did, counted for the report.
+#[derive(Debug, Default)]
+struct Ops(BTreeMap<&'static str, u64>);
+
+impl Ops {
+    fn add(&mut self, what: &'static str) {
+        *self.0.entry(what).or_insert(0) += 1;
+    }
+    fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+/// What the people did that explains a record disappearing.
+#[derive(Debug, Default)]
+struct Model {
+    next_token: u32,
+    next_version: u32,
+    /// CRM ids a person deleted.
+    crm_deleted: BTreeSet<i64>,
+    /// FarmFlow ids a person deleted.
+    ff_deleted: BTreeSet<i64>,
+    /// People deleted in the CRM by a person (farmsync may then delete them in FarmFlow).
+    tokens_crm_deleted: BTreeSet<u32>,
+    /// People deleted in FarmFlow by a person (farmsync then tags them in the CRM).
+    tokens_ff_deleted: BTreeSet<u32>,
+    /// The person of every FarmFlow id ever seen, gone or not.
+    ff_tokens: BTreeMap<i64, u32>,
+    /// People entered on both sides whom no run has linked yet.
+    unlinked_twins: BTreeSet<u32>,
+}
+
+impl Model {
+    /// Whether the record with this last name is a twin no run has linked yet.
+    fn is_unlinked_twin(&self, last_name: &str) -> bool {
+        token(last_name).is_some_and(|t| self.unlinked_twins.contains(&t))
+    }
+
+    /// Remembers whose every FarmFlow record in `world` is, and which twins are linked now.
+    fn remember(&mut self, world: &World) {
+        for c in &world.ff {
+            if let Some(t) = token(&c.lastname) {
+                self.ff_tokens.insert(c.id, t);
+            }
+        }
+        let linked: BTreeSet<i64> = world.links.iter().map(|l| l.farmflow_id.0).collect();
+        let ff_tokens = &self.ff_tokens;
+        self.unlinked_twins.retain(|t| {
+            !world
+                .ff
+                .iter()
+                .any(|c| linked.contains(&c.id) && ff_tokens.get(&c.id) == Some(t))
+        });
+    }
+}
+
+/// The person a record belongs to: its last name is `Soak<token>`, which no edit touches.
+fn token(last_name: &str) -> Option<u32> {
+    last_name.trim().strip_prefix("Soak")?.parse().ok()
+}
+
+const FIRST: &[&str] = &[
+    "Ada", "Bea", "Cal", "Dee", "Eli", "Fay", "Gus", "Hal", "Ivy",
+];
+const CITIES: &[&str] = &["Sydney", "Hobart", "Perth", "Darwin", "Cairns"];
+const STATES: &[&str] = &["nsw", "Tas", "WA", "nt", "Qld"];
+
+fn crm_person(token: u32, version: u32, rng: &mut StdRng) -> KountaRecord {
+    KountaRecord {
+        first_name: FIRST[rng.random_range(0..FIRST.len())].into(),
+        last_name: format!("Soak{token}"),
+        email: format!("p{token}.v{version}@soak.example"),
+        phone: format!("04{token:05}{:03}", version % 1000),
+        primary_address: Some(KountaRecordAddress {
+            address: format!("{version} Soak Street"),
+            city: CITIES[rng.random_range(0..CITIES.len())].into(),
+            state: STATES[rng.random_range(0..STATES.len())].into(),
+            postal_code: format!("{}", 2000 + version % 5000),
+            country: String::new(),
+        }),
+        ..KountaRecord::default()
+    }
+}
+
+fn ff_person(token: u32, version: u32, rng: &mut StdRng) -> FarmflowRecord {
+    FarmflowRecord {
+        firstname: FIRST[rng.random_range(0..FIRST.len())].into(),
+        lastname: format!("Soak{token}"),
+        email: format!("P{token}.v{version}@Soak.example"),
+        phone: format!("(04) {token:05} {:03}", version % 1000),
+        address: format!("{version} Fault Road"),
+        city: CITIES[rng.random_range(0..CITIES.len())].into(),
+        state: STATES[rng.random_range(0..STATES.len())].into(),
+        zip: format!("{}", 3000 + version % 5000),
+        ..FarmflowRecord::default()
+    }
+}
+
+/// One random thing a person does in either system.
+fn person_acts(sb: &Sandbox, model: &mut Model, ops: &mut Ops, rng: &mut StdRng) {
+    let crm = sb.kounta().customers();
+    let ff = sb.farmflow().customers();
+    model.next_version += 1;
+    let version = model.next_version;
+    match rng.random_range(0..100) {
+        0..15 => {
+            model.next_token += 1;
+            sb.kounta()
+                .insert(crm_person(model.next_token, version, rng));
+            ops.add("crm create");
+        }
+        15..30 => {
+            model.next_token += 1;
+            sb.farmflow()
+                .insert(ff_person(model.next_token, version, rng));
+            ops.add("farmflow create");
+        }
+        30..34 => {
+            // The same person entered in both systems before any sync: matched, never doubled.
+            // Until they are linked nobody edits them, or nothing would say they are one.
+            model.next_token += 1;
+            let t = model.next_token;
+            let c = crm_person(t, version, rng);
+            let f = FarmflowRecord {
+                firstname: c.first_name.clone(),
+                ..ff_person(t, version, rng)
+            };
+            sb.kounta().insert(c);
+            sb.farmflow().insert(f);
+            model.unlinked_twins.insert(t);
+            ops.add("create on both sides");
+        }
+        34..60 if !crm.is_empty() => {
+            let c = &crm[rng.random_range(0..crm.len())];
+            if model.is_unlinked_twin(&c.last_name) {
+                ops.add("nothing (an unlinked twin)");
+                return;
+            }
+            let field = rng.random_range(0..4);
+            let fresh = crm_person(token(&c.last_name).unwrap_or(0), version, rng);
+            sb.kounta().edit(c.id, |c| match field {
+                0 => c.first_name = fresh.first_name,
+                1 => c.email = fresh.email,
+                2 => c.phone = fresh.phone,
+                _ => c.primary_address = fresh.primary_address,
+            });
+            ops.add("crm edit");
+        }
+        60..86 if !ff.is_empty() => {
+            let c = &ff[rng.random_range(0..ff.len())];
+            if model.is_unlinked_twin(&c.lastname) {
+                ops.add("nothing (an unlinked twin)");
+                return;
+            }
+            let field = rng.random_range(0..4);
+            let fresh = ff_person(token(&c.lastname).unwrap_or(0), version, rng);
+            sb.farmflow().edit(c.id, |c| match field {
+                0 => c.firstname = fresh.firstname,
+                1 => c.email = fresh.email,
+                2 => c.phone = fresh.phone,
+                _ => {
+                    c.address = fresh.address;
+                    c.city = fresh.city;
+                    c.state = fresh.state;
+                    c.zip = fresh.zip;
+                }
+            });
+            ops.add("farmflow edit");
+        }
+        86..91 if !crm.is_empty() => {
+            let c = &crm[rng.random_range(0..crm.len())];
+            if sb.kounta().backoffice_delete(c.id) {
+                model.crm_deleted.insert(c.id);
+                model.tokens_crm_deleted.extend(token(&c.last_name));
+                ops.add("crm delete");
+            }
+        }
+        91..96 if !ff.is_empty() => {
+            let c = &ff[rng.random_range(0..ff.len())];
+            match sb.farmflow().delete(c.id) {
+                Ok(()) => {
+                    model.ff_deleted.insert(c.id);
+                    model.tokens_ff_deleted.extend(token(&c.lastname));
+                    ops.add("farmflow delete");
+                }
+                Err(_) => ops.add("farmflow delete refused (active order)"),
+            }
+        }
+        96..100 if !ff.is_empty() => {
+            let c = &ff[rng.random_range(0..ff.len())];
+            sb.farmflow()
+                .add_recurring_order(c.id, farmsync::sandbox::RecurringStatus::Active);
+            ops.add("farmflow recurring order");
+        }
+        _ => ops.add("nothing (no record to act on)"),
+    }
+}
+
+/// One injected fault and whether it fired.
+#[derive(Debug, Clone, Copy)]
+struct Armed {
+    nth: u64,
+    action: FaultAction,
+}
+
+fn action_name(a: FaultAction) -> String {
+    match a {
+        FaultAction::Status(code) => format!("status {code}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The faults a request to an endpoint of this kind may draw, with weights: a hang costs a
+/// whole timeout, so hangs are drawn less often than the rest.
+fn actions_for(access: Access) -> &'static [(FaultAction, u32)] {
+    const READ: &[(FaultAction, u32)] = &[
+        (FaultAction::Status(429), 3),
+        (FaultAction::Status(500), 3),
+        (FaultAction::Status(503), 3),
+        (FaultAction::Html502, 3),
+        (FaultAction::TruncatedJson, 3),
+        (FaultAction::Drop, 3),
+        (FaultAction::Hang, 1),
+    ];
+    const WRITE: &[(FaultAction, u32)] = &[
+        (FaultAction::Status(429), 3),
+        (FaultAction::Status(500), 3),
+        (FaultAction::Status(503), 3),
+        (FaultAction::Html502, 3),
+        (FaultAction::TruncatedJson, 3),
+        (FaultAction::Drop, 3),
+        (FaultAction::ApplyThen500, 3),
+        (FaultAction::ApplyThenDrop, 3),
+        (FaultAction::Hang, 1),
+        (FaultAction::ApplyThenHang, 1),
+    ];
+    match access {
+        Access::Write => WRITE,
+        _ => READ,
+    }
+}
+
+/// One action drawn by weight.
+fn draw(actions: &[(FaultAction, u32)], rng: &mut StdRng) -> FaultAction {
+    let total: u32 = actions.iter().map(|(_, w)| w).sum();
+    let mut pick = rng.random_range(0..total);
+    for &(action, weight) in actions {
+        if pick < weight {
+            return action;
+        }
+        pick -= weight;
+    }
+    actions[0].0
+}
+
+/// How far into a run's requests to an endpoint faults are drawn.
+const FAULT_HORIZON: u64 = 150;
+
+/// Injects this run's faults on one fake: for each endpoint, each of its first requests draws a
+/// fault with probability `READ_FAULT_RATE` or `WRITE_FAULT_RATE`. Returns what was armed, by endpoint.
+fn arm<E: Endpoint>(
+    endpoints: &[E],
+    rng: &mut StdRng,
+    inject: impl Fn(Fault<E>),
+) -> BTreeMap<E, Vec<Armed>> {
+    let mut armed = BTreeMap::new();
+    for &e in endpoints {
+        let actions = actions_for(e.access());
+        let rate = match e.access() {
+            Access::Write => WRITE_FAULT_RATE,
+            _ => READ_FAULT_RATE,
+        };
+        let mut list = Vec::new();
+        for nth in 1..=FAULT_HORIZON {
+            if rng.random_bool(rate) {
+                let action = draw(actions, rng);
+                inject(Fault::new(e, When::Nth(nth), action));
+                list.push(Armed { nth, action });
+            }
+        }
+        armed.insert(e, list);
+    }
+    armed
+}
+
+/// Counts the armed faults that fired (their request arrived), by action, and the CRM list
+/// requests answered 500 by a failing page (not by an injected fault).
+fn fired<E: Endpoint>(
+    armed: &BTreeMap<E, Vec<Armed>>,
+    log: &[RequestRecord<E>],
+    list: Option<E>,
+    faults: &mut BTreeMap<String, u64>,
+) {
+    for (e, list_armed) in armed {
+        let requests = log.iter().filter(|r| r.endpoint == Some(*e)).count() as u64;
+        for a in list_armed.iter().filter(|a| a.nth <= requests) {
+            *faults.entry(action_name(a.action)).or_insert(0) += 1;
+        }
+    }
+    if let Some(list) = list {
+        let injected: BTreeSet<u64> = armed
+            .get(&list)
+            .map(|v| v.iter().map(|a| a.nth).collect())
+            .unwrap_or_default();
+        let failing = log
+            .iter()
+            .filter(|r| r.endpoint == Some(list))
+            .enumerate()
+            .filter(|(i, r)| !injected.contains(&(*i as u64 + 1)) && r.status == Some(500))
+            .count() as u64;
+        if failing > 0 {
+            *faults.entry("failing crm list page".into()).or_insert(0) += failing;
+        }
+    }
+}
+
+/// An engine for the sandbox: the settings a user would write, with clients that time out
+/// after `timeout` and back off in milliseconds, so the soak spends its time on faults.
+fn engine(settings: &Settings, store: &SharedStore, timeout: Duration) -> Engine {
+    let mut engine = Engine::from_settings(settings, store.clone(), false).expect("engine");
+    let fast = RetryPolicy {
+        base: Duration::from_millis(2),
+        cap: Duration::from_millis(20),
+        max_retries: 5,
+        max_advised_wait: Duration::from_secs(1),
+    };
+    let mut k = kounta_options(settings);
+    k.timeout = timeout;
+    engine.kounta = KountaClient::new(k, Arc::new(store.clone()))
+        .expect("crm client")
+        .with_retry_policy(fast);
+    let mut f = farmflow_options(settings);
+    f.timeout = timeout;
+    engine.farmflow = FarmflowClient::new(f)
+        .expect("farmflow client")
+        .with_retry_policy(fast);
+    engine
+}
+
+/// Records by person token, per side; a record that belongs to no person is reported.
+fn by_token(
+    world: &World,
+    out: &mut Vec<String>,
+) -> (BTreeMap<u32, Vec<i64>>, BTreeMap<u32, Vec<i64>>) {
+    let mut crm: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    let mut ff: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    for c in &world.crm {
+        match token(&c.last_name) {
+            Some(t) => crm.entry(t).or_default().push(c.id),
+            None => out.push(format!("crm customer {} belongs to nobody: {c:?}", c.id)),
+        }
+    }
+    for c in &world.ff {
+        match token(&c.lastname) {
+            Some(t) => ff.entry(t).or_default().push(c.id),
+            None => out.push(format!(
+                "farmflow customer {} belongs to nobody: {c:?}",
+                c.id
+            )),
+        }
+    }
+    (crm, ff)
+}
+
+/// The invariants that hold after every run, faults or not: no person twice on one side;
+/// nothing gone from a side during the run except what a person's deletion explains; no link
+/// pointing at a record that vanished unexplained; no CRM customer held by two links.
+fn check_run(before: &World, after: &World, model: &Model) -> Vec<String> {
+    let mut out = Vec::new();
+    let (crm, ff) = by_token(after, &mut out);
+    for (side, map) in [("crm", &crm), ("farmflow", &ff)] {
+        for (t, ids) in map {
+            if ids.len() > 1 {
+                out.push(format!("duplicate on {side}: person {t} is ids {ids:?}"));
+            }
+        }
+    }
+    let crm_now: BTreeSet<i64> = after.crm.iter().map(|c| c.id).collect();
+    let ff_now: BTreeSet<i64> = after.ff.iter().map(|c| c.id).collect();
+    for c in &before.crm {
+        if !crm_now.contains(&c.id) {
+            out.push(format!("lost: crm customer {} vanished during a run", c.id));
+        }
+    }
+    for c in &before.ff {
+        let deleted_in_crm =
+            token(&c.lastname).is_some_and(|t| model.tokens_crm_deleted.contains(&t));
+        if !ff_now.contains(&c.id) && !deleted_in_crm {
+            out.push(format!(
+                "lost: farmflow customer {} vanished though nobody deleted its person in the crm",
+                c.id
+            ));
+        }
+    }
+    let mut holders: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    for l in &after.links {
+        if l.state == LinkState::Tombstone {
+            continue;
+        }
+        let reference = l.reference_id.as_str().to_owned();
+        if let Some(k) = l.kounta_id {
+            holders.entry(k.0).or_default().push(reference.clone());
+            if l.state == LinkState::Active
+                && !crm_now.contains(&k.0)
+                && !model.crm_deleted.contains(&k.0)
+            {
+                out.push(format!(
+                    "link {reference} names crm {k}, which nobody deleted and is gone"
+                ));
+            }
+        }
+        let f = l.farmflow_id.0;
+        // Gone by a person's hand, or deleted by farmsync because a person deleted the CRM
+        // twin (the link may outlive the record while that delete's answer was lost, or while
+        // the safety guard holds every destructive action).
+        let explained = model.ff_deleted.contains(&f)
+            || model
+                .ff_tokens
+                .get(&f)
+                .is_some_and(|t| model.tokens_crm_deleted.contains(t));
+        if !ff_now.contains(&f) && !explained {
+            out.push(format!(
+                "link {reference} names farmflow {f}, which nobody deleted and is gone"
+            ));
+        }
+    }
+    for (k, refs) in holders {
+        if refs.len() > 1 {
+            out.push(format!("crm customer {k} is held by links {refs:?}"));
+        }
+    }
+    out
+}
+
+/// After convergence: every person is on both sides and agrees, unless a person's deletion
+/// explains why not; and the state DB is clean (links point at records, journal settled).
+fn check_converged(world: &World, model: &Model) -> Vec<String> {
+    let mut out = world.broken_links();
+    let (crm, ff) = by_token(world, &mut out);
+    let crm_by_id: BTreeMap<i64, &KountaRecord> = world.crm.iter().map(|c| (c.id, c)).collect();
+    let ff_by_id: BTreeMap<i64, &FarmflowRecord> = world.ff.iter().map(|c| (c.id, c)).collect();
+    let tokens: BTreeSet<u32> = crm.keys().chain(ff.keys()).copied().collect();
+    for t in tokens {
+        let c = crm
+            .get(&t)
+            .and_then(|ids| ids.first())
+            .map(|id| crm_by_id[id]);
+        let f = ff
+            .get(&t)
+            .and_then(|ids| ids.first())
+            .map(|id| ff_by_id[id]);
+        match (c, f) {
+            (Some(c), Some(f)) => {
+                let address = c.primary_address.clone().unwrap_or_default();
+                let pairs = [
+                    ("first name", fold(&c.first_name), fold(&f.firstname)),
+                    ("email", fold(&c.email), fold(&f.email)),
+                    (
+                        "phone",
+                        digits(if c.phone.is_empty() {
+                            &c.mobile
+                        } else {
+                            &c.phone
+                        }),
+                        digits(&f.phone),
+                    ),
+                    (
+                        "line1",
+                        address.address.trim().to_owned(),
+                        f.address.trim().to_owned(),
+                    ),
+                    ("city", fold(&address.city), fold(&f.city)),
+                    ("state", fold(&address.state), fold(&f.state)),
+                    (
+                        "postal code",
+                        address.postal_code.trim().to_owned(),
+                        f.zip.trim().to_owned(),
+                    ),
+                ];
+                for (what, a, b) in pairs {
+                    if a != b {
+                        out.push(format!(
+                            "person {t} disagrees on {what}: crm {a:?}, farmflow {b:?}"
+                        ));
+                    }
+                }
+            }
+            (Some(c), None) => {
+                if !model.tokens_ff_deleted.contains(&t) {
+                    out.push(format!(
+                        "person {t} is in the crm only, yet nobody deleted them in farmflow"
+                    ));
+                } else if !c.tags.iter().any(|tag| tag == DELETED_TAG) {
+                    out.push(format!(
+                        "person {t} was deleted in farmflow but crm {} is not tagged",
+                        c.id
+                    ));
+                }
+            }
+            (None, Some(f)) => {
+                if !model.tokens_crm_deleted.contains(&t) {
+                    out.push(format!(
+                        "person {t} is in farmflow only ({}), yet nobody deleted them in the crm",
+                        f.id
+                    ));
+                }
+            }
+            (None, None) => {}
+        }
+    }
+    out
+}
+
+/// Every record, before and after a run, of the people a violation names ("person <n>").
+fn involved(violations: &[String], before: &World, after: &World) -> String {
+    let mut tokens = BTreeSet::new();
+    for v in violations {
+        if let Some(rest) = v.split("person ").nth(1) {
+            tokens.extend(rest.split(' ').next().and_then(|t| t.parse::<u32>().ok()));
+        }
+    }
+    let mut out = String::new();
+    let (mut crm_ids, mut ff_ids) = (BTreeSet::new(), BTreeSet::new());
+    for (label, world) in [("before", before), ("after", after)] {
+        for c in &world.crm {
+            if token(&c.last_name).is_some_and(|t| tokens.contains(&t)) {
+                crm_ids.insert(c.id);
+                out.push_str(&format!("{label} crm {c:?}\n"));
+            }
+        }
+        for c in &world.ff {
+            if token(&c.lastname).is_some_and(|t| tokens.contains(&t)) {
+                ff_ids.insert(c.id);
+                out.push_str(&format!("{label} farmflow {c:?}\n"));
+            }
+        }
+    }
+    for (label, world) in [("before", before), ("after", after)] {
+        for l in &world.links {
+            let crm = l.kounta_id.is_some_and(|k| crm_ids.contains(&k.0));
+            if crm || ff_ids.contains(&l.farmflow_id.0) {
+                out.push_str(&format!("{label} link {l:?}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// Whether the log holds a request to `e`.
+fn listed<E: Endpoint>(log: &[RequestRecord<E>], e: E) -> bool {
+    log.iter().any(|r| r.endpoint == Some(e))
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
+    let seed = env_u64("FARMSYNC_SOAK_SEED").unwrap_or_else(rand::random);
+    let secs = env_u64("FARMSYNC_SOAK_SECS").unwrap_or(25);
+    let cycles_wanted = env_u64("FARMSYNC_SOAK_CYCLES");
+    println!("soak seed {seed} (replay: FARMSYNC_SOAK_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+
+    let sb = Sandbox::start(SandboxOptions {
+        seed,
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    // Normalising writes: the CRM reformats phones, FarmFlow upper-cases states.
+    sb.kounta().set_normalise_phones(true);
+    sb.farmflow().set_uppercase_state(true);
+    sb.kounta().set_page_size(10);
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let env = |k: &str, v: String| (k.to_owned(), v);
+    let settings = Settings::builder()
+        .env_vars([
+            env("FARMSYNC__STATE__PATH", state.display().to_string()),
+            env("FARMSYNC__KOUNTA__BASE_URL", sb.kounta_url()),
+            env(
+                "FARMSYNC__KOUNTA__CLIENT_ID",
+                sb.kounta().client_id().into(),
+            ),
+            env(
+                "FARMSYNC__KOUNTA__CLIENT_SECRET",
+                sb.kounta().client_secret().into(),
+            ),
+            env("FARMSYNC__KOUNTA__REQUESTS_PER_MINUTE", "1000000".into()),
+            env("FARMSYNC__FARMFLOW__BASE_URL", sb.farmflow_url()),
+            env(
+                "FARMSYNC__FARMFLOW__API_KEY",
+                sb.farmflow().api_key().into(),
+            ),
+            env("FARMSYNC__FARMFLOW__REQUESTS_PER_MINUTE", "1000000".into()),
+        ])
+        .build()
+        .unwrap();
+    let store = SharedStore::new(Store::open(&state).unwrap());
+    let mut eng = engine(&settings, &store, TIMEOUT);
+
+    let mut model = Model::default();
+    let mut ops = Ops::default();
+    let mut faults: BTreeMap<String, u64> = BTreeMap::new();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut requests, mut restarts, mut cycles) = (0u64, 0u64, 0u64);
+    for _ in 0..30 {
+        person_acts(&sb, &mut model, &mut ops, &mut rng);
+    }
+
+    let started = Instant::now();
+    let kounta_endpoints = [
+        KountaEndpoint::List,
+        KountaEndpoint::Lookup,
+        KountaEndpoint::Get,
+        KountaEndpoint::Create,
+        KountaEndpoint::Update,
+    ];
+    let farmflow_endpoints = [
+        FarmflowEndpoint::List,
+        FarmflowEndpoint::Get,
+        FarmflowEndpoint::Create,
+        FarmflowEndpoint::Update,
+        FarmflowEndpoint::Delete,
+        FarmflowEndpoint::RecurringOrders,
+        FarmflowEndpoint::OneTimeOrders,
+    ];
+    loop {
+        let more = match cycles_wanted {
+            Some(n) => cycles < n,
+            None => started.elapsed() < Duration::from_secs(secs),
+        };
+        if !more {
+            break;
+        }
+        cycles += 1;
+        for _ in 0..rng.random_range(1..12) {
+            person_acts(&sb, &mut model, &mut ops, &mut rng);
+        }
+        // A restart now and then: a new process, a new client, the same state DB.
+        if rng.random_bool(0.1) {
+            eng = engine(&settings, &store, TIMEOUT);
+            restarts += 1;
+        }
+        let before = World::read(&sb, &state).unwrap();
+        sb.kounta().reset_stats();
+        sb.farmflow().reset_stats();
+        let k_armed = arm(&kounta_endpoints, &mut rng, |f| {
+            sb.kounta().inject(f);
+        });
+        let f_armed = arm(&farmflow_endpoints, &mut rng, |f| {
+            sb.farmflow().inject(f);
+        });
+        if rng.random_bool(0.1) {
+            let pages = (sb.kounta().customers().len() / 10 + 1) as u32;
+            sb.kounta().fail_list_page(rng.random_range(1..=pages));
+        }
+        // An empty list once. Not before anything is linked: a first run cannot tell an empty
+        // list from an empty system (DESIGN.md's guard needs links), see the report.
+        let live = before.links.iter().any(|l| l.state != LinkState::Tombstone);
+        let empty_crm = live && rng.random_bool(0.03);
+        if empty_crm {
+            sb.kounta().empty_list_once();
+        }
+        let empty_ff = live && rng.random_bool(0.03);
+        if empty_ff {
+            sb.farmflow().empty_list_once();
+        }
+        sb.kounta().set_update_answers_empty(rng.random_bool(0.5));
+        sb.farmflow()
+            .set_create_returns_id_only(rng.random_bool(0.5));
+
+        let report = eng.run_once(RunOptions::default()).await;
+        let after = World::read(&sb, &state).unwrap();
+
+        let k_log = sb.kounta().request_log();
+        let f_log = sb.farmflow().request_log();
+        requests += (k_log.len() + f_log.len()) as u64;
+        fired(&k_armed, &k_log, Some(KountaEndpoint::List), &mut faults);
+        fired(&f_armed, &f_log, None, &mut faults);
+        if empty_crm && listed(&k_log, KountaEndpoint::List) {
+            *faults.entry("empty crm list".into()).or_insert(0) += 1;
+        }
+        if empty_ff && listed(&f_log, FarmflowEndpoint::List) {
+            *faults.entry("empty farmflow list".into()).or_insert(0) += 1;
+        }
+        sb.kounta().clear_faults();
+        sb.farmflow().clear_faults();
+        let outcome = match &report.outcome {
+            Outcome::Unavailable(_) => "unavailable (exit 4)".to_owned(),
+            other => format!("{other:?} (exit {})", other.exit_code()),
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+
+        model.remember(&before);
+        model.remember(&after);
+        let violations = check_run(&before, &after, &model);
+        assert!(
+            violations.is_empty(),
+            "seed {seed}, run {cycles} ({:?}):\n{}\n\nthe people involved, before and after:\n{}",
+            report.outcome,
+            violations.join("\n"),
+            involved(&violations, &before, &after)
+        );
+    }
+
+    // Faults off (the normalising writes stay) after one more round of people's changes: the
+    // runs must settle to one that writes nothing.
+    for _ in 0..10 {
+        person_acts(&sb, &mut model, &mut ops, &mut rng);
+    }
+    sb.kounta().heal();
+    sb.farmflow().heal();
+    // A slow machine must not pass for a fault now: the usual kind of timeout.
+    eng = engine(&settings, &store, Duration::from_secs(10));
+    let mut converged_after = None;
+    for run in 1..=MAX_CONVERGENCE_RUNS {
+        let before = sb.kounta().stats().writes + sb.farmflow().stats().writes;
+        let report = eng.run_once(RunOptions::default()).await;
+        let wrote = sb.kounta().stats().writes + sb.farmflow().stats().writes - before;
+        if wrote == 0 {
+            assert_eq!(report.outcome, Outcome::Applied, "seed {seed}");
+            converged_after = Some(run);
+            break;
+        }
+    }
+    let world = World::read(&sb, &state).unwrap();
+    let injected: u64 = faults.values().sum();
+    println!(
+        "soak seed {seed}: {cycles} runs in {:.1} s ({restarts} restarts), {} person operations \
+         {:?}, {requests} requests, {injected} faults injected {faults:?}, run outcomes \
+         {outcomes:?}; {} crm and {} farmflow customers at the end; converged after {:?} \
+         fault-free runs (replay exactly: FARMSYNC_SOAK_SEED={seed} FARMSYNC_SOAK_CYCLES={cycles})",
+        started.elapsed().as_secs_f64(),
+        ops.total(),
+        ops.0,
+        world.crm.len(),
+        world.ff.len(),
+        converged_after,
+    );
+    assert!(
+        converged_after.is_some(),
+        "seed {seed}: still writing after {MAX_CONVERGENCE_RUNS} fault-free runs"
+    );
+    let violations = check_converged(&world, &model);
+    assert!(
+        violations.is_empty(),
+        "seed {seed}:\n{}",
+        violations.join("\n")
+    );
+    assert!(injected > 0 && ops.total() > 0, "the soak did nothing");
+}
+
+/// The soak's checks can fail: a record that vanished with no person's deletion behind it, a
+/// person twice on one side, and a person left on one side only are each reported.
+#[test]
+fn the_soak_checks_see_losses_duplicates_and_one_sided_people() {
+    let crm = |id, t: u32| KountaRecord {
+        id,
+        first_name: "Ada".into(),
+        last_name: format!("Soak{t}"),
+        ..KountaRecord::default()
+    };
+    let ff = |id, t: u32| FarmflowRecord {
+        id,
+        firstname: "Ada".into(),
+        lastname: format!("Soak{t}"),
+        ..FarmflowRecord::default()
+    };
+    let world = |crm: Vec<KountaRecord>, ff: Vec<FarmflowRecord>| World {
+        crm,
+        ff,
+        links: Vec::new(),
+        unsettled: Vec::new(),
+    };
+    let model = Model::default();
+    let before = world(vec![crm(1, 1)], vec![ff(301, 1), ff(302, 2)]);
+    assert!(check_run(&before, &before, &model).is_empty());
+
+    let lost = world(vec![crm(1, 1)], vec![ff(301, 1)]);
+    assert_eq!(check_run(&before, &lost, &model).len(), 1);
+    let mut explained = Model::default();
+    explained.remember(&before);
+    explained.tokens_crm_deleted.insert(2);
+    assert!(check_run(&before, &lost, &explained).is_empty());
+
+    let twice = world(vec![crm(1, 1), crm(2, 1)], vec![ff(301, 1), ff(302, 2)]);
+    assert_eq!(check_run(&before, &twice, &model).len(), 1);
+
+    let one_sided = world(vec![crm(1, 1)], vec![ff(301, 1), ff(302, 2)]);
+    let found = check_converged(&one_sided, &model);
+    assert!(
+        found
+            .iter()
+            .any(|v| v.contains("person 2 is in farmflow only")),
+        "{found:?}"
+    );
+}

@@ -1,0 +1,324 @@
+//! Helpers shared by the proof tests: running the real binary against a sandbox, reading the
+//! state DB behind it, and checking DESIGN.md's invariants on what both fakes hold.
+//!
+//! The checks use their own normalisation (trim and case-fold, digits of phones) rather than
+//! farmsync's, so a normalisation bug in farmsync cannot hide a duplicate from them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Output;
+
+use farmsync::sandbox::{FarmflowRecord, KountaRecord, Sandbox};
+use farmsync::store::{Intent, Link, LinkState, Store};
+
+use crate::support::Workdir;
+
+/// A config pointing farmsync at `sb`, with high rates and short timeouts (tests are fast).
+pub fn sandbox_config(sb: &Sandbox, extra: &str) -> String {
+    format!(
+        "[kounta]\nbase_url = {:?}\nclient_id = {:?}\nclient_secret = {:?}\nrequests_per_minute = 1000000\ntimeout_secs = 5\n\
+         [farmflow]\nbase_url = {:?}\napi_key = {:?}\nrequests_per_minute = 1000000\ntimeout_secs = 5\n{extra}",
+        sb.kounta_url(),
+        sb.kounta().client_id(),
+        sb.kounta().client_secret(),
+        sb.farmflow_url(),
+        sb.farmflow().api_key(),
+    )
+}
+
+/// Runs `farmsync --config <w> args…` to completion off the async reactor, with `env` added.
+pub async fn run_farmsync(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = crate::support::farmsync();
+    cmd.env_remove("FARMSYNC_TEST_FAULT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--config").arg(w.config_path()).args(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run farmsync"))
+        .await
+        .expect("join farmsync")
+}
+
+/// Write requests both fakes have received so far (refused and faulted ones included).
+pub fn writes(sb: &Sandbox) -> u64 {
+    sb.kounta().stats().writes + sb.farmflow().stats().writes
+}
+
+/// The links and the unsettled journal entries of the state DB at `path`.
+pub fn store_state(path: &Path) -> Result<(Vec<Link>, Vec<Intent>), String> {
+    let store = Store::open_read_only(path).map_err(|e| format!("state DB unreadable: {e}"))?;
+    let links = store
+        .links()
+        .map_err(|e| format!("links unreadable: {e}"))?;
+    let unsettled = store
+        .unsettled_intents()
+        .map_err(|e| format!("journal unreadable: {e}"))?;
+    Ok((links, unsettled))
+}
+
+/// Trimmed and case-folded.
+pub fn fold(s: &str) -> String {
+    s.trim().to_lowercase()
+}
+
+/// The digits of a phone number.
+pub fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// A CRM customer's person key: folded first and last name.
+pub fn crm_name(c: &KountaRecord) -> String {
+    format!("{} {}", fold(&c.first_name), fold(&c.last_name))
+}
+
+/// A FarmFlow customer's person key: folded first and last name.
+pub fn ff_name(c: &FarmflowRecord) -> String {
+    format!("{} {}", fold(&c.firstname), fold(&c.lastname))
+}
+
+/// The CRM phone farmsync compares: `phone`, or `mobile` when `phone` is empty.
+fn crm_phone(c: &KountaRecord) -> &str {
+    if c.phone.trim().is_empty() {
+        &c.mobile
+    } else {
+        &c.phone
+    }
+}
+
+/// Values that occur on more than one record of one side, as messages.
+fn duplicates<'a>(
+    side: &str,
+    what: &str,
+    values: impl Iterator<Item = (String, i64)>,
+    out: &'a mut Vec<String>,
+) -> &'a mut Vec<String> {
+    let mut seen: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (value, id) in values {
+        if !value.is_empty() {
+            seen.entry(value).or_default().push(id);
+        }
+    }
+    for (value, ids) in seen {
+        if ids.len() > 1 {
+            out.push(format!(
+                "duplicate on {side}: {what} {value:?} on ids {ids:?}"
+            ));
+        }
+    }
+    out
+}
+
+/// What both sides and the state DB hold at one moment.
+#[derive(Debug, Clone)]
+pub struct World {
+    /// Every CRM customer.
+    pub crm: Vec<KountaRecord>,
+    /// Every FarmFlow customer.
+    pub ff: Vec<FarmflowRecord>,
+    /// Every link row.
+    pub links: Vec<Link>,
+    /// Journal entries not settled.
+    pub unsettled: Vec<Intent>,
+}
+
+impl World {
+    /// Reads both fakes and the state DB at `state`.
+    pub fn read(sb: &Sandbox, state: &Path) -> Result<World, String> {
+        let (links, unsettled) = store_state(state)?;
+        Ok(World {
+            crm: sb.kounta().customers(),
+            ff: sb.farmflow().customers(),
+            links,
+            unsettled,
+        })
+    }
+
+    /// Duplicates on either side: two records with one folded name, one folded email or one
+    /// phone (digits). Only valid where every person has a distinct name, email and phone.
+    pub fn duplicate_people(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        duplicates(
+            "crm",
+            "name",
+            self.crm.iter().map(|c| (crm_name(c), c.id)),
+            &mut out,
+        );
+        duplicates(
+            "crm",
+            "email",
+            self.crm.iter().map(|c| (fold(&c.email), c.id)),
+            &mut out,
+        );
+        duplicates(
+            "crm",
+            "phone",
+            self.crm.iter().map(|c| (digits(crm_phone(c)), c.id)),
+            &mut out,
+        );
+        duplicates(
+            "farmflow",
+            "name",
+            self.ff.iter().map(|c| (ff_name(c), c.id)),
+            &mut out,
+        );
+        duplicates(
+            "farmflow",
+            "email",
+            self.ff.iter().map(|c| (fold(&c.email), c.id)),
+            &mut out,
+        );
+        duplicates(
+            "farmflow",
+            "phone",
+            self.ff.iter().map(|c| (digits(&c.phone), c.id)),
+            &mut out,
+        );
+        out
+    }
+
+    /// Links that point at nothing, CRM references that name no link, ids held by two links,
+    /// and unsettled journal entries.
+    pub fn broken_links(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let crm: BTreeMap<i64, &KountaRecord> = self.crm.iter().map(|c| (c.id, c)).collect();
+        let ff: BTreeSet<i64> = self.ff.iter().map(|c| c.id).collect();
+        let by_reference: BTreeMap<&str, &Link> = self
+            .links
+            .iter()
+            .map(|l| (l.reference_id.as_str(), l))
+            .collect();
+        let mut kounta_owners: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+        for l in &self.links {
+            let reference = l.reference_id.as_str();
+            match l.state {
+                LinkState::Active => {
+                    if !ff.contains(&l.farmflow_id.0) {
+                        out.push(format!(
+                            "active link {reference} names a missing farmflow customer"
+                        ));
+                    }
+                    match l.kounta_id {
+                        Some(k) if crm.contains_key(&k.0) => {}
+                        Some(k) => out.push(format!(
+                            "active link {reference} names missing crm customer {k}"
+                        )),
+                        None => out.push(format!("active link {reference} has no crm id")),
+                    }
+                }
+                LinkState::DeleteBlocked => {
+                    if !ff.contains(&l.farmflow_id.0) {
+                        out.push(format!(
+                            "delete-blocked link {reference} names a missing farmflow customer"
+                        ));
+                    }
+                }
+                LinkState::Tombstone => {}
+            }
+            if l.state != LinkState::Tombstone
+                && let Some(k) = l.kounta_id
+            {
+                kounta_owners.entry(k.0).or_default().push(reference);
+            }
+        }
+        for (k, owners) in kounta_owners {
+            if owners.len() > 1 {
+                out.push(format!("crm customer {k} is held by links {owners:?}"));
+            }
+        }
+        for c in &self.crm {
+            let Some(id) = c.reference_id.strip_prefix("farmflow:") else {
+                continue;
+            };
+            match by_reference.get(c.reference_id.as_str()) {
+                None => out.push(format!(
+                    "crm customer {} names {} but no link has it",
+                    c.id, c.reference_id
+                )),
+                Some(l) if l.state == LinkState::Tombstone => {}
+                Some(l) => {
+                    if l.kounta_id.map(|k| k.0) != Some(c.id) {
+                        out.push(format!(
+                            "crm customer {} names {} but that link holds crm {:?}",
+                            c.id, c.reference_id, l.kounta_id
+                        ));
+                    }
+                    if !id.parse::<i64>().is_ok_and(|id| ff.contains(&id)) {
+                        out.push(format!(
+                            "crm customer {} names {}, which does not exist",
+                            c.id, c.reference_id
+                        ));
+                    }
+                }
+            }
+        }
+        for i in &self.unsettled {
+            out.push(format!(
+                "unsettled journal entry {}: {:?} {} (crm {:?}, farmflow {:?})",
+                i.id, i.intent.side, i.intent.op, i.intent.kounta_id, i.intent.farmflow_id
+            ));
+        }
+        out
+    }
+
+    /// Every person on each side by name, with the fields that must survive (ids and
+    /// references left out: a crash may change which ids a create gets).
+    pub fn people(
+        &self,
+    ) -> (
+        BTreeMap<String, KountaRecord>,
+        BTreeMap<String, FarmflowRecord>,
+    ) {
+        let crm = self
+            .crm
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.id = 0;
+                c.reference_id = c.reference_id.split(':').next().unwrap_or("").to_owned();
+                (crm_name(&c), c)
+            })
+            .collect();
+        let ff = self
+            .ff
+            .iter()
+            .map(|c| {
+                let mut c = c.clone();
+                c.id = 0;
+                (ff_name(&c), c)
+            })
+            .collect();
+        (crm, ff)
+    }
+
+    /// How these people differ from `expected`'s: lost, extra or changed, side by side.
+    pub fn differences_from(&self, expected: &World) -> Vec<String> {
+        let mut out = Vec::new();
+        let (crm, ff) = self.people();
+        let (want_crm, want_ff) = expected.people();
+        compare("crm", &crm, &want_crm, &mut out);
+        compare("farmflow", &ff, &want_ff, &mut out);
+        out
+    }
+}
+
+fn compare<T: PartialEq + std::fmt::Debug>(
+    side: &str,
+    got: &BTreeMap<String, T>,
+    want: &BTreeMap<String, T>,
+    out: &mut Vec<String>,
+) {
+    for (name, record) in want {
+        match got.get(name) {
+            None => out.push(format!("lost on {side}: {name}")),
+            Some(r) if r != record => out.push(format!(
+                "{side} record of {name} differs from the uncrashed outcome:\n  got  {r:?}\n  want {record:?}"
+            )),
+            Some(_) => {}
+        }
+    }
+    for name in got.keys() {
+        if !want.contains_key(name) {
+            out.push(format!("unexpected on {side}: {name}"));
+        }
+    }
+}
