@@ -234,9 +234,24 @@ impl Settings {
 
     /// Loads the defaults, then `file` if given, then the process's `FARMSYNC__…` variables.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let mut builder = Settings::builder().env_vars(std::env::vars_os().filter_map(|(k, v)| {
-            Some((k.into_string().ok()?, v.into_string().unwrap_or_default()))
-        }));
+        let mut vars = Vec::new();
+        for (key, value) in std::env::vars_os() {
+            let name = key.to_string_lossy().into_owned();
+            if !name.to_uppercase().starts_with(ENV_PREFIX) {
+                continue;
+            }
+            // A setting that is not valid UTF-8 cannot be what the user meant: refuse it rather
+            // than drop it or read it as empty.
+            let (Some(_), Some(value)) = (key.to_str(), value.to_str()) else {
+                return Err(ConfigError::Invalid {
+                    key: name.clone(),
+                    origin: Origin::Env(name),
+                    message: "not valid UTF-8".to_owned(),
+                });
+            };
+            vars.push((name, value.to_owned()));
+        }
+        let mut builder = Settings::builder().env_vars(vars);
         if let Some(file) = file {
             builder = builder.file(file);
         }

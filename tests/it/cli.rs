@@ -226,3 +226,21 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_setting_that_is_not_utf8_is_refused_naming_the_variable() {
+    use std::os::unix::ffi::OsStrExt;
+    let w = Workdir::new("");
+    let out = farmsync()
+        .env(
+            "FARMSYNC__FARMFLOW__API_KEY",
+            std::ffi::OsStr::from_bytes(b"key-\xff"),
+        )
+        .args(["--config", w.config_path().to_str().unwrap(), "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains("FARMSYNC__FARMFLOW__API_KEY"), "{err}");
+    assert!(err.contains("UTF-8"), "{err}");
+}
