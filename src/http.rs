@@ -291,63 +291,102 @@ pub fn excerpt_text(text: &str) -> String {
     collapse(&mask_contacts(text))
 }
 
-/// Replaces anything shaped like an email with `[email]` and any run of phone-like characters
-/// holding seven or more digits with `[phone]`.
+/// Masks what looks like an email address or a phone number in operator-facing text.
+///
+/// DESIGN.md allows customer emails and phones only at debug level, but an API's error text
+/// may quote a record back (the excerpt of an answer cut short, a refusal naming a value).
+/// Everything the engine logs above debug that carries such text goes through here. A phone
+/// is a run of at least eight digits standing alone, either ungrouped or in groups of at most
+/// five separated by spaces, dashes, dots or parentheses, optionally led by `+`; an ISO date
+/// (`2026-03-12`) is not one.
 pub fn mask_contacts(text: &str) -> String {
-    let is_boundary = |c: char| c.is_whitespace() || "\"',;:<>()[]{}=&?/".contains(c);
-    let mut out = String::with_capacity(text.len().min(4096));
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        if word.contains('@') && word.len() > 2 {
-            out.push_str("[email]");
-        } else {
-            out.push_str(word);
-        }
-        word.clear();
-    };
-    for c in text.chars() {
-        if is_boundary(c) {
-            flush(&mut word, &mut out);
-            out.push(c);
-        } else {
-            word.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    mask_phones(&out)
-}
-
-fn mask_phones(text: &str) -> String {
-    let phoneish = |c: char| c.is_ascii_digit() || " +-().".contains(c);
+    const MIN_PHONE_DIGITS: usize = 8;
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
+    let is_local = |c: char| c.is_alphanumeric() || "._%+-".contains(c);
+    let is_domain = |c: char| c.is_alphanumeric() || ".-".contains(c);
+    let is_phone_sep = |c: char| " -.()".contains(c);
     while i < chars.len() {
-        if chars[i].is_ascii_digit() || chars[i] == '+' || chars[i] == '(' {
-            let mut j = i;
-            while j < chars.len() && phoneish(chars[j]) {
-                j += 1;
+        let c = chars[i];
+        // An email: the local part was copied already; take it back if the domain holds a dot.
+        if c == '@' {
+            let mut start = out.len();
+            for (pos, ch) in out.char_indices().rev() {
+                if !is_local(ch) {
+                    break;
+                }
+                start = pos;
             }
-            // Trailing separators are not part of the number.
-            while j > i && !chars[j - 1].is_ascii_digit() {
-                j -= 1;
+            let mut end = i + 1;
+            while end < chars.len() && is_domain(chars[end]) {
+                end += 1;
             }
-            let digits = chars[i..j].iter().filter(|c| c.is_ascii_digit()).count();
-            if digits >= 7 {
-                out.push_str("[phone]");
-                i = j;
-                continue;
+            // A trailing dot ends the sentence, not the domain.
+            while end > i + 1 && chars[end - 1] == '.' {
+                end -= 1;
             }
-            if j > i {
-                out.extend(&chars[i..j]);
-                i = j;
+            let domain: String = chars[i + 1..end].iter().collect();
+            let dotted = domain
+                .split_once('.')
+                .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty());
+            if start < out.len() && dotted {
+                out.truncate(start);
+                out.push_str("[email]");
+                i = end;
                 continue;
             }
         }
-        out.push(chars[i]);
+        let standalone = i == 0 || !(chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
+        let starts_phone = c.is_ascii_digit()
+            || (matches!(c, '+' | '(') && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit()));
+        if standalone && starts_phone {
+            let mut end = i + 1;
+            while end < chars.len() && (chars[end].is_ascii_digit() || is_phone_sep(chars[end])) {
+                end += 1;
+            }
+            // Separators at the end belong to the text around the number.
+            while end > i + 1 && is_phone_sep(chars[end - 1]) && chars[end - 1] != ')' {
+                end -= 1;
+            }
+            let run: String = chars[i..end].iter().collect();
+            let groups: Vec<usize> = run
+                .split(|c: char| !c.is_ascii_digit())
+                .map(str::len)
+                .filter(|n| *n > 0)
+                .collect();
+            let digits: usize = groups.iter().sum();
+            // Phones are written in short groups or not grouped at all; "customer 389403
+            // (404)" is an id and a status.
+            let grouped_like_a_phone = groups.len() == 1 || groups.iter().all(|n| *n <= 5);
+            let glued = chars
+                .get(end)
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_');
+            if digits >= MIN_PHONE_DIGITS && grouped_like_a_phone && !glued && !is_iso_date(&run) {
+                out.push_str("[phone]");
+                i = end;
+                continue;
+            }
+            out.push_str(&run);
+            i = end;
+            continue;
+        }
+        out.push(c);
         i += 1;
     }
     out
+}
+
+/// `YYYY-MM-DD`, possibly followed by the rest of a timestamp's separators.
+fn is_iso_date(run: &str) -> bool {
+    let b = run.as_bytes();
+    b.len() >= 10
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[5..7].iter().all(u8::is_ascii_digit)
+        && b[7] == b'-'
+        && b[8..10].iter().all(u8::is_ascii_digit)
+        && b[10..].iter().all(|c| !c.is_ascii_digit())
 }
 
 fn collapse(text: &str) -> String {
