@@ -14,6 +14,7 @@ mod daemon_support;
 mod daemon_units;
 mod daemon_worker;
 mod proof_crash;
+mod proof_daemon;
 mod proof_input;
 mod proof_security;
 mod proof_soak;
