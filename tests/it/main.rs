@@ -19,6 +19,7 @@ mod proof_input;
 mod proof_security;
 mod proof_soak;
 mod proof_support;
+mod proof_webhook;
 mod sandbox_farmflow;
 mod sandbox_faults;
 mod sandbox_kounta;
