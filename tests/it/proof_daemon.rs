@@ -1,7 +1,8 @@
 //! The crash campaign for the daemon: the real `farmsync run` (a yearly schedule, so only its
 //! start-up cycle runs) is killed with SIGKILL right after its k-th write reaches the sandbox
-//! (the write is applied, its answer never sent), for every k of the first cycle over a
-//! two-sided farm. Then `farmsync sync` runs until a run writes nothing. After each k: no
+//! (the write is applied, its answer never sent), for every k of two start-up cycles: the first
+//! over a two-sided farm (links, creates, updates), and one after people deleted, edited and
+//! added customers on both sides since a first sync (deletes, tags, updates, creates). Then `farmsync sync` runs until a run writes nothing. After each k: no
 //! duplicate on either side, no customer lost or changed compared with a cycle that was never
 //! killed, no link pointing at nothing, the journal settled, and the last run wrote nothing.
 
@@ -37,6 +38,8 @@ enum Side {
 /// The k-th write of the uncrashed cycle: which side, which write of that side, what it was.
 #[derive(Debug, Clone)]
 struct CrashPoint {
+    /// The start-up cycle after people's changes (else the first cycle of all).
+    after_changes: bool,
     k: usize,
     side: Side,
     nth: u64,
@@ -86,11 +89,56 @@ fn scenario() -> SampleData {
     data
 }
 
-/// A fresh sandbox seeded with `data` and a workdir whose config runs the daemon yearly.
-async fn prepare(data: &SampleData) -> (Sandbox, Workdir) {
+/// What people change after a first sync: deletions on both sides, edits on either side and
+/// both, and new people on each side.
+fn people_change(sb: &Sandbox) {
+    let crm = sb.kounta().customers();
+    let ff = sb.farmflow().customers();
+    let crm_id = |first: &str| crm.iter().find(|c| c.first_name == first).unwrap().id;
+    let ff_id = |first: &str| ff.iter().find(|c| c.firstname == first).unwrap().id;
+    assert!(sb.kounta().backoffice_delete(crm_id("Dee0")));
+    sb.farmflow().delete(ff_id("Ray0")).unwrap();
+    assert!(
+        sb.kounta()
+            .edit(crm_id("Cy0"), |c| c.phone = "07 7199 0000".into())
+    );
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Cy1"), |c| c.city = "Alice Springs".into())
+    );
+    assert!(sb.kounta().edit(crm_id("Ray1"), |c| c.email =
+        "ray1.new@daemon.example".into()));
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Dee1"), |c| c.phone = "02 7199 1111".into())
+    );
+    for i in 0..3 {
+        sb.kounta().insert(KountaRecord {
+            first_name: format!("Nia{i}"),
+            last_name: "Later".into(),
+            email: format!("nia{i}@later.example"),
+            ..KountaRecord::default()
+        });
+        sb.farmflow().insert(FarmflowRecord {
+            firstname: format!("Oto{i}"),
+            lastname: "Later".into(),
+            email: format!("oto{i}@later.example"),
+            ..FarmflowRecord::default()
+        });
+    }
+}
+
+/// A fresh sandbox seeded with `data` and a workdir whose config runs the daemon yearly; with
+/// `after_changes`, a first sync has run and people have changed things since.
+async fn prepare(data: &SampleData, after_changes: bool) -> (Sandbox, Workdir) {
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.seed(data).unwrap();
     let w = Workdir::new(&sandbox_config(&sb, YEARLY));
+    if after_changes {
+        let out = run_farmsync(&w, &["sync"], &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        people_change(&sb);
+    }
     sb.kounta().reset_stats();
     sb.farmflow().reset_stats();
     (sb, w)
@@ -117,8 +165,8 @@ fn spawn_daemon(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Chil
 
 /// One `farmsync sync` that is never killed: the writes of a first cycle, in order, and the
 /// outcome every crashed daemon must reach too. (The daemon's start-up cycle is the same run.)
-async fn uncrashed(data: &SampleData) -> (Vec<CrashPoint>, World) {
-    let (sb, w) = prepare(data).await;
+async fn uncrashed(data: &SampleData, after_changes: bool) -> (Vec<CrashPoint>, World) {
+    let (sb, w) = prepare(data, after_changes).await;
     let out = run_farmsync(&w, &["sync"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
@@ -144,6 +192,7 @@ async fn uncrashed(data: &SampleData) -> (Vec<CrashPoint>, World) {
             };
             *counter += 1;
             CrashPoint {
+                after_changes,
                 k: i + 1,
                 side,
                 nth: *counter,
@@ -178,7 +227,7 @@ async fn crash_daemon_at(
     expected: &World,
     fault_env: &[(&str, &str)],
 ) -> Vec<String> {
-    let (sb, w) = prepare(data).await;
+    let (sb, w) = prepare(data, point.after_changes).await;
     let base = match point.side {
         Side::Kounta => *sb.kounta().writes_applied().borrow(),
         Side::Farmflow => *sb.farmflow().writes_applied().borrow(),
@@ -255,29 +304,41 @@ async fn crash_daemon_at(
     violations
 }
 
-/// Every crash point of the first cycle, a few at a time: the points and, for each that broke
+/// Every crash point of the start-up cycles of `phases` (after people's changes or not), a few
+/// at a time: the points and, for each that broke
 /// an invariant, a line saying how.
 async fn campaign(
+    phases: &[bool],
     fault_env: &'static [(&'static str, &'static str)],
 ) -> (Vec<CrashPoint>, Vec<String>) {
     let data = Arc::new(scenario());
-    let (points, expected) = uncrashed(&data).await;
-    let expected = Arc::new(expected);
     let mut tasks = tokio::task::JoinSet::new();
-    for point in points.clone() {
-        let (data, expected) = (data.clone(), expected.clone());
-        tasks.spawn(async move {
-            let _permit = GATE.acquire().await.unwrap();
-            let violations = crash_daemon_at(&point, &data, &expected, fault_env).await;
-            (point, violations)
-        });
+    let mut all = Vec::new();
+    for &after_changes in phases {
+        let (points, expected) = uncrashed(&data, after_changes).await;
+        let expected = Arc::new(expected);
+        all.extend(points.iter().cloned());
+        for point in points {
+            let (data, expected) = (data.clone(), expected.clone());
+            tasks.spawn(async move {
+                let _permit = GATE.acquire().await.unwrap();
+                let violations = crash_daemon_at(&point, &data, &expected, fault_env).await;
+                (point, violations)
+            });
+        }
     }
+    let points = all;
     let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (point, violations) = joined.expect("crash point task");
         if !violations.is_empty() {
             failed.push(format!(
-                "k={} ({}): {}",
+                "{} k={} ({}): {}",
+                if point.after_changes {
+                    "after changes"
+                } else {
+                    "first cycle"
+                },
                 point.k,
                 point.what,
                 violations.join("\n    ")
@@ -291,24 +352,33 @@ async fn campaign(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let (points, failed) = campaign(&[]).await;
+    let (points, failed) = campaign(&[false, true], &[]).await;
     let total = points.len();
-    let on = |side| points.iter().filter(|p| p.side == side).count();
+    let on = |after: bool, side| {
+        points
+            .iter()
+            .filter(|p| p.after_changes == after && p.side == side)
+            .count()
+    };
     println!(
-        "daemon crash campaign: {total} crash points ({} crm + {} farmflow writes), every k; \
-         {:.1} s",
-        on(Side::Kounta),
-        on(Side::Farmflow),
+        "daemon crash campaign: {total} crash points, every k — first cycle: {} crm + {} \
+         farmflow writes; after changes: {} crm + {} farmflow writes; {:.1} s",
+        on(false, Side::Kounta),
+        on(false, Side::Farmflow),
+        on(true, Side::Kounta),
+        on(true, Side::Farmflow),
         started.elapsed().as_secs_f64()
     );
     assert!(
-        total >= 20,
-        "the first cycle needs dozens of writes, made {total}"
+        total >= 40,
+        "the cycles need dozens of writes, made {total}"
     );
-    assert!(
-        on(Side::Kounta) >= 5 && on(Side::Farmflow) >= 5,
-        "both sides take writes"
-    );
+    for after in [false, true] {
+        assert!(
+            on(after, Side::Kounta) >= 3 && on(after, Side::Farmflow) >= 3,
+            "both sides take writes (after changes: {after})"
+        );
+    }
     assert!(
         failed.is_empty(),
         "{} of {total} crash points failed:\n{}",
@@ -319,7 +389,11 @@ async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_whose_journal_is_never_settled_fails_the_campaign() {
-    let (points, failed) = campaign(&[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")]).await;
+    let (points, failed) = campaign(
+        &[false],
+        &[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")],
+    )
+    .await;
     println!(
         "daemon, broken journal: {} of {} crash points caught",
         failed.len(),
