@@ -2,8 +2,8 @@
 //! start-up cycle runs) is killed with SIGKILL right after its k-th write reaches the sandbox
 //! (the write is applied, its answer never sent), for every k of two start-up cycles: the first
 //! over a two-sided farm (links, creates, updates), and one after people deleted, edited and
-//! added customers on both sides since a first sync (deletes, tags, updates, creates). Then `farmsync sync` runs until a run writes nothing. After each k: no
-//! duplicate on either side, no customer lost or changed compared with a cycle that was never
+//! added customers on both sides since a first sync (deletes, tags, updates, creates). Then
+//! `farmsync sync` runs until a run writes nothing. After each k: no duplicate on either side, no customer lost or changed compared with a cycle that was never
 //! killed, no link pointing at nothing, the journal settled, and the last run wrote nothing.
 
 use std::process::Stdio;
@@ -360,9 +360,10 @@ async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
             .filter(|p| p.after_changes == after && p.side == side)
             .count()
     };
+    let kinds: std::collections::BTreeSet<&str> = points.iter().map(|p| p.what.as_str()).collect();
     println!(
         "daemon crash campaign: {total} crash points, every k — first cycle: {} crm + {} \
-         farmflow writes; after changes: {} crm + {} farmflow writes; {:.1} s",
+         farmflow writes; after changes: {} crm + {} farmflow writes; kinds {kinds:?}; {:.1} s",
         on(false, Side::Kounta),
         on(false, Side::Farmflow),
         on(true, Side::Kounta),
@@ -373,6 +374,18 @@ async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
         total >= 40,
         "the cycles need dozens of writes, made {total}"
     );
+    for kind in [
+        "crm Create",
+        "crm Update",
+        "farmflow Create",
+        "farmflow Update",
+        "farmflow Delete",
+    ] {
+        assert!(
+            kinds.contains(kind),
+            "no {kind} among the crash points: {kinds:?}"
+        );
+    }
     for after in [false, true] {
         assert!(
             on(after, Side::Kounta) >= 3 && on(after, Side::Farmflow) >= 3,
