@@ -35,9 +35,46 @@ fn assert_no_contact_details(logs: &str, details: &[String]) {
     }
 }
 
-/// Runs in one thread so the subscriber set for this test sees every event of the run.
-#[tokio::test(flavor = "current_thread")]
-async fn contact_details_never_reach_info_logs_even_in_api_error_text() {
+/// tracing caches, per call site and for the whole process, whether any subscriber wants an
+/// event; with other tests' subscribers coming and going on other threads, that cache can hide
+/// this test's events from its own subscriber. So each test here runs alone in a child process
+/// (this test binary again), on one thread so its subscriber sees every event of the run.
+fn alone(name: &str, body: impl std::future::Future<Output = ()>) {
+    const ALONE: &str = "FARMSYNC_TEST_ALONE";
+    if std::env::var_os(ALONE).is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(body);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(ALONE, "1")
+        .output()
+        .expect("re-run the test alone");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{name} failed when run alone:\n{text}"
+    );
+    assert!(text.contains("1 passed"), "{name} did not run:\n{text}");
+}
+
+#[test]
+fn contact_details_never_reach_info_logs_even_in_api_error_text() {
+    alone(
+        "sync_logs::contact_details_never_reach_info_logs_even_in_api_error_text",
+        contact_details_body(),
+    );
+}
+
+async fn contact_details_body() {
     let logs = CapturedLogs::default();
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::new("info"))
@@ -108,8 +145,15 @@ async fn contact_details_never_reach_info_logs_even_in_api_error_text() {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn run_finished_carries_the_counts_and_requests_per_api() {
+#[test]
+fn run_finished_carries_the_counts_and_requests_per_api() {
+    alone(
+        "sync_logs::run_finished_carries_the_counts_and_requests_per_api",
+        run_finished_body(),
+    );
+}
+
+async fn run_finished_body() {
     let logs = CapturedLogs::default();
     let subscriber = tracing_subscriber::registry()
         .with(EnvFilter::new("info"))
