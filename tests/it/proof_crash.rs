@@ -21,7 +21,7 @@ use farmsync::sandbox::{
 };
 use tokio::sync::Semaphore;
 
-use crate::proof_support::{World, run_farmsync, sandbox_config, writes};
+use crate::proof_support::{World, converge_and_check, run_farmsync, sandbox_config, writes};
 use crate::support::{Workdir, text};
 
 /// How long one process may take to reach its k-th write.
@@ -377,40 +377,8 @@ async fn crash_at(
     };
     let killed_twice = twice && kill_after_first_write(&sb, &w, fault_env).await;
 
-    let mut reruns = 0;
-    let mut converged = false;
-    let mut last = String::new();
-    while reruns < MAX_RERUNS {
-        reruns += 1;
-        let before = writes(&sb);
-        let out = run_farmsync(&w, &["sync"], fault_env).await;
-        last = format!(
-            "exit {:?}\n{}{}",
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        if writes(&sb) == before {
-            converged = true;
-            if out.status.code() != Some(0) {
-                violations.push(format!("the run that wrote nothing did not exit 0: {last}"));
-            }
-            break;
-        }
-    }
-    if !converged {
-        violations.push(format!(
-            "still writing after {MAX_RERUNS} runs; the last one said: {last}"
-        ));
-    }
-    match World::read(&sb, &w.state_path()) {
-        Ok(world) => {
-            violations.extend(world.duplicate_people());
-            violations.extend(world.broken_links());
-            violations.extend(world.differences_from(expected));
-        }
-        Err(e) => violations.push(e),
-    }
+    let (found, reruns) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;
+    violations.extend(found);
     sb.shutdown().await;
     Verdict {
         point,

@@ -16,7 +16,7 @@ use farmsync::sandbox::{
 };
 use tokio::sync::Semaphore;
 
-use crate::proof_support::{World, run_farmsync, sandbox_config, writes};
+use crate::proof_support::{World, converge_and_check, run_farmsync, sandbox_config, writes};
 use crate::support::{Workdir, text};
 
 /// Once a year: only the start-up cycle runs while the test watches.
@@ -268,38 +268,8 @@ async fn crash_daemon_at(
         Side::Farmflow => sb.farmflow().remove_fault(fault_id),
     };
 
-    let mut converged = false;
-    let mut last = String::new();
-    for _ in 0..MAX_RERUNS {
-        let before = writes(&sb);
-        let out = run_farmsync(&w, &["sync"], fault_env).await;
-        last = format!(
-            "exit {:?}\n{}{}",
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        if writes(&sb) == before {
-            converged = true;
-            if out.status.code() != Some(0) {
-                violations.push(format!("the run that wrote nothing did not exit 0: {last}"));
-            }
-            break;
-        }
-    }
-    if !converged {
-        violations.push(format!(
-            "still writing after {MAX_RERUNS} runs; the last one said: {last}"
-        ));
-    }
-    match World::read(&sb, &w.state_path()) {
-        Ok(world) => {
-            violations.extend(world.duplicate_people());
-            violations.extend(world.broken_links());
-            violations.extend(world.differences_from(expected));
-        }
-        Err(e) => violations.push(e),
-    }
+    let (found, _) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;
+    violations.extend(found);
     sb.shutdown().await;
     violations
 }

@@ -322,3 +322,51 @@ fn compare<T: PartialEq + std::fmt::Debug>(
         }
     }
 }
+
+/// Reruns `farmsync sync` until a run writes nothing (at most `max_runs` runs), then checks the
+/// world against `expected`: no person twice, no broken link, everyone as in `expected`.
+/// Returns what is wrong and how many runs it took.
+pub async fn converge_and_check(
+    sb: &Sandbox,
+    w: &Workdir,
+    env: &[(&str, &str)],
+    expected: &World,
+    max_runs: usize,
+) -> (Vec<String>, usize) {
+    let mut violations = Vec::new();
+    let mut runs = 0;
+    let mut converged = false;
+    let mut last = String::new();
+    while runs < max_runs {
+        runs += 1;
+        let before = writes(sb);
+        let out = run_farmsync(w, &["sync"], env).await;
+        last = format!(
+            "exit {:?}\n{}{}",
+            out.status.code(),
+            crate::support::text(&out.stdout),
+            crate::support::text(&out.stderr)
+        );
+        if writes(sb) == before {
+            converged = true;
+            if out.status.code() != Some(0) {
+                violations.push(format!("the run that wrote nothing did not exit 0: {last}"));
+            }
+            break;
+        }
+    }
+    if !converged {
+        violations.push(format!(
+            "still writing after {max_runs} runs; the last one said: {last}"
+        ));
+    }
+    match World::read(sb, &w.state_path()) {
+        Ok(world) => {
+            violations.extend(world.duplicate_people());
+            violations.extend(world.broken_links());
+            violations.extend(world.differences_from(expected));
+        }
+        Err(e) => violations.push(e),
+    }
+    (violations, runs)
+}
