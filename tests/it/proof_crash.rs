@@ -21,7 +21,9 @@ use farmsync::sandbox::{
 };
 use tokio::sync::Semaphore;
 
-use crate::proof_support::{World, converge_and_check, run_farmsync, sandbox_config, writes};
+use crate::proof_support::{
+    Side, World, converge_and_check, kill_after_write, run_farmsync, sandbox_config, writes,
+};
 use crate::support::{Workdir, text};
 
 /// How long one process may take to reach its k-th write.
@@ -33,13 +35,6 @@ const MAX_RERUNS: usize = 3;
 /// Crash points tried at once across every campaign of the test binary (each has its own
 /// sandbox and state DB); more would only slow each process down on a small machine.
 static GATE: Semaphore = Semaphore::const_new(3);
-
-/// Which fake a write went to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Kounta,
-    Farmflow,
-}
 
 /// Which run of the scenario is killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,46 +330,10 @@ async fn crash_at(
 ) -> Verdict {
     let (sb, w) = prepare(point.phase, data).await;
     // Writes are counted from the sandbox's start; the prepared phase may have made some.
-    let base = match point.side {
-        Side::Kounta => *sb.kounta().writes_applied().borrow(),
-        Side::Farmflow => *sb.farmflow().writes_applied().borrow(),
-    };
-    let fault = Fault::new(
-        Target::AnyWrite,
-        When::Nth(point.nth),
-        FaultAction::ApplyThenHang,
-    );
-    let fault_id = match point.side {
-        Side::Kounta => sb.kounta().inject(fault),
-        Side::Farmflow => {
-            sb.farmflow()
-                .inject(Fault::new(Target::AnyWrite, fault.when, fault.action))
-        }
-    };
-    let mut violations = Vec::new();
-
-    let mut child = spawn_sync(&w, fault_env);
-    let reached = async {
-        match point.side {
-            Side::Kounta => sb.kounta().wait_for_writes(base + point.nth).await,
-            Side::Farmflow => sb.farmflow().wait_for_writes(base + point.nth).await,
-        }
-    };
-    tokio::select! {
-        () = reached => {}
-        status = child.wait() => {
-            violations.push(format!("farmsync exited ({status:?}) before write {}", point.k));
-        }
-        () = tokio::time::sleep(REACH_WRITE) => {
-            violations.push(format!("write {} never arrived", point.k));
-        }
-    }
-    // SIGKILL: no destructor, no flush, no settling; the write is applied, its answer unsent.
-    child.kill().await.expect("kill farmsync");
-    match point.side {
-        Side::Kounta => sb.kounta().remove_fault(fault_id),
-        Side::Farmflow => sb.farmflow().remove_fault(fault_id),
-    };
+    let mut violations = kill_after_write(&sb, point.side, point.nth, point.k, "farmsync", || {
+        spawn_sync(&w, fault_env)
+    })
+    .await;
     let killed_twice = twice && kill_after_first_write(&sb, &w, fault_env).await;
 
     let (found, reruns) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;

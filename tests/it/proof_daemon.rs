@@ -8,32 +8,25 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use farmsync::sandbox::{
-    Access, Endpoint, FarmflowRecord, Fault, FaultAction, KountaRecord, SampleData, Sandbox,
-    SandboxOptions, Target, When, sample_farm,
+    Access, Endpoint, FarmflowRecord, KountaRecord, SampleData, Sandbox, SandboxOptions,
+    sample_farm,
 };
 use tokio::sync::Semaphore;
 
-use crate::proof_support::{World, converge_and_check, run_farmsync, sandbox_config, writes};
+use crate::proof_support::{
+    Side, World, converge_and_check, kill_after_write, run_farmsync, sandbox_config, writes,
+};
 use crate::support::{Workdir, text};
 
 /// Once a year: only the start-up cycle runs while the test watches.
 const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\n";
-/// How long the daemon may take to reach its k-th write.
-const REACH_WRITE: Duration = Duration::from_secs(30);
 /// Runs after the kill before one writes nothing (as in the sync campaign).
 const MAX_RERUNS: usize = 3;
 /// Crash points tried at once; each has its own sandbox, state DB and daemon.
 static GATE: Semaphore = Semaphore::const_new(3);
-
-/// Which fake a write went to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Kounta,
-    Farmflow,
-}
 
 /// The k-th write of the uncrashed cycle: which side, which write of that side, what it was.
 #[derive(Debug, Clone)]
@@ -228,45 +221,11 @@ async fn crash_daemon_at(
     fault_env: &[(&str, &str)],
 ) -> Vec<String> {
     let (sb, w) = prepare(data, point.after_changes).await;
-    let base = match point.side {
-        Side::Kounta => *sb.kounta().writes_applied().borrow(),
-        Side::Farmflow => *sb.farmflow().writes_applied().borrow(),
-    };
-    let fault_id = match point.side {
-        Side::Kounta => sb.kounta().inject(Fault::new(
-            Target::AnyWrite,
-            When::Nth(point.nth),
-            FaultAction::ApplyThenHang,
-        )),
-        Side::Farmflow => sb.farmflow().inject(Fault::new(
-            Target::AnyWrite,
-            When::Nth(point.nth),
-            FaultAction::ApplyThenHang,
-        )),
-    };
-    let mut violations = Vec::new();
-    let mut child = spawn_daemon(&w, fault_env);
-    let reached = async {
-        match point.side {
-            Side::Kounta => sb.kounta().wait_for_writes(base + point.nth).await,
-            Side::Farmflow => sb.farmflow().wait_for_writes(base + point.nth).await,
-        }
-    };
-    tokio::select! {
-        () = reached => {}
-        status = child.wait() => {
-            violations.push(format!("farmsync run exited ({status:?}) before write {}", point.k));
-        }
-        () = tokio::time::sleep(REACH_WRITE) => {
-            violations.push(format!("write {} never arrived", point.k));
-        }
-    }
-    // SIGKILL: no destructor, no flush, no settling; the write is applied, its answer unsent.
-    child.kill().await.expect("kill farmsync run");
-    match point.side {
-        Side::Kounta => sb.kounta().remove_fault(fault_id),
-        Side::Farmflow => sb.farmflow().remove_fault(fault_id),
-    };
+    let mut violations =
+        kill_after_write(&sb, point.side, point.nth, point.k, "farmsync run", || {
+            spawn_daemon(&w, fault_env)
+        })
+        .await;
 
     let (found, _) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;
     violations.extend(found);

@@ -370,3 +370,69 @@ pub async fn converge_and_check(
     }
     (violations, runs)
 }
+
+/// Which fake a write went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Kounta,
+    Farmflow,
+}
+
+/// How long a crash point waits for its write before giving up.
+const REACH_WRITE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Makes the sandbox apply the `nth` write to `side` (counted from now) and never answer it,
+/// starts the process under test with `spawn`, waits until that write is applied, and kills the
+/// process with SIGKILL — no destructor, no flush, no settling: the write is applied, its answer
+/// unsent. Returns what went wrong on the way (`label` names the process in those messages).
+pub async fn kill_after_write(
+    sb: &Sandbox,
+    side: Side,
+    nth: u64,
+    k: usize,
+    label: &str,
+    spawn: impl FnOnce() -> tokio::process::Child,
+) -> Vec<String> {
+    use farmsync::sandbox::{Fault, FaultAction, Target, When};
+    let (base, fault_id) = match side {
+        Side::Kounta => (
+            *sb.kounta().writes_applied().borrow(),
+            sb.kounta().inject(Fault::new(
+                Target::AnyWrite,
+                When::Nth(nth),
+                FaultAction::ApplyThenHang,
+            )),
+        ),
+        Side::Farmflow => (
+            *sb.farmflow().writes_applied().borrow(),
+            sb.farmflow().inject(Fault::new(
+                Target::AnyWrite,
+                When::Nth(nth),
+                FaultAction::ApplyThenHang,
+            )),
+        ),
+    };
+    let mut violations = Vec::new();
+    let mut child = spawn();
+    let reached = async {
+        match side {
+            Side::Kounta => sb.kounta().wait_for_writes(base + nth).await,
+            Side::Farmflow => sb.farmflow().wait_for_writes(base + nth).await,
+        }
+    };
+    tokio::select! {
+        () = reached => {}
+        status = child.wait() => {
+            violations.push(format!("{label} exited ({status:?}) before write {k}"));
+        }
+        () = tokio::time::sleep(REACH_WRITE) => {
+            violations.push(format!("write {k} never arrived"));
+        }
+    }
+    child.kill().await.expect("kill the process under test");
+    match side {
+        Side::Kounta => sb.kounta().remove_fault(fault_id),
+        Side::Farmflow => sb.farmflow().remove_fault(fault_id),
+    };
+    violations
+}
