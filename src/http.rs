@@ -1320,6 +1320,41 @@ mod tests {
     }
 }
 
+/// Test helpers shared by the decoders' property tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Arbitrary JSON, nested up to 4 levels, whose object keys are mostly the given names
+    /// (so the decoders meet their own fields with wrong types) and text leaves match `text`.
+    pub(crate) fn json_value(
+        keys: &'static [&'static str],
+        text: &'static str,
+    ) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            text.prop_map(Value::from),
+            Just(Value::from("error")),
+            Just(Value::from("success")),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            let key = prop_oneof![
+                3 => prop::sample::select(keys).prop_map(str::to_owned),
+                1 => "[a-z_-]{1,8}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+}
+
 #[cfg(test)]
 mod contact_tests {
     use super::*;

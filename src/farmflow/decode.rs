@@ -482,35 +482,21 @@ mod tests {
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            "[a-z0-9 @.-]{0,12}".prop_map(Value::from),
-            Just(Value::from("error")),
-            Just(Value::from("success")),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            let keys = prop_oneof![
-                Just("id".to_owned()),
-                Just("status".to_owned()),
-                Just("success".to_owned()),
-                Just("data".to_owned()),
-                Just("message".to_owned()),
-                Just("customers".to_owned()),
-                Just("customer".to_owned()),
-                Just("customer-id".to_owned()),
-                Just("recurring-orders".to_owned()),
-                Just("firstname".to_owned()),
-                "[a-z_-]{1,8}",
-            ];
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::btree_map(keys, inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        crate::http::testing::json_value(
+            &[
+                "id",
+                "status",
+                "success",
+                "data",
+                "message",
+                "customers",
+                "customer",
+                "customer-id",
+                "recurring-orders",
+                "firstname",
+            ],
+            "[a-z0-9 @.-]{0,12}",
+        )
     }
 
     fn assert_short<T: std::fmt::Debug>(result: Result<T, DecodeError>) {

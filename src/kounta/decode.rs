@@ -416,32 +416,20 @@ mod tests {
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            "[a-z0-9 @.\\n]{0,12}".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            let keys = prop_oneof![
-                Just("id".to_owned()),
-                Just("id_str".to_owned()),
-                Just("email".to_owned()),
-                Just("primary_email_address".to_owned()),
-                Just("tags".to_owned()),
-                Just("primary_address".to_owned()),
-                Just("lines".to_owned()),
-                Just("zone".to_owned()),
-                Just("customers".to_owned()),
-                "[a-z_]{1,8}",
-            ];
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-                prop::collection::btree_map(keys, inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
-            ]
-        })
+        crate::http::testing::json_value(
+            &[
+                "id",
+                "id_str",
+                "email",
+                "primary_email_address",
+                "tags",
+                "primary_address",
+                "lines",
+                "zone",
+                "customers",
+            ],
+            "[a-z0-9 @.\\n]{0,12}",
+        )
     }
 
     fn assert_short(result: Result<impl std::fmt::Debug, DecodeError>) {
