@@ -8,95 +8,32 @@
 //! each CRM edit to FarmFlow exactly once, the dropped one by the next scheduled cycle.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use farmsync::sandbox::{
     DeliveryOutcome, Sandbox, SandboxOptions, WebhookAction, WebhookFault, When, sample_farm,
 };
-use farmsync::store::{SharedStore, Store};
 use farmsync::webhook::{
-    self, ListenerOptions, MAX_BODY_BYTES, SECRET_HEADER, SIGNATURE_HEADER, Topic, WebhookReceiver,
+    self, ListenerOptions, MAX_BODY_BYTES, SECRET_HEADER, SIGNATURE_HEADER, Topic,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::daemon_support::{Daemon, converge, event, farmsync_in, free_port, linked};
 use crate::proof_support::{World, sandbox_config, writes};
 use crate::support::{Workdir, text};
+use crate::webhook_listener::{Listener, SECRET, TOKEN};
 
-const TOKEN: &str = "proof-signing-token";
-const SECRET: &str = "proof-shared-secret";
-
-/// The listener served in-process on a free port, with its store and a count of hints told.
-struct Listener {
-    url: String,
-    addr: std::net::SocketAddr,
-    store: SharedStore,
-    told: Arc<AtomicU64>,
-    stop: CancellationToken,
-    tracker: TaskTracker,
-    _dir: tempfile::TempDir,
-}
-
-impl Listener {
-    async fn start(options: ListenerOptions) -> Listener {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SharedStore::new(Store::open(&dir.path().join("s.db")).unwrap());
-        let told = Arc::new(AtomicU64::new(0));
-        let count = told.clone();
-        let receiver = WebhookReceiver::new(
-            store.clone(),
-            TOKEN.to_owned().into(),
-            SECRET.to_owned().into(),
-            Arc::new(move |_, _| {
-                count.fetch_add(1, Ordering::SeqCst);
-            }),
-        )
-        .with_body_timeout(options.body_timeout);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, tracker) = (CancellationToken::new(), TaskTracker::new());
-        webhook::spawn(
-            listener,
-            webhook::router(receiver),
-            options,
-            stop.clone(),
-            &tracker,
-        );
-        Listener {
-            url: format!("http://{addr}{}", webhook::PATH_PREFIX),
-            addr,
-            store,
-            told,
-            stop,
-            tracker,
-            _dir: dir,
-        }
-    }
-
-    /// Every stored hint: customer id → deliveries.
-    async fn hints(&self) -> BTreeMap<i64, i64> {
-        let hints = self.store.call(|s| s.hints()).await.unwrap();
-        hints
-            .into_iter()
-            .map(|h| (h.kounta_id.0, h.deliveries))
-            .collect()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.tracker.close();
-        tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
-            .await
-            .expect("the listener stops");
-    }
+/// Every stored hint: customer id → deliveries.
+async fn hint_counts(l: &Listener) -> BTreeMap<i64, i64> {
+    let hints = l.store.call(|s| s.hints()).await.unwrap();
+    hints
+        .into_iter()
+        .map(|h| (h.kounta_id.0, h.deliveries))
+        .collect()
 }
 
 fn quick() -> ListenerOptions {
@@ -287,8 +224,8 @@ fn any_delivery_is_answered_and_only_a_signed_one_stores_a_hint() {
     let statuses = std::sync::Mutex::new(BTreeMap::<u16, u64>::new());
     let result = runner.run(&attempt(), |a| {
         rt.block_on(async {
-            let before = l.hints().await;
-            let told_before = l.told.load(Ordering::SeqCst);
+            let before = hint_counts(&l).await;
+            let told_before = l.told();
             let mut req = client
                 .post(format!("{}/{}", l.url, a.topic))
                 .body(a.body.clone());
@@ -315,11 +252,8 @@ fn any_delivery_is_answered_and_only_a_signed_one_stores_a_hint() {
             if let Some(id) = id {
                 *after_want.entry(id).or_default() += 1;
             }
-            prop_assert_eq!(l.hints().await, after_want);
-            prop_assert_eq!(
-                l.told.load(Ordering::SeqCst) - told_before,
-                u64::from(id.is_some())
-            );
+            prop_assert_eq!(hint_counts(&l).await, after_want);
+            prop_assert_eq!(l.told() - told_before, usize::from(id.is_some()));
             Ok(())
         })
     });
@@ -406,8 +340,11 @@ async fn oversized_and_trickling_requests_are_cut_off_within_a_bound() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    assert!(l.hints().await.is_empty(), "none of them stored a hint");
-    assert_eq!(l.told.load(Ordering::SeqCst), 0);
+    assert!(
+        hint_counts(&l).await.is_empty(),
+        "none of them stored a hint"
+    );
+    assert_eq!(l.told(), 0);
     l.stop().await;
 }
 

@@ -14,13 +14,16 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const TOKEN: &str = "signing-token";
-const SECRET: &str = "shared-secret";
+/// The signing token and shared secret the in-process listener is configured with.
+pub(crate) const TOKEN: &str = "signing-token";
+pub(crate) const SECRET: &str = "shared-secret";
 
-struct Listener {
-    url: String,
-    addr: std::net::SocketAddr,
-    store: SharedStore,
+/// The listener served in-process on a free port, with its own store, recording every hint
+/// it tells the worker about.
+pub(crate) struct Listener {
+    pub(crate) url: String,
+    pub(crate) addr: std::net::SocketAddr,
+    pub(crate) store: SharedStore,
     hints: Arc<Mutex<Vec<(Topic, KountaId)>>>,
     stop: CancellationToken,
     tracker: TaskTracker,
@@ -28,7 +31,7 @@ struct Listener {
 }
 
 impl Listener {
-    async fn start(options: ListenerOptions) -> Listener {
+    pub(crate) async fn start(options: ListenerOptions) -> Listener {
         let dir = tempfile::tempdir().unwrap();
         let store = SharedStore::new(Store::open(&dir.path().join("s.db")).unwrap());
         let hints = Arc::new(Mutex::new(Vec::new()));
@@ -88,11 +91,16 @@ impl Listener {
             .await
     }
 
+    /// How many hints the listener has told the worker about.
+    pub(crate) fn told(&self) -> usize {
+        self.hints.lock().unwrap().len()
+    }
+
     async fn stored(&self) -> Vec<farmsync::store::Hint> {
         self.store.call(|s| s.hints()).await.unwrap()
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.stop.cancel();
         self.tracker.close();
         tokio::time::timeout(Duration::from_secs(5), self.tracker.wait())
