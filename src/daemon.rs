@@ -717,6 +717,7 @@ mod tests {
             listing_cut: None,
             unsettled: 0,
             interrupted: false,
+            omissions: 0,
         };
         assert!(!CycleResult::from_report(&report).failed);
         report.outcome = Outcome::Guarded;

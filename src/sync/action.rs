@@ -199,6 +199,10 @@ pub enum BlockReason {
         /// Its `fulfill-date` as FarmFlow wrote it.
         fulfill_date: String,
     },
+    /// FarmFlow's order lists answered something that is not a list (empty, `204`, not JSON):
+    /// unreadable is not "no orders", so the delete waits (DESIGN.md, "Writes that replace a
+    /// whole record").
+    OrdersUnreadable,
     /// FarmFlow refused the delete (set by apply, never by the plan).
     Refused {
         /// FarmFlow's message.
@@ -223,6 +227,7 @@ impl fmt::Display for BlockReason {
                     write!(f, "one-time order {order_id} due {fulfill_date}")
                 }
             }
+            BlockReason::OrdersUnreadable => f.write_str("orders unreadable"),
             BlockReason::Refused { message } => write!(f, "farmflow refused: {message}"),
         }
     }
@@ -284,6 +289,9 @@ pub enum SkipReason {
     LinkedToTombstone,
     /// The link row has no CRM id.
     NoKountaId,
+    /// A record is missing from a listing and has not been read by id yet: absence is a
+    /// question, never an answer (DESIGN.md step 5). The read comes before anything is done.
+    AbsenceUnconfirmed,
 }
 
 impl fmt::Display for SkipReason {
@@ -316,6 +324,9 @@ impl fmt::Display for SkipReason {
                 f.write_str("its id belongs to a deleted (tombstone) link")
             }
             SkipReason::NoKountaId => f.write_str("the link has no crm id"),
+            SkipReason::AbsenceUnconfirmed => {
+                f.write_str("missing from a listing; waiting for a read by id to confirm it")
+            }
         }
     }
 }

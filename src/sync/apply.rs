@@ -26,6 +26,15 @@ enum Failure {
     Store(StoreError),
 }
 
+/// What the read made just before a FarmFlow update found.
+enum Fresh {
+    /// The customer is as the plan saw it: the planned whole-record update stands.
+    AsPlanned,
+    /// The customer changed since the plan read it, or is gone: the link waits (re-planned on
+    /// the fresh read, or by the next run).
+    Deferred,
+}
+
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
         Failure::Store(e)
@@ -49,6 +58,12 @@ pub(super) struct Applier<'a> {
     links: HashMap<ReferenceId, Link>,
     /// The highest FarmFlow id seen: the watermark of FarmFlow creates.
     watermark: i64,
+    /// FarmFlow's customers as the plan saw them: what a fresh read before an update is
+    /// compared with.
+    farmflow_base: HashMap<FarmflowId, FarmflowFields>,
+    /// FarmFlow customers whose fresh read differed from what the plan saw, as read: their
+    /// links were not touched and want planning again on this read.
+    pub(super) stale: Vec<FarmflowCustomer>,
     /// Link rows of actions with no remote write (links, refreshes, tombstones, blocks), kept
     /// until the next write's intent or the end of the run and then stored in one transaction:
     /// one disk sync instead of one per row. Losing them to a crash only means the next run
@@ -76,10 +91,19 @@ impl<'a> Applier<'a> {
                 .map(|l| (l.reference_id.clone(), l.clone()))
                 .collect(),
             watermark: farmflow.iter().map(|c| c.id.0).max().unwrap_or(0),
+            farmflow_base: farmflow.iter().map(|c| (c.id, c.fields.clone())).collect(),
+            stale: Vec::new(),
             pending: Vec::new(),
             summary: Summary::default(),
             fatal: None,
             stopped_early: false,
+        }
+    }
+
+    /// Takes FarmFlow's customers as a new plan sees them (after re-planning stale links).
+    pub(super) fn rebase(&mut self, farmflow: &[FarmflowCustomer]) {
+        for c in farmflow {
+            self.farmflow_base.insert(c.id, c.fields.clone());
         }
     }
 
@@ -94,49 +118,110 @@ impl<'a> Applier<'a> {
 
     async fn apply_actions(&mut self, plan: &Plan, options: &RunOptions) {
         let mut failed: Option<Subject> = None;
-        for action in &plan.actions {
+        let mut current: Option<Subject> = None;
+        for (i, action) in plan.actions.iter().enumerate() {
             // Stop between actions, never inside one: the write in flight is settled first.
             if options.cancelled() {
                 self.stopped_early = true;
                 return;
             }
             let subject = action.subject();
+            if current.as_ref() != Some(&subject) {
+                current = Some(subject.clone());
+                failed = None;
+                // A FarmFlow update replaces the whole record: before the link's first action,
+                // read the customer afresh and go on only if it is as the plan saw it.
+                let update = plan.actions[i..]
+                    .iter()
+                    .take_while(|a| a.subject() == subject)
+                    .find_map(|a| match a {
+                        Action::UpdateFarmflow { farmflow_id, .. } => Some(*farmflow_id),
+                        _ => None,
+                    });
+                let fresh = match update {
+                    Some(id) => self.read_fresh(id).await,
+                    None => Ok(Fresh::AsPlanned),
+                };
+                match fresh {
+                    Ok(Fresh::AsPlanned) => {}
+                    Ok(Fresh::Deferred) => {
+                        failed = Some(subject);
+                        continue;
+                    }
+                    Err(failure) => {
+                        if self.fail(action, &subject, failure).await {
+                            return;
+                        }
+                        failed = Some(subject);
+                        continue;
+                    }
+                }
+            }
             if failed.as_ref() == Some(&subject) {
                 continue;
             }
-            failed = None;
             if let Err(failure) = self.apply_one(action).await {
-                self.summary.failed += 1;
-                // API errors may quote a record back: no contact details above debug.
-                let message = mask_contacts(&failure.to_string());
-                warn!(
-                    subject = %subject,
-                    action = action.kind(),
-                    error = %message,
-                    "sync.record.failed"
-                );
-                match &failure {
-                    Failure::Api(e) if e.is_auth() => {
-                        self.fatal = Some(message);
-                        return;
-                    }
-                    Failure::Store(e) => {
-                        self.fatal = Some(format!("the state DB failed: {e}"));
-                        return;
-                    }
-                    Failure::Api(_) => {}
-                }
-                if let Subject::Link(reference) = &subject {
-                    let reference = reference.clone();
-                    let _ = self
-                        .engine
-                        .store
-                        .call(move |s| s.record_link_failure(&reference, &message))
-                        .await;
+                if self.fail(action, &subject, failure).await {
+                    return;
                 }
                 failed = Some(subject);
             }
         }
+    }
+
+    /// Reads a FarmFlow customer just before its update (DESIGN.md, "Writes that replace a
+    /// whole record"): a field the grower typed since the list was read must survive.
+    async fn read_fresh(&mut self, id: FarmflowId) -> Result<Fresh, Failure> {
+        match self.engine.farmflow.get(id).await {
+            Ok(Some(fresh)) if self.farmflow_base.get(&id) == Some(&fresh.fields) => {
+                Ok(Fresh::AsPlanned)
+            }
+            Ok(Some(fresh)) => {
+                info!(farmflow_id = id.0, "sync.record.changed_during_run");
+                self.stale.push(fresh);
+                Ok(Fresh::Deferred)
+            }
+            Ok(None) => {
+                // Deleted since the list was read: the next run sees the deletion.
+                info!(farmflow_id = id.0, "sync.record.gone_during_run");
+                self.summary.skipped += 1;
+                Ok(Fresh::Deferred)
+            }
+            Err(e) => Err(Failure::Api(e)),
+        }
+    }
+
+    /// Counts and reports a failed action; returns whether the run must stop.
+    async fn fail(&mut self, action: &Action, subject: &Subject, failure: Failure) -> bool {
+        self.summary.failed += 1;
+        // API errors may quote a record back: no contact details above debug.
+        let message = mask_contacts(&failure.to_string());
+        warn!(
+            subject = %subject,
+            action = action.kind(),
+            error = %message,
+            "sync.record.failed"
+        );
+        match &failure {
+            Failure::Api(e) if e.is_auth() => {
+                self.fatal = Some(message);
+                return true;
+            }
+            Failure::Store(e) => {
+                self.fatal = Some(format!("the state DB failed: {e}"));
+                return true;
+            }
+            Failure::Api(_) => {}
+        }
+        if let Subject::Link(reference) = subject {
+            let reference = reference.clone();
+            let _ = self
+                .engine
+                .store
+                .call(move |s| s.record_link_failure(&reference, &message))
+                .await;
+        }
+        false
     }
 
     async fn apply_one(&mut self, action: &Action) -> Result<(), Failure> {
@@ -396,22 +481,8 @@ impl<'a> Applier<'a> {
         kounta_id: Option<KountaId>,
         link: &LinkAfter,
     ) -> Result<(), Failure> {
-        // Confirm the CRM deletion with a direct read before erasing anyone's history.
-        if let Some(k) = kounta_id {
-            match self.engine.kounta.get(k).await {
-                Ok(None) => {}
-                Ok(Some(_)) => {
-                    info!(
-                        kounta_id = k.0,
-                        farmflow_id = farmflow_id.0,
-                        "sync.delete.unconfirmed"
-                    );
-                    self.summary.skipped += 1;
-                    return Ok(());
-                }
-                Err(e) => return Err(Failure::Api(e)),
-            }
-        }
+        // The plan emits a delete only once a read by id answered 404 for the CRM customer
+        // this run (DESIGN.md step 5): the confirmation is already made.
         let intent = self
             .begin(
                 Side::Farmflow,

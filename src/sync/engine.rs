@@ -12,13 +12,14 @@ use crate::config::{KountaAuthMode, Settings};
 use crate::farmflow::client::{FarmflowClient, FarmflowOptions};
 use crate::farmflow::model::FarmflowCustomer;
 use crate::http::{ApiError, RequestCounts};
+use crate::ids::FarmflowId;
 use crate::ids::KountaId;
 use crate::kounta::client::{KountaAuth, KountaClient, KountaOptions};
 use crate::kounta::model::KountaCustomer;
 use crate::store::{SharedStore, StoreError, now};
 use crate::sync::action::Attention;
 use crate::sync::budget::{self, Staleness};
-use crate::sync::plan::{OrderBook, Plan, PlanInput, plan};
+use crate::sync::plan::{DirectReads, OrderBook, Plan, PlanInput, plan};
 use crate::sync::policy::Policy;
 
 /// A link not verified for this long is read whatever the budget says (a safety net; the
@@ -95,6 +96,8 @@ pub struct RunReport {
     pub unsettled: usize,
     /// The run was cancelled before every action was applied (the rest waits for the next).
     pub interrupted: bool,
+    /// Records a listing left out that a read by id found present (`sync.listing.omission`).
+    pub omissions: u64,
 }
 
 /// How to run.
@@ -224,6 +227,7 @@ impl Engine {
             listing_cut: None,
             unsettled: 0,
             interrupted: false,
+            omissions: 0,
         };
         if !options.dry_run {
             let id = run_id.clone();
@@ -340,6 +344,7 @@ impl Engine {
         );
         let mut reads_done = FullReads::default();
         self.read_full(&reads, &mut reads_done).await?;
+        let listed_ids: HashSet<KountaId> = listing.items.iter().map(|i| i.id).collect();
 
         // 4. Plan; read what the plan asks for (orders, more CRM records) and plan again.
         let today = self
@@ -347,7 +352,10 @@ impl Engine {
             .unwrap_or_else(|| chrono::Local::now().date_naive());
         let mut orders: Option<OrderBook> = None;
         let mut orders_tried = false;
+        let mut direct = DirectReads::default();
+        let mut farmflow_attempted: HashSet<FarmflowId> = HashSet::new();
         let mut current = loop {
+            direct.kounta_gone.clone_from(&reads_done.gone);
             let input = PlanInput {
                 farmflow: &farmflow,
                 kounta_list: &listing.items,
@@ -355,6 +363,7 @@ impl Engine {
                 kounta_full: &reads_done.full,
                 links: &links,
                 orders: orders.as_ref(),
+                direct: &direct,
                 today,
             };
             let planned = plan(&input, policy);
@@ -362,13 +371,13 @@ impl Engine {
             if planned.needs_orders && !orders_tried {
                 orders_tried = true;
                 orders = self.read_orders().await;
-                if orders.is_some() {
-                    more = true;
-                } else {
-                    // The deletions waiting on them are not decided this run: a failure to
-                    // report, like a record that could not be read.
+                if orders.is_none() {
+                    // Unreadable is not "no orders": the deletions waiting on them are blocked
+                    // this run, and the run reports a failure, like a record it could not read.
+                    direct.orders_unreadable = true;
                     reads_done.failed += 1;
                 }
+                more = true;
             }
             let wanted: Vec<KountaId> = planned
                 .needs_kounta_reads
@@ -378,6 +387,24 @@ impl Engine {
                 .collect();
             if !wanted.is_empty() {
                 self.read_full(&wanted, &mut reads_done).await?;
+                for k in &wanted {
+                    if reads_done.full.contains_key(k) && !listed_ids.contains(k) {
+                        info!(side = "kounta", id = k.0, "sync.listing.omission");
+                        report.omissions += 1;
+                    }
+                }
+                more = true;
+            }
+            let wanted: Vec<FarmflowId> = planned
+                .needs_farmflow_reads
+                .iter()
+                .copied()
+                .filter(|f| farmflow_attempted.insert(*f))
+                .collect();
+            if !wanted.is_empty() {
+                report.omissions += self
+                    .read_farmflow(&wanted, &mut direct, &mut reads_done)
+                    .await?;
                 more = true;
             }
             if !more {
@@ -397,8 +424,46 @@ impl Engine {
 
         // 5. Apply (a dry run stops here).
         if !options.dry_run {
-            let mut applier = super::apply::Applier::new(self, run_id, &links, &farmflow);
+            let seen: Vec<FarmflowCustomer> = with_direct_reads(&farmflow, &direct);
+            let mut applier = super::apply::Applier::new(self, run_id, &links, &seen);
             applier.apply(&current, options).await;
+            // A FarmFlow update found its customer changed since the list was read (the
+            // grower typed meanwhile): re-plan those links on the fresh read, once.
+            let stale = std::mem::take(&mut applier.stale);
+            if !stale.is_empty() && applier.fatal.is_none() && !applier.stopped_early {
+                let subjects: HashSet<crate::sync::action::Subject> = stale
+                    .iter()
+                    .map(|c| {
+                        crate::sync::action::Subject::Link(crate::ids::ReferenceId::for_farmflow(
+                            c.id,
+                        ))
+                    })
+                    .collect();
+                for fresh in stale {
+                    direct.farmflow.insert(fresh.id, fresh);
+                }
+                applier.rebase(&with_direct_reads(&farmflow, &direct));
+                // Nothing of a stale link was applied (the fresh read comes before its first
+                // action), so its row is as the run read it.
+                let input = PlanInput {
+                    farmflow: &farmflow,
+                    kounta_list: &listing.items,
+                    kounta_list_complete: listing.complete,
+                    kounta_full: &reads_done.full,
+                    links: &links,
+                    orders: orders.as_ref(),
+                    direct: &direct,
+                    today,
+                };
+                let mut replanned = plan(&input, policy);
+                replanned
+                    .actions
+                    .retain(|a| subjects.contains(&a.subject()));
+                info!(links = subjects.len(), "sync.record.replanned");
+                applier.apply(&replanned, options).await;
+                // Changed yet again: left for the next run, which reads it anew.
+                report.summary.skipped += applier.stale.len() as u64;
+            }
             if applier.stopped_early {
                 info!("sync.run.interrupted");
                 report.interrupted = true;
@@ -444,9 +509,11 @@ impl Engine {
                     reads.full.insert(id, record);
                     reads.answered.insert(id);
                 }
-                // Gone since the listing: the plan sees it as unread, and waits.
+                // A 404 confirms an absence from the listing; a listed record gone since the
+                // listing waits for the next run, which will not list it.
                 Ok(None) => {
                     reads.answered.insert(id);
+                    reads.gone.insert(id);
                 }
                 Err(e) if e.is_auth() => {
                     return Err(RunError::Unavailable(e.to_string()));
@@ -460,6 +527,37 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Reads FarmFlow customers the list left out, by id: a record that reads back is present
+    /// (`sync.listing.omission`), a 404 confirms the absence. Returns how many were present.
+    async fn read_farmflow(
+        &self,
+        ids: &[FarmflowId],
+        direct: &mut DirectReads,
+        reads: &mut FullReads,
+    ) -> Result<u64, RunError> {
+        let mut present = 0;
+        for &id in ids {
+            match self.farmflow.get(id).await {
+                Ok(Some(record)) => {
+                    info!(side = "farmflow", id = id.0, "sync.listing.omission");
+                    present += 1;
+                    direct.farmflow.insert(id, record);
+                }
+                Ok(None) => {
+                    direct.farmflow_gone.insert(id);
+                }
+                Err(e) if e.is_auth() => return Err(RunError::Unavailable(e.to_string())),
+                Err(e) => {
+                    let error = mask_contacts(&e.to_string());
+                    warn!(farmflow_id = id.0, error = %error, "sync.read.failed");
+                    // The action waits for a run whose read answers.
+                    reads.failed += 1;
+                }
+            }
+        }
+        Ok(present)
     }
 
     async fn read_orders(&self) -> Option<OrderBook> {
@@ -586,6 +684,17 @@ fn attention_kind(a: &Attention) -> String {
         .unwrap_or_else(|| "other".to_owned())
 }
 
+/// FarmFlow's list with the records read by id this run in place of (or beside) the listed ones.
+fn with_direct_reads(list: &[FarmflowCustomer], direct: &DirectReads) -> Vec<FarmflowCustomer> {
+    let mut out: Vec<FarmflowCustomer> = list
+        .iter()
+        .filter(|c| !direct.farmflow.contains_key(&c.id))
+        .cloned()
+        .collect();
+    out.extend(direct.farmflow.values().cloned());
+    out
+}
+
 /// What a dry run would do, counted from the plan.
 fn dry_run_summary(plan: &Plan) -> Summary {
     let c = plan.counts;
@@ -609,6 +718,8 @@ struct FullReads {
     attempted: HashSet<KountaId>,
     /// Ids the CRM answered for: a record, or 404.
     answered: HashSet<KountaId>,
+    /// Ids the CRM answered 404 for.
+    gone: std::collections::BTreeSet<KountaId>,
     /// Reads that failed (and order lists that could not be read).
     failed: u64,
 }

@@ -116,8 +116,26 @@ pub struct PlanInput<'a> {
     pub links: &'a [Link],
     /// Recurring and one-time orders, when read.
     pub orders: Option<&'a OrderBook>,
+    /// What reads by id said this run: records a listing left out, and confirmed absences.
+    pub direct: &'a DirectReads,
     /// The local date, for "due today or later".
     pub today: NaiveDate,
+}
+
+/// What reads by id said this run (DESIGN.md step 5: absence from a list is a question, never
+/// an answer). The plan acts on a record's absence only once a read by id answered `404`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DirectReads {
+    /// FarmFlow customers read by id (`customer-get`): present whatever the list said; they win
+    /// over the list's version.
+    pub farmflow: BTreeMap<FarmflowId, FarmflowCustomer>,
+    /// FarmFlow ids a read by id answered `404` for: absence confirmed.
+    pub farmflow_gone: BTreeSet<FarmflowId>,
+    /// CRM ids a read by id answered `404` for: absence confirmed.
+    pub kounta_gone: BTreeSet<KountaId>,
+    /// The order lists were asked for and could not be read: the deletes waiting on them are
+    /// blocked for this run (unreadable is not empty).
+    pub orders_unreadable: bool,
 }
 
 /// Why the safety guard stopped destructive actions.
@@ -217,6 +235,9 @@ pub struct Plan {
     pub needs_orders: bool,
     /// CRM records that must be read in full before the plan can act on them: read, plan again.
     pub needs_kounta_reads: Vec<KountaId>,
+    /// FarmFlow customers missing from its list that must be read by id (`customer-get`) before
+    /// the plan acts on their absence: read, plan again.
+    pub needs_farmflow_reads: Vec<FarmflowId>,
     /// How many actions of each kind.
     pub counts: PlanCounts,
 }
@@ -229,7 +250,9 @@ impl Plan {
 
     /// Whether the caller should read more (orders, CRM records) and plan again.
     pub fn wants_more_input(&self) -> bool {
-        self.needs_orders || !self.needs_kounta_reads.is_empty()
+        self.needs_orders
+            || !self.needs_kounta_reads.is_empty()
+            || !self.needs_farmflow_reads.is_empty()
     }
 }
 
@@ -241,10 +264,22 @@ enum CrmView<'a> {
     Unchanged(Customer),
     /// Listed, not read in full, and the listed fields differ from the snapshot.
     ListedChanged,
-    /// Missing from a complete listing.
+    /// Missing from a complete listing, and a read by id answered `404`.
     Gone,
+    /// Missing from a complete listing, not read by id yet: a question, not an answer.
+    Missing,
     /// Missing from an incomplete listing: unknown.
     Unknown,
+}
+
+/// The FarmFlow side of a link as this run sees it.
+enum FfView<'a> {
+    /// In the list, or read by id this run.
+    Present(&'a FarmflowCustomer, &'a FromFarmflow),
+    /// Missing from the list, and a read by id answered `404`.
+    Gone,
+    /// Missing from the list, not read by id yet.
+    Missing,
 }
 
 /// Builds the plan. Pure: see the module documentation.
@@ -257,7 +292,10 @@ pub fn plan(input: &PlanInput<'_>, policy: &Policy) -> Plan {
 struct World<'a> {
     input: &'a PlanInput<'a>,
     policy: &'a Policy,
+    /// FarmFlow's list, with the records read by id this run in place of (or beside) it.
     farmflow: BTreeMap<FarmflowId, (&'a FarmflowCustomer, FromFarmflow)>,
+    /// The ids FarmFlow's list itself showed (the guard counts absence from the list).
+    farmflow_listed: BTreeSet<FarmflowId>,
     listed: BTreeMap<KountaId, &'a KountaListItem>,
     full: BTreeMap<KountaId, &'a KountaCustomer>,
     full_mapped: BTreeMap<KountaId, Customer>,
@@ -269,11 +307,15 @@ struct World<'a> {
 impl<'a> World<'a> {
     fn new(input: &'a PlanInput<'a>, policy: &'a Policy) -> Self {
         let mut farmflow = BTreeMap::new();
+        for f in input.direct.farmflow.values() {
+            farmflow.insert(f.id, (f, Customer::from_farmflow(&f.fields)));
+        }
         for f in input.farmflow {
             farmflow
                 .entry(f.id)
                 .or_insert_with(|| (f, Customer::from_farmflow(&f.fields)));
         }
+        let farmflow_listed = input.farmflow.iter().map(|f| f.id).collect();
         let mut listed = BTreeMap::new();
         for item in input.kounta_list {
             listed.entry(item.id).or_insert(item);
@@ -293,6 +335,7 @@ impl<'a> World<'a> {
             input,
             policy,
             farmflow,
+            farmflow_listed,
             listed,
             full,
             full_mapped,
@@ -309,6 +352,7 @@ struct Planner<'a> {
     attention: Vec<Attention>,
     needs_orders: bool,
     needs_reads: BTreeSet<KountaId>,
+    needs_farmflow_reads: BTreeSet<FarmflowId>,
     guard: Option<GuardTrip>,
 }
 
@@ -320,6 +364,7 @@ impl<'a> Planner<'a> {
             attention: Vec::new(),
             needs_orders: false,
             needs_reads: BTreeSet::new(),
+            needs_farmflow_reads: BTreeSet::new(),
             guard: None,
         }
     }
@@ -375,6 +420,7 @@ impl<'a> Planner<'a> {
             attention: self.attention,
             needs_orders: self.needs_orders,
             needs_kounta_reads: self.needs_reads.into_iter().collect(),
+            needs_farmflow_reads: self.needs_farmflow_reads.into_iter().collect(),
             counts,
         }
     }
@@ -455,16 +501,34 @@ impl<'a> Planner<'a> {
                 }
                 _ => CrmView::ListedChanged,
             },
-            None if self.w.input.kounta_list_complete => CrmView::Gone,
-            None => CrmView::Unknown,
+            None if !self.w.input.kounta_list_complete => CrmView::Unknown,
+            None if self.w.input.direct.kounta_gone.contains(&k) => CrmView::Gone,
+            None => CrmView::Missing,
         }
     }
 
-    fn farmflow_changed(&self, link: &Link, f: &FromFarmflow) -> bool {
-        match &link.farmflow_snapshot {
-            Some(s) => !f.customer.eq_normalised(s),
-            None => true,
+    fn ff_view(&self, id: FarmflowId) -> FfView<'a> {
+        match self.w.farmflow.get(&id) {
+            Some((record, f)) => FfView::Present(record, f),
+            None if self.w.input.direct.farmflow_gone.contains(&id) => FfView::Gone,
+            None => FfView::Missing,
         }
+    }
+
+    /// Whether the CRM side of a link is missing from a complete listing, whatever a read by
+    /// id said since: the guard counts planned deletions before their confirmation.
+    fn crm_unlisted(&self, link: &Link) -> bool {
+        link.kounta_id
+            .is_some_and(|k| self.w.input.kounta_list_complete && !self.w.listed.contains_key(&k))
+    }
+
+    /// "Changed" needs a known snapshot that differs (DESIGN.md step 5): a link without one
+    /// (written by journal recovery) has not changed, so a person's deletion of its other side
+    /// is applied, never undone by a recreation.
+    fn farmflow_changed(&self, link: &Link, f: &FromFarmflow) -> bool {
+        link.farmflow_snapshot
+            .as_ref()
+            .is_some_and(|s| !f.customer.eq_normalised(s))
     }
 
     /// Live links whose record is missing from a complete listing, counted before any 404
@@ -480,20 +544,25 @@ impl<'a> Planner<'a> {
             if link.state != LinkState::Active {
                 continue;
             }
-            let crm_gone = matches!(self.crm_view(link), CrmView::Gone);
-            let ff_gone = !self.w.farmflow.contains_key(&link.farmflow_id);
+            // Absence from the lists themselves: counted before any read by id confirms it.
+            let crm_gone = self.crm_unlisted(link);
+            let ff_gone = !self.w.farmflow_listed.contains(&link.farmflow_id);
             if crm_gone || ff_gone {
                 planned += 1;
             }
         }
-        // CRM customers carrying a reference no link row accounts for (a lost state DB) are
-        // links in all but name: count them so an empty FarmFlow list cannot tombstone them all.
+        // CRM customers carrying a reference that no link row accounts for (neither their CRM
+        // id nor the FarmFlow id it names has one: a lost state DB) are links in all but name:
+        // count them so an empty FarmFlow list cannot tombstone them all. A collision (the
+        // FarmFlow id is linked to another CRM customer) is accounted for by that link's row.
         live += self
             .w
             .full
             .iter()
             .filter(|(k, r)| {
-                !self.w.linked_kounta.contains(k) && ReferenceId::parse(&r.reference_id).is_some()
+                !self.w.linked_kounta.contains(k)
+                    && ReferenceId::parse(&r.reference_id)
+                        .is_some_and(|rid| !self.w.links.contains_key(&rid.farmflow_id()))
             })
             .count();
         if self.w.policy.allow_mass_delete {
@@ -561,7 +630,29 @@ impl<'a> Planner<'a> {
             return;
         };
         let crm = self.crm_view(link);
-        let ff = self.w.farmflow.get(&link.farmflow_id);
+        let ff_view = self.ff_view(link.farmflow_id);
+        let crm_missing = matches!(crm, CrmView::Missing);
+        let ff_missing = matches!(ff_view, FfView::Missing);
+        if self.guard.is_none() && (crm_missing || ff_missing) {
+            // Absence is a question (DESIGN.md step 5): every action taken because a record is
+            // missing from a listing waits for a read by id. A record that reads back is
+            // present and is planned as such; a 404 confirms the absence.
+            if crm_missing {
+                self.needs_reads.insert(kounta_id);
+            }
+            if ff_missing {
+                self.needs_farmflow_reads.insert(link.farmflow_id);
+            }
+            self.skip_link(link, SkipReason::AbsenceUnconfirmed);
+            return;
+        }
+        // From here on a missing record is only seen with the guard tripped, where every path
+        // that would act on its absence stands still.
+        let crm = if crm_missing { CrmView::Gone } else { crm };
+        let ff = match ff_view {
+            FfView::Present(record, f) => Some((record, f)),
+            FfView::Gone | FfView::Missing => None,
+        };
         let blocked = link.state == LinkState::DeleteBlocked;
         match (crm, ff) {
             (CrmView::Unknown, _) => {
@@ -642,7 +733,7 @@ impl<'a> Planner<'a> {
                 self.needs_reads.insert(kounta_id);
                 self.skip_link(link, SkipReason::KountaNotRead);
             }
-            CrmView::Gone | CrmView::Unknown => {}
+            CrmView::Gone | CrmView::Missing | CrmView::Unknown => {}
         }
     }
 
@@ -690,16 +781,22 @@ impl<'a> Planner<'a> {
         let reason = if self.w.policy.farmflow_delete == FarmflowDelete::Never {
             Some(BlockReason::PolicyNever)
         } else {
-            let Some(orders) = self.w.input.orders else {
-                self.needs_orders = true;
-                self.skip_link(link, SkipReason::OrdersNotRead);
-                return;
-            };
-            orders.block_reason(
-                farmflow_id,
-                self.w.policy.farmflow_delete,
-                self.w.input.today,
-            )
+            match self.w.input.orders {
+                Some(orders) => orders.block_reason(
+                    farmflow_id,
+                    self.w.policy.farmflow_delete,
+                    self.w.input.today,
+                ),
+                // Unreadable is not "no orders": the delete waits for a run that can read them.
+                None if self.w.input.direct.orders_unreadable => {
+                    Some(BlockReason::OrdersUnreadable)
+                }
+                None => {
+                    self.needs_orders = true;
+                    self.skip_link(link, SkipReason::OrdersNotRead);
+                    return;
+                }
+            }
         };
         match reason {
             Some(reason) => self.actions.push(Action::BlockDelete {
@@ -734,10 +831,12 @@ impl<'a> Planner<'a> {
             self.skip_link(link, SkipReason::KountaNotRead);
             return;
         };
-        let crm_changed = match &link.kounta_snapshot {
-            Some(s) => !k.eq_normalised(s),
-            None => true,
-        };
+        // "Changed" needs a known, verified snapshot that differs (DESIGN.md step 5).
+        let crm_changed = link.kounta_verified
+            && link
+                .kounta_snapshot
+                .as_ref()
+                .is_some_and(|s| !k.eq_normalised(s));
         // A blocked delete was seen before: changed-beats-deleted applies only at first sight.
         if crm_changed && link.state == LinkState::Active {
             if k.first_name.trim().is_empty() {
@@ -824,6 +923,15 @@ impl<'a> Planner<'a> {
             self.actions.push(Action::Skip {
                 subject: Subject::Kounta(d.kounta_id),
                 reason: SkipReason::GuardTripped,
+            });
+            return;
+        }
+        if !self.w.input.direct.farmflow_gone.contains(&d.farmflow_id) {
+            // Absent from FarmFlow's list only: read it by id before tagging or tombstoning.
+            self.needs_farmflow_reads.insert(d.farmflow_id);
+            self.actions.push(Action::Skip {
+                subject: Subject::Kounta(d.kounta_id),
+                reason: SkipReason::AbsenceUnconfirmed,
             });
             return;
         }
@@ -1131,6 +1239,15 @@ impl<'a> Planner<'a> {
     fn plan_creates_in_kounta(&mut self, matching: &matching::Matching) {
         let paired: BTreeSet<FarmflowId> = matching.pairs.iter().map(|p| p.farmflow_id).collect();
         let held: BTreeSet<FarmflowId> = matching.held_farmflow.iter().copied().collect();
+        // A FarmFlow customer that any CRM customer's reference_id names already has a twin
+        // in the CRM, whether or not matching could pick one of the claimants: never create it.
+        let claimed: BTreeSet<FarmflowId> = self
+            .w
+            .full
+            .values()
+            .filter_map(|r| ReferenceId::parse(&r.reference_id))
+            .map(|r| r.farmflow_id())
+            .collect();
         let candidates: Vec<FarmflowId> = self
             .w
             .farmflow
@@ -1143,7 +1260,20 @@ impl<'a> Planner<'a> {
                 continue;
             };
             let customer = f.customer.clone();
-            let reason = if !self.w.input.kounta_list_complete {
+            let reason = if claimed.contains(&id) {
+                self.attention.push(Attention {
+                    kind: AttentionKind::ReferenceCollision,
+                    kounta_id: None,
+                    farmflow_id: Some(id),
+                    detail: format!(
+                        "farmflow {id} is named by the reference_id of crm customers that could not be told apart; nothing is created"
+                    ),
+                });
+                Some(SkipReason::ReferenceCollision {
+                    farmflow_id: id,
+                    linked_to: None,
+                })
+            } else if !self.w.input.kounta_list_complete {
                 Some(SkipReason::KountaListIncomplete)
             } else if held.contains(&id) || !matching.unread_kounta.is_empty() {
                 Some(SkipReason::UnreadKountaRecords)

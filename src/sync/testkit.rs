@@ -14,7 +14,7 @@ use crate::kounta::model::{KountaAddress, KountaCustomer, KountaCustomerWrite, K
 use crate::store::{Link, LinkState};
 use crate::sync::action::{Action, ConflictRecord, LinkAfter, Subject};
 use crate::sync::budget;
-use crate::sync::plan::{OrderBook, Plan, PlanInput, plan};
+use crate::sync::plan::{DirectReads, OrderBook, Plan, PlanInput, plan};
 use crate::sync::policy::Policy;
 
 /// How much of the CRM a simulated run reads in full.
@@ -41,6 +41,8 @@ pub struct Sim {
     /// CRM ids left out of the listing, and whether the listing says it completed.
     pub hidden_from_list: BTreeSet<KountaId>,
     pub list_complete: bool,
+    /// FarmFlow ids its list leaves out (a lagging replica); `customer-get` still finds them.
+    pub hidden_from_farmflow_list: BTreeSet<FarmflowId>,
     pub conflicts: Vec<ConflictRecord>,
     pub remote_writes: usize,
     pub failed_subjects: Vec<Subject>,
@@ -60,6 +62,7 @@ impl Default for Sim {
             now: 1_000_000,
             hidden_from_list: BTreeSet::new(),
             list_complete: true,
+            hidden_from_farmflow_list: BTreeSet::new(),
             conflicts: Vec::new(),
             remote_writes: 0,
             failed_subjects: Vec::new(),
@@ -153,6 +156,7 @@ impl Sim {
     pub fn farmflow_list(&self) -> Vec<FarmflowCustomer> {
         self.ff
             .iter()
+            .filter(|(id, _)| !self.hidden_from_farmflow_list.contains(id))
             .map(|(id, fields)| FarmflowCustomer {
                 id: *id,
                 fields: fields.clone(),
@@ -186,12 +190,41 @@ impl Sim {
         };
         let mut orders = None;
         let mut attempt = 0;
+        let mut farmflow_wanted: BTreeSet<FarmflowId> = BTreeSet::new();
         loop {
             attempt += 1;
             let full: HashMap<KountaId, KountaCustomer> = wanted
                 .iter()
                 .filter_map(|k| self.crm.get(k).map(|c| (*k, c.clone())))
                 .collect();
+            // Reads by id answer from the world itself, whatever the listing showed.
+            let direct = DirectReads {
+                farmflow: farmflow_wanted
+                    .iter()
+                    .filter_map(|id| {
+                        self.ff.get(id).map(|fields| {
+                            (
+                                *id,
+                                FarmflowCustomer {
+                                    id: *id,
+                                    fields: fields.clone(),
+                                },
+                            )
+                        })
+                    })
+                    .collect(),
+                farmflow_gone: farmflow_wanted
+                    .iter()
+                    .filter(|id| !self.ff.contains_key(id))
+                    .copied()
+                    .collect(),
+                kounta_gone: wanted
+                    .iter()
+                    .filter(|k| !self.crm.contains_key(k))
+                    .copied()
+                    .collect(),
+                orders_unreadable: false,
+            };
             let input = PlanInput {
                 farmflow: &farmflow,
                 kounta_list: &list,
@@ -199,18 +232,23 @@ impl Sim {
                 kounta_full: &full,
                 links: &links,
                 orders,
+                direct: &direct,
                 today: self.today,
             };
             let p = plan(&input, &self.policy);
             let again = p.needs_orders && orders.is_none()
-                || p.needs_kounta_reads.iter().any(|k| !wanted.contains(k));
-            if !again || attempt == 3 {
+                || p.needs_kounta_reads.iter().any(|k| !wanted.contains(k))
+                || p.needs_farmflow_reads
+                    .iter()
+                    .any(|f| !farmflow_wanted.contains(f));
+            if !again || attempt == 5 {
                 return p;
             }
             if p.needs_orders {
                 orders = Some(&self.orders);
             }
             wanted.extend(p.needs_kounta_reads.iter().copied());
+            farmflow_wanted.extend(p.needs_farmflow_reads.iter().copied());
         }
     }
 

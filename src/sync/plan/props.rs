@@ -314,6 +314,7 @@ fn plan_of(sim: &Sim, full_ids: &BTreeSet<KountaId>, reverse: bool) -> Plan {
             kounta_full: &full,
             links: &links,
             orders: Some(&sim.orders),
+            direct: &DirectReads::default(),
             today: sim.today,
         },
         &sim.policy,

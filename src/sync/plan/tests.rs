@@ -323,7 +323,23 @@ fn a_delete_needs_orders_first() {
         kounta_full: &full,
         links: &links,
         orders: None,
+        direct: &DirectReads::default(),
         today: sim.today,
+    };
+    // Missing from the listing is a question: the first plan asks for a read by id.
+    let p = plan(&input, &sim.policy);
+    assert_eq!(p.needs_kounta_reads, vec![kid]);
+    assert!(!p.needs_orders);
+    assert_eq!(kinds(&p), vec!["skip"]);
+    assert_eq!(p.remote_writes(), 0);
+    // The read answered 404: now the orders.
+    let confirmed = DirectReads {
+        kounta_gone: [kid].into(),
+        ..DirectReads::default()
+    };
+    let input = PlanInput {
+        direct: &confirmed,
+        ..input
     };
     let p = plan(&input, &sim.policy);
     assert!(p.needs_orders);
@@ -848,6 +864,7 @@ fn an_unread_crm_record_with_changed_listed_fields_waits_for_its_read() {
             kounta_full: &full,
             links: &links,
             orders: None,
+            direct: &DirectReads::default(),
             today: sim.today,
         },
         &sim.policy,
@@ -876,6 +893,7 @@ fn a_farmflow_change_reads_the_crm_record_before_writing_it() {
             kounta_full: &full,
             links: &links,
             orders: None,
+            direct: &DirectReads::default(),
             today: sim.today,
         },
         &sim.policy,
@@ -905,6 +923,7 @@ fn new_crm_records_not_read_hold_creates_into_the_crm() {
             kounta_full: &full,
             links: &links,
             orders: None,
+            direct: &DirectReads::default(),
             today: sim.today,
         },
         &sim.policy,
@@ -1266,4 +1285,200 @@ fn an_upcoming_one_time_order_blocks_until_its_day_has_passed() {
     let p = sim.sync(Reads::All);
     assert_eq!(writes(&p), vec!["delete_farmflow"]);
     assert!(!sim.ff.contains_key(&fid));
+}
+
+// ----- absence is a question (DESIGN.md step 5) ----------------------------------------------
+
+/// Plans `sim` as one run that reads nothing but what the plan asks for.
+fn plan_once(sim: &Sim, direct: &DirectReads) -> Plan {
+    let list = sim.kounta_list();
+    let farmflow = sim.farmflow_list();
+    let links = sim.link_rows();
+    let full = HashMap::new();
+    plan(
+        &PlanInput {
+            farmflow: &farmflow,
+            kounta_list: &list,
+            kounta_list_complete: sim.list_complete,
+            kounta_full: &full,
+            links: &links,
+            orders: Some(&sim.orders),
+            direct,
+            today: sim.today,
+        },
+        &sim.policy,
+    )
+}
+
+#[test]
+fn a_crm_customer_missing_from_the_listing_is_read_before_anything_is_done() {
+    let (mut sim, kid, fid) = linked();
+    sim.hidden_from_list.insert(kid);
+    sim.ff.get_mut(&fid).unwrap().notes = "unchanged canonical".into();
+    sim.ff.get_mut(&fid).unwrap().city = "Edited".into();
+    let p = plan_once(&sim, &DirectReads::default());
+    assert_eq!(p.needs_kounta_reads, vec![kid]);
+    assert_eq!(p.remote_writes(), 0, "{:#?}", p.actions);
+    assert!(p.actions.contains(&Action::Skip {
+        subject: Subject::Link(ReferenceId::for_farmflow(fid)),
+        reason: SkipReason::AbsenceUnconfirmed,
+    }));
+    // The read finds it present: the FarmFlow edit reaches the existing CRM customer, nobody is
+    // recreated (before the fix this was a second CRM customer for one person).
+    let crm_before = sim.crm.len();
+    let p = sim.sync(Reads::Budget(0));
+    assert_eq!(writes(&p), vec!["update_kounta"]);
+    assert_eq!(sim.crm.len(), crm_before);
+    assert_eq!(
+        sim.crm[&kid].primary_address.as_ref().unwrap().city,
+        "Edited"
+    );
+}
+
+#[test]
+fn a_farmflow_customer_missing_from_its_list_is_read_before_tagging_or_recreating() {
+    let (mut sim, kid, fid) = linked();
+    sim.hidden_from_farmflow_list.insert(fid);
+    sim.crm.get_mut(&kid).unwrap().last_name = "McDonald-Smith".into();
+    let p = plan_once(&sim, &DirectReads::default());
+    assert_eq!(p.needs_farmflow_reads, vec![fid]);
+    assert_eq!(p.remote_writes(), 0, "{:#?}", p.actions);
+    // Present: the CRM edit reaches it; no tag, no tombstone, no FarmFlow duplicate.
+    let ff_before = sim.ff.len();
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["update_farmflow"]);
+    assert_eq!(sim.ff.len(), ff_before);
+    assert_eq!(sim.ff[&fid].lastname, "McDonald-Smith");
+    assert!(sim.crm[&kid].tags.iter().all(|t| t != "farmflow-deleted"));
+    assert_eq!(sim.link_of(fid).unwrap().state, LinkState::Active);
+}
+
+#[test]
+fn a_confirmed_absence_is_acted_on_and_an_unanswered_one_waits() {
+    let (mut sim, kid, fid) = linked();
+    sim.ff.remove(&fid);
+    // No answer yet (the read failed): nothing happens to the CRM customer.
+    let p = plan_once(&sim, &DirectReads::default());
+    assert_eq!(p.needs_farmflow_reads, vec![fid]);
+    assert_eq!(p.remote_writes(), 0);
+    // A 404 confirms it: tagged.
+    let gone = DirectReads {
+        farmflow_gone: [fid].into(),
+        ..DirectReads::default()
+    };
+    let p = plan_once(&sim, &gone);
+    assert!(
+        p.needs_kounta_reads.contains(&kid),
+        "the tag needs the full record"
+    );
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["tag_kounta"]);
+}
+
+#[test]
+fn a_link_without_snapshots_has_not_changed_so_a_deletion_is_applied_not_undone() {
+    // A lost FarmFlow create settled by journal recovery: linked, no snapshots.
+    let (mut sim, kid, fid) = linked();
+    let link = sim.links.get_mut(&ReferenceId::for_farmflow(fid)).unwrap();
+    link.kounta_snapshot = None;
+    link.farmflow_snapshot = None;
+    link.kounta_verified = false;
+    // A person deletes the CRM side: the FarmFlow copy goes, nothing is recreated in the CRM.
+    sim.crm.remove(&kid);
+    let crm_before = sim.crm.len();
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["delete_farmflow"], "{:#?}", p.actions);
+    assert_eq!(sim.crm.len(), crm_before);
+    assert!(!sim.ff.contains_key(&fid));
+}
+
+#[test]
+fn an_unverified_crm_snapshot_has_not_changed_so_a_farmflow_deletion_is_applied() {
+    let (mut sim, kid, fid) = linked();
+    let link = sim.links.get_mut(&ReferenceId::for_farmflow(fid)).unwrap();
+    link.kounta_verified = false;
+    sim.crm.get_mut(&kid).unwrap().first_name = "Jamie-Lee".into();
+    sim.ff.remove(&fid);
+    let ff_before = sim.ff.len();
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["tag_kounta"], "{:#?}", p.actions);
+    assert_eq!(sim.ff.len(), ff_before, "nothing recreated in farmflow");
+}
+
+#[test]
+fn twin_claimants_of_one_farmflow_id_create_nothing_on_either_side() {
+    // No state DB; two CRM copies of one person both name farmflow:10.
+    let mut sim = Sim::default();
+    for id in [1, 2] {
+        let mut k = kounta(id, "Jamie", "McDonald", "jamie@example.com", "");
+        k.reference_id = "farmflow:10".into();
+        sim.add_kounta(k);
+    }
+    sim.add_farmflow(10, farmflow("Jamie", "McDonald", "jamie@example.com", ""));
+    let p = sim.sync(Reads::All);
+    assert_eq!(p.remote_writes(), 0, "{:#?}", p.actions);
+    assert_eq!(sim.crm.len(), 2);
+    assert_eq!(sim.ff.len(), 1);
+    assert!(p.attention.iter().any(|a| {
+        a.kind == AttentionKind::ReferenceCollision && a.farmflow_id == Some(FarmflowId(10))
+    }));
+}
+
+#[test]
+fn the_guard_share_is_of_links_not_of_persistent_collisions() {
+    let mut sim = many_linked(4);
+    // Three CRM customers name FarmFlow customers already linked elsewhere: collisions, read
+    // every run, but not links.
+    for i in 0..3 {
+        let mut k = kounta(
+            50 + i,
+            "Copy",
+            "Person",
+            &format!("copy{i}@example.com"),
+            "",
+        );
+        k.reference_id = format!("farmflow:{}", 100 + i);
+        sim.add_kounta(k);
+    }
+    for i in 1..=3 {
+        sim.crm.remove(&KountaId(i));
+    }
+    let p = sim.plan(Reads::All);
+    let guard = p.guard.expect("3 of 4 links is more than half");
+    assert_eq!(guard.live_links, 4);
+    assert_eq!(guard.planned_deletions, 3);
+}
+
+#[test]
+fn unreadable_orders_block_the_delete_for_this_run() {
+    let (mut sim, kid, fid) = linked();
+    sim.crm.remove(&kid);
+    let list = sim.kounta_list();
+    let farmflow = sim.farmflow_list();
+    let links = sim.link_rows();
+    let full = HashMap::new();
+    let direct = DirectReads {
+        kounta_gone: [kid].into(),
+        orders_unreadable: true,
+        ..DirectReads::default()
+    };
+    let p = plan(
+        &PlanInput {
+            farmflow: &farmflow,
+            kounta_list: &list,
+            kounta_list_complete: true,
+            kounta_full: &full,
+            links: &links,
+            orders: None,
+            direct: &direct,
+            today: sim.today,
+        },
+        &sim.policy,
+    );
+    assert!(!p.needs_orders);
+    assert_eq!(writes(&p), Vec::<&str>::new());
+    assert!(p.actions.iter().any(|a| matches!(
+        a,
+        Action::BlockDelete { farmflow_id, reason: BlockReason::OrdersUnreadable, .. } if *farmflow_id == fid
+    )));
 }
