@@ -246,11 +246,15 @@ fn order_customer(obj: &Map<String, Value>) -> Result<FarmflowId, String> {
         .map_err(|e| format!("\"customer-id\" {e}"))
 }
 
-/// A list payload; `null` (an empty `data`) is an empty list.
+/// A list payload. Only a list is a list: an empty body, `204`, `null` or `{}` is unreadable,
+/// never "no records" — an order list read as empty would let a customer with a standing order
+/// be deleted, a customer list read as empty would look like everyone deleted.
 fn list_of<'a>(value: &'a Value, what: &str) -> Result<&'a [Value], String> {
     match value {
         Value::Array(items) => Ok(items),
-        Value::Null => Ok(&[]),
+        Value::Null => Err(format!(
+            "expected a list of {what}, found an empty answer (unreadable, not empty)"
+        )),
         other => Err(format!("expected a list of {what}, found {}", kind(other))),
     }
 }
@@ -350,13 +354,39 @@ mod tests {
             assert_eq!(got[0].fields.address2, "");
             assert_eq!(got[0].fields.country, "Australia");
         }
-        assert_eq!(customer_list(b"").unwrap().unwrap(), vec![]);
         assert_eq!(
-            customer_list(br#"{"status":"success","data":null}"#)
+            customer_list(br#"{"status":"success","data":[]}"#)
                 .unwrap()
                 .unwrap(),
             vec![]
         );
+    }
+
+    #[test]
+    fn an_empty_or_null_answer_is_unreadable_not_an_empty_list() {
+        for body in [
+            &b""[..],
+            b"  \n",
+            b"null",
+            br#"{"status":"success","data":null}"#,
+            b"{}",
+        ] {
+            let text = String::from_utf8_lossy(body).into_owned();
+            assert!(
+                !matches!(customer_list(body), Ok(Ok(_))),
+                "customers from {text:?}"
+            );
+            assert!(
+                !matches!(recurring_orders(body), Ok(Ok(_))),
+                "recurring orders from {text:?}"
+            );
+            assert!(
+                !matches!(one_time_orders(body), Ok(Ok(_))),
+                "one-time orders from {text:?}"
+            );
+        }
+        assert_eq!(recurring_orders(b"[]").unwrap().unwrap(), vec![]);
+        assert_eq!(one_time_orders(br#"{"data":[]}"#).unwrap().unwrap(), vec![]);
     }
 
     #[test]

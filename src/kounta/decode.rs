@@ -59,7 +59,8 @@ pub fn list_page(body: &[u8]) -> Result<Vec<KountaListItem>, DecodeError> {
         Value::Array(items) => items,
         Value::Object(mut obj) => match ["customers", "data"].iter().find_map(|k| obj.remove(*k)) {
             Some(Value::Array(items)) => items,
-            Some(Value::Null) => Vec::new(),
+            // A null page is unreadable, not empty: read as the end of the listing, it would
+            // make a cut listing look complete.
             _ => return Err(DecodeError::new("expected a list of customers", body)),
         },
         _ => return Err(DecodeError::new("expected a list of customers", body)),
@@ -251,6 +252,24 @@ fn kind(value: &Value) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_null_or_empty_page_is_unreadable_not_the_end_of_the_listing() {
+        for body in [
+            &b""[..],
+            b"null",
+            br#"{"customers":null}"#,
+            br#"{"data":null}"#,
+            b"{}",
+        ] {
+            assert!(
+                super::list_page(body).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(super::list_page(b"[]").unwrap(), vec![]);
+    }
+
     use super::*;
     use crate::http::EXCERPT_CHARS;
     use proptest::prelude::*;

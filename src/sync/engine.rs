@@ -387,12 +387,6 @@ impl Engine {
                 .collect();
             if !wanted.is_empty() {
                 self.read_full(&wanted, &mut reads_done).await?;
-                for k in &wanted {
-                    if reads_done.full.contains_key(k) && !listed_ids.contains(k) {
-                        info!(side = "kounta", id = k.0, "sync.listing.omission");
-                        report.omissions += 1;
-                    }
-                }
                 more = true;
             }
             let wanted: Vec<FarmflowId> = planned
@@ -411,6 +405,22 @@ impl Engine {
                 break planned;
             }
         };
+
+        // Linked CRM customers the complete listing left out but a read by id found.
+        if listing.complete {
+            let linked: HashSet<KountaId> = links.iter().filter_map(|l| l.kounta_id).collect();
+            let mut omitted: Vec<KountaId> = reads_done
+                .full
+                .keys()
+                .filter(|k| linked.contains(k) && !listed_ids.contains(k))
+                .copied()
+                .collect();
+            omitted.sort();
+            for k in omitted {
+                info!(side = "kounta", id = k.0, "sync.listing.omission");
+                report.omissions += 1;
+            }
+        }
 
         if let Some(guard) = &current.guard {
             warn!(

@@ -28,6 +28,7 @@ mod sandbox_omissions;
 mod sandbox_support;
 mod sandbox_webhooks;
 mod support;
+mod sync_absence;
 mod sync_budget;
 mod sync_cli;
 mod sync_deletes;
