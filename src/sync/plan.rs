@@ -11,10 +11,19 @@
 //! - `merge` is the three-way merge of one link against each side's own snapshot.
 //! - Deletions: `crm_gone` and `farmflow_gone`.
 //!
-//! Two places where the plan asks the caller for more before it acts, rather than guess:
-//! [`Plan::needs_orders`] (a FarmFlow delete must check orders) and [`Plan::needs_kounta_reads`]
+//! Three places where the plan asks the caller for more before it acts, rather than guess:
+//! [`Plan::needs_orders`] (a FarmFlow delete must check orders), [`Plan::needs_kounta_reads`]
 //! (a CRM write needs the full current record: a partial update must not clobber an address
-//! line or a same-field edit the list could not show). The caller reads those and plans again.
+//! line or a same-field edit the list could not show) and [`Plan::needs_farmflow_reads`]. The
+//! caller reads those and plans again, handing the answers back in [`DirectReads`].
+//!
+//! Absence from a list is a question, never an answer (DESIGN.md step 5): every action taken
+//! because a record is missing from a listing — a FarmFlow delete, a CRM tag/unlink, a
+//! tombstone, a blocked-delete retry, a recreation on either side, a dangling reference — waits
+//! for a read by id of that record. A record that reads back is present and planned as such; a
+//! 404 confirms the absence; no answer leaves the link alone (`SkipReason::AbsenceUnconfirmed`).
+//! The guard counts absences from the lists themselves, before any confirmation, and when it
+//! trips nothing is read for them.
 //!
 //! Choices made where DESIGN.md leaves room (each with a test in `plan/tests.rs`):
 //! - Every link whose CRM record was read in full gets a `Refresh` (at least), so apply can

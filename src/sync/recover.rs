@@ -23,6 +23,9 @@ pub enum RecoverError {
     /// The CRM refused the credentials while looking a create up.
     #[error("cannot settle the journal: {0}")]
     Auth(ApiError),
+    /// A lookup that must answer before anything is retried could not be made.
+    #[error("cannot settle the journal: {0}")]
+    Unresolved(ApiError),
 }
 
 /// Settles every unsettled intent it can. Returns the CRM ids that should be read in full this
@@ -156,22 +159,37 @@ async fn settle_farmflow_create(
             h.reference_id
         )));
     }
-    let key = [
-        Field::Email,
-        Field::Phone,
-        Field::FirstName,
-        Field::LastName,
-    ];
-    let mut candidates: Vec<&FarmflowCustomer> = farmflow
-        .iter()
-        .filter(|c| c.id.0 > watermark && !linked.contains(&c.id))
-        .filter(|c| {
-            let now = Customer::from_farmflow(&c.fields).customer;
-            key.iter()
-                .all(|&f| Customer::field_eq_normalised(&now, &sent, f))
-        })
-        .collect();
-    candidates.sort_by_key(|c| c.id);
+    let find = |list: &[FarmflowCustomer]| -> Vec<FarmflowCustomer> {
+        let key = [
+            Field::Email,
+            Field::Phone,
+            Field::FirstName,
+            Field::LastName,
+        ];
+        let mut found: Vec<FarmflowCustomer> = list
+            .iter()
+            .filter(|c| c.id.0 > watermark && !linked.contains(&c.id))
+            .filter(|c| {
+                let now = Customer::from_farmflow(&c.fields).customer;
+                key.iter()
+                    .all(|&f| Customer::field_eq_normalised(&now, &sent, f))
+            })
+            .cloned()
+            .collect();
+        found.sort_by_key(|c| c.id);
+        found
+    };
+    let mut candidates = find(farmflow);
+    if candidates.is_empty() {
+        // Absence from one list is a question: a list that lags the create, or leaves it out,
+        // would turn a lost answer into a second customer. Ask a fresh list before concluding.
+        match engine.farmflow.list().await {
+            Ok(again) => candidates = find(&again),
+            Err(e) if e.is_auth() => return Err(RecoverError::Auth(e)),
+            // Unsettled, the create must not be planned again: the run stops here.
+            Err(e) => return Err(RecoverError::Unresolved(e)),
+        }
+    }
     let Some(created) = candidates.first() else {
         info!(kounta_id = kounta_id.0, "sync.journal.absent");
         return Ok(Some("absent: the create did not happen".to_owned()));
