@@ -421,7 +421,9 @@ fn measure(urls: &[(String, String)]) -> Vec<Row> {
     // (b) The initial sync. The fewest requests it can make: FarmFlow's list and a create for
     // each CRM-only customer; the CRM's company lookup, its pages, a full read of each of its
     // customers (to create or merge them), a create for each FarmFlow-only customer, and a
-    // `reference_id` write for each customer matched or created in FarmFlow.
+    // `reference_id` write for each customer matched or created in FarmFlow. A FarmFlow update
+    // would add one `customer-get` (an update is made on a fresh read); the matched people agree
+    // on every field, so there are none here. No confirming read either: nothing is missing.
     let only = (INITIAL_EACH - INITIAL_BOTH) as u64;
     let minimum = (1 + only)
         + (1 + (INITIAL_EACH.div_ceil(PAGE_SIZE) as u64)
