@@ -42,7 +42,7 @@ fn main() {
 fn config(sb: &Sandbox, state: &Path, port: u16) -> String {
     format!(
         "[state]\npath = {state:?}\n\
-         [schedule]\ncron = \"0 0 0 1 1 *\"\n\
+         [schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n\
          [kounta]\nbase_url = {:?}\nclient_id = {:?}\nclient_secret = {:?}\nrequests_per_minute = 100000\ntimeout_secs = 5\n\
          [farmflow]\nbase_url = {:?}\napi_key = {:?}\nrequests_per_minute = 100000\ntimeout_secs = 5\n\
          [webhooks]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nsignature_token = {:?}\nshared_secret = \"bench-shared-secret\"\n",

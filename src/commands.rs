@@ -62,6 +62,7 @@ pub fn sync(
         dry_run,
         allow_mass_delete,
         cancel: None,
+        kind: crate::sync::engine::CycleKind::Sweep,
     };
     let show_progress =
         format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());

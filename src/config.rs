@@ -91,8 +91,10 @@ pub struct StateSettings {
 /// The daemon's schedule.
 #[derive(Debug, Clone)]
 pub struct ScheduleSettings {
-    /// Seconds-first cron expression, as tokio-cron-scheduler reads it.
+    /// Seconds-first cron expression, as tokio-cron-scheduler reads it: the daemon's sweeps.
     pub cron: String,
+    /// The daemon's quick cycles (`None` when `quick_cron = ""` turns them off).
+    pub quick_cron: Option<String>,
 }
 
 /// Logging settings.
@@ -631,6 +633,7 @@ struct RawState {
 #[derive(Deserialize)]
 struct RawSchedule {
     cron: String,
+    quick_cron: String,
 }
 
 #[derive(Deserialize)]
@@ -691,6 +694,10 @@ impl RawSettings {
             return Err(bad("state.path", "must not be empty".into()));
         }
         crate::schedule::parse(&self.schedule.cron).map_err(|m| bad("schedule.cron", m))?;
+        let quick_cron = self.schedule.quick_cron.trim().to_owned();
+        if !quick_cron.is_empty() {
+            crate::schedule::parse(&quick_cron).map_err(|m| bad("schedule.quick_cron", m))?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| bad("log.level", format!("not a log level or filter: {e}")))?;
 
@@ -775,6 +782,7 @@ impl RawSettings {
             },
             schedule: ScheduleSettings {
                 cron: self.schedule.cron,
+                quick_cron: (!quick_cron.is_empty()).then_some(quick_cron),
             },
             log: LogSettings {
                 level: self.log.level,

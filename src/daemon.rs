@@ -29,7 +29,7 @@ use crate::cli::Exit;
 use crate::config::Settings;
 use crate::lock::{InstanceLock, LockError};
 use crate::store::{SharedStore, Store, StoreError};
-use crate::sync::engine::{Engine, Outcome, RunOptions, RunReport};
+use crate::sync::engine::{CycleKind, Engine, Outcome, RunOptions, RunReport};
 use crate::webhook::{self, ListenerOptions, WebhookReceiver};
 
 /// How many triggers may wait for the worker; more are dropped, which loses nothing: one
@@ -41,9 +41,11 @@ pub const TRIGGER_QUEUE: usize = 64;
 pub enum Trigger {
     /// The daemon just started.
     Startup,
-    /// A fire time of `[schedule] cron`.
+    /// A fire time of `[schedule] cron`: a sweep.
     Schedule,
-    /// A webhook delivery was stored as a hint.
+    /// A fire time of `[schedule] quick_cron`: a quick cycle.
+    Quick,
+    /// A webhook delivery was stored as a hint: a quick cycle.
     Webhook,
     /// The retry after a failed cycle.
     Retry,
@@ -57,9 +59,22 @@ impl Trigger {
         match self {
             Trigger::Startup => "startup",
             Trigger::Schedule => "schedule",
+            Trigger::Quick => "quick",
             Trigger::Webhook => "webhook",
             Trigger::Retry => "retry",
             Trigger::FollowUp => "follow_up",
+        }
+    }
+}
+
+impl Trigger {
+    /// The kind of cycle this trigger asks for (`None` for a retry or a follow-up, which run
+    /// the kind of the cycle they follow).
+    pub fn kind(self) -> Option<CycleKind> {
+        match self {
+            Trigger::Startup | Trigger::Schedule => Some(CycleKind::Sweep),
+            Trigger::Quick | Trigger::Webhook => Some(CycleKind::Quick),
+            Trigger::Retry | Trigger::FollowUp => None,
         }
     }
 }
@@ -127,7 +142,10 @@ impl Default for WorkerOptions {
 /// What one cycle tells the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CycleResult {
-    /// The cycle failed in a way a retry may fix (exit code 1 or 4): retry with backoff.
+    /// The cycle could not run (exit code 4: an API unreachable, credentials refused): retry
+    /// with backoff. A cycle in which some records failed (exit 1) is not retried — the next
+    /// fire time retries them, so one bad record never turns an hourly schedule into a resync
+    /// every few minutes.
     pub failed: bool,
     /// The one-line summary for `STATUS=`.
     pub summary: String,
@@ -158,7 +176,7 @@ impl CycleResult {
             s.skipped,
         );
         CycleResult {
-            failed: matches!(report.outcome.exit_code(), 1 | 4),
+            failed: report.outcome.exit_code() == 4,
             // `STATUS=` is one line.
             summary: summary.replace(['\n', '\r'], " "),
         }
@@ -167,17 +185,22 @@ impl CycleResult {
 
 /// One sync cycle, as the worker sees it. [`Engine`] is the real one; tests script their own.
 pub trait Cycle: Send + Sync + 'static {
-    /// Runs one cycle; `cancel` asks it to stop after the write in flight.
-    fn run(&self, cancel: CancellationToken) -> impl Future<Output = CycleResult> + Send;
+    /// Runs one cycle of `kind`; `cancel` asks it to stop after the write in flight.
+    fn run(
+        &self,
+        kind: CycleKind,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = CycleResult> + Send;
 }
 
 impl Cycle for Engine {
-    async fn run(&self, cancel: CancellationToken) -> CycleResult {
+    async fn run(&self, kind: CycleKind, cancel: CancellationToken) -> CycleResult {
         let report = self
             .run_once(RunOptions {
                 dry_run: false,
                 allow_mass_delete: false,
                 cancel: Some(cancel),
+                kind,
             })
             .await;
         CycleResult::from_report(&report)
@@ -246,6 +269,8 @@ impl<C: Cycle> Worker<C> {
     pub async fn run(mut self) -> WorkerStats {
         let mut next = Next::Now(Trigger::Startup);
         let mut failures = 0u32;
+        // The kind a retry or a follow-up runs: the failed cycle's, or the strongest coalesced.
+        let mut carried = CycleKind::Sweep;
         loop {
             let trigger = match next {
                 Next::Now(t) => t,
@@ -266,7 +291,8 @@ impl<C: Cycle> Worker<C> {
             if self.stop.is_cancelled() {
                 break;
             }
-            let (result, pending) = self.cycle_once(trigger).await;
+            let kind = trigger.kind().unwrap_or(carried);
+            let (result, pending) = self.cycle_once(trigger, kind).await;
             self.stats.cycles += 1;
             (self.on_cycle)(&result);
             if self.stop.is_cancelled() {
@@ -282,11 +308,15 @@ impl<C: Cycle> Worker<C> {
                     "daemon.retry.scheduled"
                 );
                 // Triggers coalesced during a failed cycle ride on the retry.
+                carried = strongest(kind, pending.and_then(Trigger::kind));
                 Next::RetryAt(Instant::now() + delay)
             } else {
                 failures = 0;
                 match pending {
-                    Some(_) => Next::Now(Trigger::FollowUp),
+                    Some(t) => {
+                        carried = t.kind().unwrap_or(carried);
+                        Next::Now(Trigger::FollowUp)
+                    }
                     None => Next::Idle,
                 }
             };
@@ -314,7 +344,7 @@ impl<C: Cycle> Worker<C> {
                 _ = retry => return Some(Trigger::Retry),
                 received = self.triggers.recv(), if self.triggers_open => match received {
                     None => self.triggers_open = false,
-                    Some(Trigger::Webhook) if retry_at.is_some() => {
+                    Some(Trigger::Webhook | Trigger::Quick) if retry_at.is_some() => {
                         debug!("daemon.trigger.deferred");
                     }
                     Some(t) => return Some(t),
@@ -341,10 +371,15 @@ impl<C: Cycle> Worker<C> {
         }
     }
 
-    /// Runs one cycle; triggers arriving meanwhile are coalesced into the returned one.
-    async fn cycle_once(&mut self, trigger: Trigger) -> (CycleResult, Option<Trigger>) {
-        info!(trigger = %trigger, "daemon.cycle.started");
-        let run = self.cycle.run(self.stop.clone());
+    /// Runs one cycle; triggers arriving meanwhile are coalesced into the returned one (a
+    /// sweep's trigger wins over a quick cycle's).
+    async fn cycle_once(
+        &mut self,
+        trigger: Trigger,
+        kind: CycleKind,
+    ) -> (CycleResult, Option<Trigger>) {
+        info!(trigger = %trigger, kind = kind.as_str(), "daemon.cycle.started");
+        let run = self.cycle.run(kind, self.stop.clone());
         tokio::pin!(run);
         let mut pending = None;
         loop {
@@ -360,12 +395,23 @@ impl<C: Cycle> Worker<C> {
                         } else {
                             debug!(trigger = %t, "sync.trigger.coalesced");
                         }
-                        pending = Some(t);
+                        if pending.and_then(Trigger::kind) != Some(CycleKind::Sweep) {
+                            pending = Some(t);
+                        }
                     }
                     None => self.triggers_open = false,
                 },
             }
         }
+    }
+}
+
+/// A sweep if either asks for one.
+fn strongest(a: CycleKind, b: Option<CycleKind>) -> CycleKind {
+    if a == CycleKind::Sweep || b == Some(CycleKind::Sweep) {
+        CycleKind::Sweep
+    } else {
+        CycleKind::Quick
     }
 }
 
@@ -513,18 +559,29 @@ pub async fn run_daemon(
         info!(listen = %local, public_url = %settings.webhooks.public_url, "webhook.listening");
     }
 
-    let (mut scheduler, offset_guard) =
-        match start_scheduler(&settings.schedule.cron, triggers.clone()).await {
-            Ok(started) => started,
+    let mut schedules = vec![(settings.schedule.cron.clone(), Trigger::Schedule)];
+    if let Some(quick) = &settings.schedule.quick_cron {
+        schedules.push((quick.clone(), Trigger::Quick));
+    }
+    let mut schedulers = Vec::new();
+    for (cron, trigger) in schedules {
+        match start_scheduler(&cron, trigger, triggers.clone()).await {
+            Ok(started) => schedulers.push(started),
             Err(e) => {
                 listener_stop.cancel();
+                for (mut scheduler, guard) in schedulers {
+                    guard.abort();
+                    let _ = scheduler.shutdown().await;
+                }
                 return Err(e);
             }
-        };
+        }
+    }
     drop(triggers);
 
     info!(
         cron = %settings.schedule.cron,
+        quick_cron = settings.schedule.quick_cron.as_deref().unwrap_or(""),
         webhooks = settings.webhooks.enabled,
         state = %settings.state.path.display(),
         "daemon.started"
@@ -558,9 +615,11 @@ pub async fn run_daemon(
 
     info!("daemon.stopping");
     notify(&[NotifyState::Stopping]);
-    offset_guard.abort();
-    if let Err(e) = scheduler.shutdown().await {
-        debug!(error = %e, "daemon.scheduler.shutdown_failed");
+    for (mut scheduler, offset_guard) in schedulers {
+        offset_guard.abort();
+        if let Err(e) = scheduler.shutdown().await {
+            debug!(error = %e, "daemon.scheduler.shutdown_failed");
+        }
     }
     stop.cancel();
     let worker_died = early.is_some();
@@ -622,14 +681,15 @@ fn local_offset() -> i32 {
     chrono::Local::now().offset().local_minus_utc()
 }
 
-/// The scheduler's one job: on each fire time, send [`Trigger::Schedule`], nothing more.
+/// A scheduler's one job: on each fire time, send `trigger`, nothing more.
 fn schedule_job(
     cron: &str,
+    trigger: Trigger,
     triggers: mpsc::Sender<Trigger>,
 ) -> Result<tokio_cron_scheduler::Job, tokio_cron_scheduler::JobSchedulerError> {
     tokio_cron_scheduler::Job::new_async_tz(cron, chrono::Local, move |_id, _scheduler| {
         // Full means a trigger is already waiting: the worker runs once either way.
-        let _ = triggers.try_send(Trigger::Schedule);
+        let _ = triggers.try_send(trigger);
         Box::pin(async {})
     })
 }
@@ -640,6 +700,7 @@ fn schedule_job(
 /// fire time can be doubled — the worker coalesces it — but never lost).
 async fn start_scheduler(
     cron: &str,
+    trigger: Trigger,
     triggers: mpsc::Sender<Trigger>,
 ) -> Result<(tokio_cron_scheduler::JobScheduler, JoinHandle<()>), DaemonError> {
     use tokio_cron_scheduler::JobScheduler;
@@ -650,7 +711,7 @@ async fn start_scheduler(
     let scheduler = JobScheduler::new().await.map_err(failed)?;
     let mut offset = local_offset();
     let mut job_id = scheduler
-        .add(schedule_job(cron, triggers.clone()).map_err(failed)?)
+        .add(schedule_job(cron, trigger, triggers.clone()).map_err(failed)?)
         .await
         .map_err(failed)?;
     scheduler.start().await.map_err(failed)?;
@@ -665,7 +726,7 @@ async fn start_scheduler(
             if now == offset {
                 continue;
             }
-            let added = match schedule_job(&cron, triggers.clone()) {
+            let added = match schedule_job(&cron, trigger, triggers.clone()) {
                 Ok(job) => keeper.add(job).await,
                 Err(e) => Err(e),
             };
@@ -707,7 +768,7 @@ mod tests {
     }
 
     #[test]
-    fn a_guarded_run_is_not_retried_but_partial_and_unavailable_ones_are() {
+    fn only_a_cycle_that_could_not_run_is_retried() {
         let mut report = RunReport {
             run_id: "r1".into(),
             dry_run: false,
@@ -722,8 +783,9 @@ mod tests {
         assert!(!CycleResult::from_report(&report).failed);
         report.outcome = Outcome::Guarded;
         assert!(!CycleResult::from_report(&report).failed);
+        // Some records failed (exit 1): the next fire time retries them, not a backoff.
         report.outcome = Outcome::Partial;
-        assert!(CycleResult::from_report(&report).failed);
+        assert!(!CycleResult::from_report(&report).failed);
         report.outcome = Outcome::Unavailable("the CRM\nis down".into());
         let result = CycleResult::from_report(&report);
         assert!(result.failed);

@@ -14,7 +14,7 @@ use crate::farmflow::model::FarmflowCustomer;
 use crate::http::{ApiError, RequestCounts};
 use crate::ids::FarmflowId;
 use crate::ids::KountaId;
-use crate::kounta::client::{KountaAuth, KountaClient, KountaOptions};
+use crate::kounta::client::{KountaAuth, KountaClient, KountaListing, KountaOptions};
 use crate::kounta::model::KountaCustomer;
 use crate::store::{SharedStore, StoreError, now};
 use crate::sync::action::Attention;
@@ -110,6 +110,32 @@ pub struct RunOptions {
     /// Cancelled on shutdown: the run finishes the write in flight, settles it, and stops
     /// before the next one (the rest waits for the next run).
     pub cancel: Option<tokio_util::sync::CancellationToken>,
+    /// A sweep (the full reconcile, `farmsync sync`) or a quick cycle (the daemon's, between
+    /// sweeps: no CRM listing, no creates, no new links).
+    pub kind: CycleKind,
+}
+
+/// The two kinds of cycle (DESIGN.md, "Sweeps and quick cycles").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CycleKind {
+    /// Steps 1–6 in full: the CRM listed page by page, matching, creates, verification.
+    #[default]
+    Sweep,
+    /// FarmFlow's list (one request) and, by id, only the CRM records that webhooks named or
+    /// whose FarmFlow side changed; updates both ways and confirmed deletions of existing links
+    /// only. Its cost does not grow with the number of customers.
+    Quick,
+}
+
+impl CycleKind {
+    /// The kind's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleKind::Sweep => "sweep",
+            CycleKind::Quick => "quick",
+        }
+    }
 }
 
 impl RunOptions {
@@ -216,7 +242,11 @@ impl Engine {
         let farmflow_before = self.farmflow.counts();
         let mut policy = self.policy.clone();
         policy.allow_mass_delete |= options.allow_mass_delete;
-        info!(dry_run = options.dry_run, "sync.run.started");
+        info!(
+            dry_run = options.dry_run,
+            kind = options.kind.as_str(),
+            "sync.run.started"
+        );
 
         let mut report = RunReport {
             run_id: run_id.clone(),
@@ -274,8 +304,20 @@ impl Engine {
                 RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
             })
         };
+        let quick = options.kind == CycleKind::Quick;
+        // A sweep lists the CRM first and reads FarmFlow after it, just before planning; a
+        // quick cycle lists nothing of the CRM (its listing is made from the links below).
+        let mut listing = if quick {
+            KountaListing {
+                items: Vec::new(),
+                complete: true,
+                error: None,
+                pages: 0,
+            }
+        } else {
+            read_kounta().await?
+        };
         let mut farmflow: Vec<FarmflowCustomer> = read_farmflow().await?;
-        let mut listing = read_kounta().await?;
         // An empty list may be a glitch (a replica or a proxy answering `[]`). With links the
         // guard holds everything destructive back, but on a first run nothing would stop every
         // customer of the other side being created into it a second time: read an empty list
@@ -284,7 +326,7 @@ impl Engine {
             info!("sync.listing.empty_reread");
             farmflow = read_farmflow().await?;
         }
-        if listing.complete && listing.items.is_empty() {
+        if !quick && listing.complete && listing.items.is_empty() {
             info!("sync.listing.empty_reread");
             listing = read_kounta().await?;
         }
@@ -312,38 +354,62 @@ impl Engine {
             unsettled_kounta.extend(found);
         }
 
-        // 3. Read the CRM on a budget.
+        // 3. Read the CRM on a budget (a sweep), or only what changed (a quick cycle).
         let links = self.store.call(|s| s.links()).await.map_err(store_down)?;
         let hints = self.store.call(|s| s.hints()).await.map_err(store_down)?;
         let mut hinted: Vec<KountaId> = hints.iter().map(|h| h.kounta_id).collect();
-        hinted.extend(budget::kounta_reads_for_farmflow_changes(&farmflow, &links));
-        let staleness = Some(Staleness {
-            now: seen_at,
-            max_age_secs: self.max_verify_age_secs,
-        });
-        let required = budget::select_full_reads(
-            &listing.items,
-            &links,
-            &hinted,
-            &unsettled_kounta,
-            0,
-            staleness,
-        );
-        let verification = budget::verification_budget(
-            self.kounta_rate,
-            self.kounta.limiter().recent(),
-            u32::try_from(required.len()).unwrap_or(u32::MAX),
-        );
-        let reads = budget::select_full_reads(
-            &listing.items,
-            &links,
-            &hinted,
-            &unsettled_kounta,
-            verification,
-            staleness,
-        );
+        let farmflow_changed = budget::kounta_reads_for_farmflow_changes(&farmflow, &links);
+        let reads = if quick {
+            // Hinted links, links whose FarmFlow side changed, and records a lost write may
+            // have touched. A hint for a customer with no link waits for the next sweep, whose
+            // matching sees both sides whole.
+            let linked: HashSet<KountaId> = links.iter().filter_map(|l| l.kounta_id).collect();
+            let mut reads: Vec<KountaId> = hinted
+                .iter()
+                .chain(&farmflow_changed)
+                .chain(&unsettled_kounta)
+                .copied()
+                .filter(|k| linked.contains(k))
+                .collect();
+            reads.sort();
+            reads.dedup();
+            reads
+        } else {
+            hinted.extend(farmflow_changed);
+            let staleness = Some(Staleness {
+                now: seen_at,
+                max_age_secs: self.max_verify_age_secs,
+            });
+            let required = budget::select_full_reads(
+                &listing.items,
+                &links,
+                &hinted,
+                &unsettled_kounta,
+                0,
+                staleness,
+            );
+            let verification = budget::verification_budget(
+                self.kounta_rate,
+                self.kounta.limiter().recent(),
+                u32::try_from(required.len()).unwrap_or(u32::MAX),
+            );
+            budget::select_full_reads(
+                &listing.items,
+                &links,
+                &hinted,
+                &unsettled_kounta,
+                verification,
+                staleness,
+            )
+        };
         let mut reads_done = FullReads::default();
         self.read_full(&reads, &mut reads_done).await?;
+        if quick {
+            // The quick cycle's listing: every linked CRM customer as its snapshot shows it,
+            // except those a read just found gone. The plan then sees unread links unchanged,
+            // and a 404 as a deletion to confirm — never an absence it did not read.
+            listing.items = quick_listing(&links, &reads_done.gone);
+        }
         let listed_ids: HashSet<KountaId> = listing.items.iter().map(|i| i.id).collect();
 
         // 4. Plan; read what the plan asks for (orders, more CRM records) and plan again.
@@ -422,6 +488,10 @@ impl Engine {
             }
         }
 
+        if quick {
+            quick_only(&mut current, &links);
+        }
+
         if let Some(guard) = &current.guard {
             warn!(
                 planned_deletions = guard.planned_deletions,
@@ -482,7 +552,11 @@ impl Engine {
             if let Some(message) = applier.fatal {
                 return Err(RunError::Unavailable(message));
             }
-            self.note_attention(&current.attention).await;
+            if !quick {
+                // A quick cycle sees part of the world: the list of records needing a person
+                // is kept by sweeps, which see all of it.
+                self.note_attention(&current.attention).await;
+            }
             // A hint is spent once its record was read (or found gone), not when the read failed.
             let spent: Vec<_> = hints
                 .iter()
@@ -692,6 +766,52 @@ fn attention_kind(a: &Attention) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| "other".to_owned())
+}
+
+/// A quick cycle's stand-in for the CRM listing: each linked CRM customer as its snapshot shows
+/// it (so an unread link counts as unchanged), less those a read by id found gone.
+fn quick_listing(
+    links: &[crate::store::Link],
+    gone: &std::collections::BTreeSet<KountaId>,
+) -> Vec<crate::kounta::model::KountaListItem> {
+    let mut seen = HashSet::new();
+    links
+        .iter()
+        .filter(|l| l.state != crate::store::LinkState::Tombstone)
+        .filter_map(|l| {
+            let k = l.kounta_id?;
+            if gone.contains(&k) || !seen.insert(k) {
+                return None;
+            }
+            let snapshot = l.kounta_snapshot.clone().unwrap_or_default();
+            Some(crate::kounta::model::KountaListItem {
+                id: k,
+                first_name: snapshot.first_name,
+                last_name: snapshot.last_name,
+                email: snapshot.email,
+            })
+        })
+        .collect()
+}
+
+/// Keeps what a quick cycle may do: the actions of existing links, but no creates (a
+/// recreation waits for the sweep) and no new links.
+fn quick_only(plan: &mut Plan, links: &[crate::store::Link]) {
+    use crate::sync::action::{Action, Subject};
+    let existing: HashSet<&crate::ids::ReferenceId> =
+        links.iter().map(|l| &l.reference_id).collect();
+    plan.actions.retain(|a| {
+        let ours = matches!(a.subject(), Subject::Link(ref r) if existing.contains(r));
+        ours && !matches!(
+            a,
+            Action::Link { .. }
+                | Action::CreateKounta(_)
+                | Action::CreateFarmflow(_)
+                | Action::RecreateKounta { .. }
+                | Action::RecreateFarmflow { .. }
+        )
+    });
+    plan.counts = crate::sync::plan::PlanCounts::of(&plan.actions);
 }
 
 /// FarmFlow's list with the records read by id this run in place of (or beside) the listed ones.

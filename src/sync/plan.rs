@@ -206,7 +206,8 @@ pub struct PlanCounts {
 }
 
 impl PlanCounts {
-    fn of(actions: &[Action]) -> PlanCounts {
+    /// Counts the actions of each kind.
+    pub fn of(actions: &[Action]) -> PlanCounts {
         let mut c = PlanCounts::default();
         for a in actions {
             let slot = match a {

@@ -13,7 +13,7 @@ use farmsync::store::Store;
 use crate::support::Workdir;
 use crate::sync_smoke::sandbox_config;
 
-const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\n";
+const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n";
 
 fn settings(w: &Workdir) -> Settings {
     Settings::builder().file(w.config_path()).build().unwrap()

@@ -12,9 +12,9 @@ use crate::daemon_support::{Daemon, converge, event, farmsync_in, linked, writes
 use crate::support::{Workdir, text};
 use crate::sync_smoke::sandbox_config;
 
-const EVERY_SECOND: &str = "[schedule]\ncron = \"* * * * * *\"\n";
+const EVERY_SECOND: &str = "[schedule]\ncron = \"* * * * * *\"\nquick_cron = \"\"\n";
 /// Once a year: only the start-up cycle runs during a test.
-const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\n";
+const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n";
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// Every run recorded in the state DB: finished, exit 0, and no two overlapping.
@@ -253,7 +253,7 @@ async fn a_second_daemon_on_the_same_state_exits_4() {
 
 #[tokio::test]
 async fn run_without_credentials_exits_2() {
-    let w = Workdir::new("[schedule]\ncron = \"0 0 0 1 1 *\"\n");
+    let w = Workdir::new("[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n");
     let out = farmsync_in(&w, &["run"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert!(

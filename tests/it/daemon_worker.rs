@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use farmsync::daemon::{Backoff, Cycle, CycleResult, Trigger, Worker, WorkerOptions, WorkerStats};
+use farmsync::sync::engine::CycleKind;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -39,6 +40,8 @@ struct Script {
     running: AtomicBool,
     overlaps: AtomicU32,
     saw_cancel: AtomicBool,
+    /// The kind of each cycle run, in order.
+    kinds: Mutex<Vec<CycleKind>>,
 }
 
 /// A cycle that follows the script (then succeeds at once), reports each start, and counts
@@ -50,7 +53,8 @@ struct Scripted {
 }
 
 impl Cycle for Scripted {
-    async fn run(&self, cancel: CancellationToken) -> CycleResult {
+    async fn run(&self, kind: CycleKind, cancel: CancellationToken) -> CycleResult {
+        self.script.kinds.lock().unwrap().push(kind);
         if self.script.running.swap(true, Ordering::SeqCst) {
             self.script.overlaps.fetch_add(1, Ordering::SeqCst);
         }
@@ -290,4 +294,40 @@ async fn a_stop_before_the_first_cycle_runs_nothing() {
     .await;
     assert_eq!(stats.cycles, 0);
     assert!(started.try_recv().is_err());
+}
+
+fn kinds(script: &Script) -> Vec<CycleKind> {
+    script.kinds.lock().unwrap().clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fire_times_sweep_while_quick_fire_times_and_webhooks_run_quick_cycles() {
+    use CycleKind::{Quick, Sweep};
+    let mut h = Harness::start(vec![], options(500, 5, 60));
+    assert!(near(h.next_start().await, 0.0));
+    h.send_at(10.0, Trigger::Quick).await;
+    assert!(near(h.next_start().await, 10.0));
+    h.send_at(20.0, Trigger::Webhook).await;
+    assert!(near(h.next_start().await, 20.5), "debounced");
+    h.send_at(30.0, Trigger::Schedule).await;
+    assert!(near(h.next_start().await, 30.0));
+    let (_, script) = h.stop().await;
+    assert_eq!(kinds(&script), vec![Sweep, Quick, Quick, Sweep]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fire_time_coalesced_with_webhooks_follows_up_with_a_sweep() {
+    use CycleKind::{Quick, Sweep};
+    let mut h = Harness::start(vec![ok(0.0), ok(10.0)], options(500, 5, 60));
+    h.next_start().await;
+    h.send_at(5.0, Trigger::Webhook).await;
+    assert!(near(h.next_start().await, 5.5));
+    // Mid quick cycle: a delivery, then a fire time, then another delivery.
+    h.send_at(7.0, Trigger::Webhook).await;
+    h.send_at(8.0, Trigger::Schedule).await;
+    h.send_at(9.0, Trigger::Webhook).await;
+    assert!(near(h.next_start().await, 15.5));
+    h.quiet_for(30).await;
+    let (_, script) = h.stop().await;
+    assert_eq!(kinds(&script), vec![Sweep, Quick, Sweep]);
 }

@@ -22,7 +22,7 @@ use crate::proof_support::{
 use crate::support::{Workdir, text};
 
 /// Once a year: only the start-up cycle runs while the test watches.
-const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\n";
+const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n";
 /// Runs after the kill before one writes nothing (as in the sync campaign).
 const MAX_RERUNS: usize = 3;
 /// Crash points tried at once; each has its own sandbox, state DB and daemon.

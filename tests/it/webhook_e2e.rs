@@ -17,7 +17,7 @@ fn webhook_config(sb: &Sandbox, port: u16, enabled: bool) -> String {
     sandbox_config(
         sb,
         &format!(
-            "[schedule]\ncron = \"0 0 0 1 1 *\"\n\
+            "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n\
              [webhooks]\nenabled = {enabled}\nlisten = \"127.0.0.1:{port}\"\n\
              signature_token = {:?}\nshared_secret = {SHARED:?}\n",
             sb.kounta().signature_token()
