@@ -36,6 +36,7 @@ mod sync_logs;
 mod sync_lost;
 mod sync_matrix;
 mod sync_props;
+mod sync_quick;
 mod sync_runs;
 mod sync_smoke;
 mod sync_support;
