@@ -63,6 +63,7 @@ pub fn sync(
         allow_mass_delete,
         cancel: None,
         kind: crate::sync::engine::CycleKind::Sweep,
+        writer: None,
     };
     let show_progress =
         format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());

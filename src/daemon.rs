@@ -193,14 +193,32 @@ pub trait Cycle: Send + Sync + 'static {
     ) -> impl Future<Output = CycleResult> + Send;
 }
 
-impl Cycle for Engine {
+/// The daemon's cycles: one engine, and the writer lock its sweep and quick cycle share.
+pub struct EngineCycles {
+    engine: Engine,
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl EngineCycles {
+    /// Cycles of `engine`.
+    pub fn new(engine: Engine) -> Self {
+        EngineCycles {
+            engine,
+            writer: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl Cycle for EngineCycles {
     async fn run(&self, kind: CycleKind, cancel: CancellationToken) -> CycleResult {
         let report = self
+            .engine
             .run_once(RunOptions {
                 dry_run: false,
                 allow_mass_delete: false,
                 cancel: Some(cancel),
                 kind,
+                writer: Some(self.writer.clone()),
             })
             .await;
         CycleResult::from_report(&report)
@@ -221,15 +239,66 @@ pub struct WorkerStats {
 /// Called after every cycle (the daemon updates `STATUS=` here).
 pub type OnCycle = Box<dyn FnMut(&CycleResult) + Send>;
 
-enum Next {
-    Now(Trigger),
-    Idle,
-    RetryAt(Instant),
+/// One lane of the worker: sweeps, or quick cycles. A lane runs one cycle at a time; a trigger
+/// for a busy lane is coalesced into one follow-up cycle of that lane.
+struct Lane {
+    kind: CycleKind,
+    /// The cycle running now.
+    running: Option<JoinHandle<CycleResult>>,
+    /// When to start the next cycle (and the trigger it answers), if one is wanted.
+    due: Option<(Instant, Trigger)>,
+    /// A trigger that arrived while a cycle ran: one follow-up when it ends.
+    pending: Option<Trigger>,
+    /// The next cycle is a retry after a failure: only a fire time ends its wait early (a
+    /// webhook does not — the API just failed, and the hint is stored: the retry reads it).
+    retrying: bool,
+    failures: u32,
 }
 
-/// The one task that runs cycles.
+impl Lane {
+    fn new(kind: CycleKind) -> Lane {
+        Lane {
+            kind,
+            running: None,
+            due: None,
+            pending: None,
+            retrying: false,
+            failures: 0,
+        }
+    }
+}
+
+/// Waits until `due` (forever when `None`); returns its trigger.
+async fn when_due(due: Option<(Instant, Trigger)>) -> Trigger {
+    match due {
+        Some((at, trigger)) => {
+            tokio::time::sleep_until(at).await;
+            trigger
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the running cycle to end (forever when none runs).
+async fn when_ended(running: &mut Option<JoinHandle<CycleResult>>) -> CycleResult {
+    match running {
+        Some(handle) => {
+            let result = handle.await;
+            *running = None;
+            result.unwrap_or_else(|e| CycleResult {
+                failed: true,
+                summary: format!("the cycle ended abnormally: {e}"),
+            })
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The task that runs cycles: at most one sweep and one quick cycle at a time, so a long
+/// sweep never holds a webhook's quick cycle back. The engine lets only one of them plan and
+/// apply at a time (its writer lock: see `sync::engine`).
 pub struct Worker<C: Cycle> {
-    cycle: C,
+    cycle: std::sync::Arc<C>,
     triggers: mpsc::Receiver<Trigger>,
     triggers_open: bool,
     stop: CancellationToken,
@@ -247,7 +316,7 @@ impl<C: Cycle> Worker<C> {
         options: WorkerOptions,
     ) -> Self {
         Worker {
-            cycle,
+            cycle: std::sync::Arc::new(cycle),
             triggers,
             triggers_open: true,
             stop,
@@ -263,155 +332,118 @@ impl<C: Cycle> Worker<C> {
         self
     }
 
-    /// Runs a cycle at once, then one per trigger, until `stop` is cancelled (or every trigger
-    /// sender is gone and no retry is pending). A cycle in progress when `stop` is cancelled is
-    /// waited for: it was handed the same token and stops after its write in flight.
+    /// Runs a sweep at once, then cycles as triggers ask, until `stop` is cancelled (or every
+    /// trigger sender is gone and nothing is running or due). Cycles in progress when `stop` is
+    /// cancelled are waited for: they were handed the same token and stop after their write in
+    /// flight.
     pub async fn run(mut self) -> WorkerStats {
-        let mut next = Next::Now(Trigger::Startup);
-        let mut failures = 0u32;
-        // The kind a retry or a follow-up runs: the failed cycle's, or the strongest coalesced.
-        let mut carried = CycleKind::Sweep;
+        let mut sweeps = Lane::new(CycleKind::Sweep);
+        let mut quick = Lane::new(CycleKind::Quick);
+        sweeps.due = Some((Instant::now(), Trigger::Startup));
         loop {
-            let trigger = match next {
-                Next::Now(t) => t,
-                Next::Idle => match self.wait(None).await {
-                    Some(t) => t,
-                    None => break,
-                },
-                Next::RetryAt(at) => match self.wait(Some(at)).await {
-                    Some(t) => t,
-                    None => break,
-                },
-            };
-            if trigger == Trigger::Webhook && !self.debounce().await {
-                break;
-            }
-            // Triggers already waiting are answered by the cycle about to start.
-            while self.triggers.try_recv().is_ok() {}
             if self.stop.is_cancelled() {
                 break;
             }
-            let kind = trigger.kind().unwrap_or(carried);
-            let (result, pending) = self.cycle_once(trigger, kind).await;
-            self.stats.cycles += 1;
-            (self.on_cycle)(&result);
-            if self.stop.is_cancelled() {
+            let idle = |l: &Lane| l.running.is_none() && l.due.is_none();
+            if !self.triggers_open && idle(&sweeps) && idle(&quick) {
                 break;
             }
-            next = if result.failed {
-                failures = failures.saturating_add(1);
-                let delay = self.options.backoff.delay(failures);
-                self.stats.retries += 1;
-                warn!(
-                    attempt = failures,
-                    delay_ms = delay.as_millis() as u64,
-                    "daemon.retry.scheduled"
-                );
-                // Triggers coalesced during a failed cycle ride on the retry.
-                carried = strongest(kind, pending.and_then(Trigger::kind));
-                Next::RetryAt(Instant::now() + delay)
-            } else {
-                failures = 0;
-                match pending {
-                    Some(t) => {
-                        carried = t.kind().unwrap_or(carried);
-                        Next::Now(Trigger::FollowUp)
-                    }
-                    None => Next::Idle,
-                }
-            };
+            let (sweep_due, quick_due) = (sweeps.due, quick.due);
+            let sweep_idle = sweeps.running.is_none();
+            let quick_idle = quick.running.is_none();
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                result = when_ended(&mut sweeps.running) => self.ended(&mut sweeps, result),
+                result = when_ended(&mut quick.running) => self.ended(&mut quick, result),
+                trigger = when_due(sweep_due), if sweep_idle => self.start(&mut sweeps, trigger),
+                trigger = when_due(quick_due), if quick_idle => self.start(&mut quick, trigger),
+                received = self.triggers.recv(), if self.triggers_open => match received {
+                    None => self.triggers_open = false,
+                    Some(t) if t.kind() == Some(CycleKind::Sweep) => self.received(&mut sweeps, t),
+                    Some(t) => self.received(&mut quick, t),
+                },
+            }
+        }
+        // Cycles in progress got the stop too: wait for them to settle their write in flight.
+        for lane in [&mut sweeps, &mut quick] {
+            if lane.running.is_some() {
+                let result = when_ended(&mut lane.running).await;
+                self.stats.cycles += 1;
+                (self.on_cycle)(&result);
+            }
         }
         self.stats
     }
 
-    /// Waits for a trigger, the retry time, or the stop. A fire time ends a retry wait early
-    /// (backoff only delays retries, never the schedule); a webhook does not (the API just
-    /// failed, and the hint is stored: the retry reads it).
-    async fn wait(&mut self, retry_at: Option<Instant>) -> Option<Trigger> {
-        loop {
-            if !self.triggers_open && retry_at.is_none() {
-                return None;
+    /// A trigger arrived for `lane`.
+    fn received(&mut self, lane: &mut Lane, trigger: Trigger) {
+        if lane.running.is_some() {
+            self.stats.coalesced += 1;
+            // Once a cycle at info: a burst of deliveries is one fact, not fifty.
+            if lane.pending.is_none() {
+                info!(trigger = %trigger, kind = lane.kind.as_str(), "sync.trigger.coalesced");
+            } else {
+                debug!(trigger = %trigger, kind = lane.kind.as_str(), "sync.trigger.coalesced");
             }
-            let retry = async {
-                match retry_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return None,
-                _ = retry => return Some(Trigger::Retry),
-                received = self.triggers.recv(), if self.triggers_open => match received {
-                    None => self.triggers_open = false,
-                    Some(Trigger::Webhook | Trigger::Quick) if retry_at.is_some() => {
-                        debug!("daemon.trigger.deferred");
-                    }
-                    Some(t) => return Some(t),
-                },
-            }
+            lane.pending = Some(trigger);
+            return;
         }
-    }
-
-    /// Gathers a burst of webhook triggers into one cycle: waits `debounce` from the first.
-    /// False when stopped meanwhile.
-    async fn debounce(&mut self) -> bool {
-        let until = Instant::now() + self.options.debounce;
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled() => return false,
-                _ = tokio::time::sleep_until(until) => return true,
-                received = self.triggers.recv(), if self.triggers_open => {
-                    if received.is_none() {
-                        self.triggers_open = false;
-                    }
+        match trigger {
+            Trigger::Webhook if lane.retrying => debug!("daemon.trigger.deferred"),
+            // A burst of deliveries costs one cycle: wait `debounce` from the first.
+            Trigger::Webhook => {
+                if lane.due.is_none() {
+                    lane.due = Some((Instant::now() + self.options.debounce, trigger));
                 }
             }
-        }
-    }
-
-    /// Runs one cycle; triggers arriving meanwhile are coalesced into the returned one (a
-    /// sweep's trigger wins over a quick cycle's).
-    async fn cycle_once(
-        &mut self,
-        trigger: Trigger,
-        kind: CycleKind,
-    ) -> (CycleResult, Option<Trigger>) {
-        info!(trigger = %trigger, kind = kind.as_str(), "daemon.cycle.started");
-        let run = self.cycle.run(kind, self.stop.clone());
-        tokio::pin!(run);
-        let mut pending = None;
-        loop {
-            tokio::select! {
-                biased;
-                result = &mut run => return (result, pending),
-                received = self.triggers.recv(), if self.triggers_open => match received {
-                    Some(t) => {
-                        self.stats.coalesced += 1;
-                        // Once a cycle at info: a burst of deliveries is one fact, not fifty.
-                        if pending.is_none() {
-                            info!(trigger = %t, "sync.trigger.coalesced");
-                        } else {
-                            debug!(trigger = %t, "sync.trigger.coalesced");
-                        }
-                        if pending.and_then(Trigger::kind) != Some(CycleKind::Sweep) {
-                            pending = Some(t);
-                        }
-                    }
-                    None => self.triggers_open = false,
-                },
+            // A fire time runs at once, and ends a retry's wait (backoff only delays retries,
+            // never the schedule).
+            _ => {
+                lane.due = Some((Instant::now(), trigger));
+                lane.retrying = false;
             }
         }
     }
-}
 
-/// A sweep if either asks for one.
-fn strongest(a: CycleKind, b: Option<CycleKind>) -> CycleKind {
-    if a == CycleKind::Sweep || b == Some(CycleKind::Sweep) {
-        CycleKind::Sweep
-    } else {
-        CycleKind::Quick
+    /// Starts `lane`'s cycle.
+    fn start(&mut self, lane: &mut Lane, trigger: Trigger) {
+        lane.due = None;
+        lane.retrying = false;
+        info!(trigger = %trigger, kind = lane.kind.as_str(), "daemon.cycle.started");
+        let cycle = self.cycle.clone();
+        let stop = self.stop.clone();
+        let kind = lane.kind;
+        lane.running = Some(tokio::spawn(async move { cycle.run(kind, stop).await }));
+    }
+
+    /// `lane`'s cycle ended with `result`.
+    fn ended(&mut self, lane: &mut Lane, result: CycleResult) {
+        self.stats.cycles += 1;
+        (self.on_cycle)(&result);
+        if self.stop.is_cancelled() {
+            return;
+        }
+        if result.failed {
+            lane.failures = lane.failures.saturating_add(1);
+            let delay = self.options.backoff.delay(lane.failures);
+            self.stats.retries += 1;
+            warn!(
+                attempt = lane.failures,
+                kind = lane.kind.as_str(),
+                delay_ms = delay.as_millis() as u64,
+                "daemon.retry.scheduled"
+            );
+            // Triggers coalesced during a failed cycle ride on the retry.
+            lane.pending = None;
+            lane.retrying = true;
+            lane.due = Some((Instant::now() + delay, Trigger::Retry));
+        } else {
+            lane.failures = 0;
+            if lane.pending.take().is_some() {
+                lane.due = Some((Instant::now(), Trigger::FollowUp));
+            }
+        }
     }
 }
 
@@ -601,11 +633,15 @@ pub async fn run_daemon(
         })
     });
 
-    let worker = Worker::new(engine, receiver, stop.clone(), options.worker).with_on_cycle(
-        Box::new(|result: &CycleResult| {
-            notify(&[NotifyState::Status(&result.summary)]);
-        }),
-    );
+    let worker = Worker::new(
+        EngineCycles::new(engine),
+        receiver,
+        stop.clone(),
+        options.worker,
+    )
+    .with_on_cycle(Box::new(|result: &CycleResult| {
+        notify(&[NotifyState::Status(&result.summary)]);
+    }));
     let mut worker: JoinHandle<WorkerStats> = tokio::spawn(worker.run());
 
     let early = tokio::select! {

@@ -528,6 +528,33 @@ impl RateLimiter {
         }
     }
 
+    /// Waits, without taking a grant, until the window has room for one more request with
+    /// `reserve` grants still left over: a sweep's listing pages wait here, so the reserve stays
+    /// free for quick cycles (DESIGN.md, "Sweeps and quick cycles").
+    pub async fn room_leaving(&self, reserve: u32) {
+        let reserve = reserve as usize;
+        if reserve == 0 {
+            return;
+        }
+        loop {
+            let wait_until = {
+                let mut grants = self.lock();
+                let now = Instant::now();
+                Self::expire(&mut grants, now, self.window);
+                if grants.len() + reserve < self.limit {
+                    return;
+                }
+                // The grant whose expiry makes room.
+                let index = (grants.len() + reserve).saturating_sub(self.limit);
+                match grants.get(index) {
+                    Some(t) => *t + self.window,
+                    None => return,
+                }
+            };
+            tokio::time::sleep_until(wait_until).await;
+        }
+    }
+
     /// How many grants the current window holds (the requests of the last minute).
     pub fn recent(&self) -> u32 {
         let mut grants = self.lock();

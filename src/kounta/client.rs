@@ -300,8 +300,14 @@ impl KountaClient {
     /// `Err` when not even the first page could be read; a failure after that comes back as an
     /// incomplete listing holding the items read so far.
     pub async fn list(&self) -> Result<KountaListing, ApiError> {
+        self.list_leaving(0).await
+    }
+
+    /// [`KountaClient::list`], each page waiting until `reserve` requests of the rate are
+    /// still free after it: a sweep's listing leaves them to quick cycles.
+    pub async fn list_leaving(&self, reserve: u32) -> Result<KountaListing, ApiError> {
         let cid = self.company_id().await?;
-        self.read_pages(self.customers_url(cid), cid, "customer list")
+        self.read_pages(self.customers_url(cid), cid, "customer list", reserve)
             .await
     }
 
@@ -345,7 +351,7 @@ impl KountaClient {
         url.query_pairs_mut()
             .append_pair("reference_id", reference_id);
         let listing = self
-            .read_pages(url, cid, "customer lookup by reference_id")
+            .read_pages(url, cid, "customer lookup by reference_id", 0)
             .await?;
         match listing.error {
             None => Ok(listing.items),
@@ -490,6 +496,7 @@ impl KountaClient {
         first: Url,
         cid: i64,
         operation: &str,
+        reserve: u32,
     ) -> Result<KountaListing, ApiError> {
         let mut listing = KountaListing {
             items: Vec::new(),
@@ -508,6 +515,7 @@ impl KountaClient {
                 return Ok(listing);
             }
             visited.insert(url.to_string());
+            self.core.limiter().room_leaving(reserve).await;
             let (page, next) = match self.read_page(&url, cid, operation).await {
                 Ok(answer) => answer,
                 Err(error) if listing.pages == 0 => return Err(error),

@@ -126,14 +126,24 @@ pub fn select_full_reads(
     chosen
 }
 
-/// How many verification reads the run may make: the CRM rate, minus the CRM requests made in
-/// the last 60 s, minus those the run must make anyway; never below 0.
+/// The share of the CRM rate a sweep leaves free for quick cycles: a quarter, at least 5 a
+/// minute, and always less than the whole rate.
+pub fn quick_reserve(rate_per_minute: u32) -> u32 {
+    (rate_per_minute / 4)
+        .max(5)
+        .min(rate_per_minute.saturating_sub(1))
+}
+
+/// How many verification reads the run may make: the CRM rate, minus the quick cycles' reserve,
+/// minus the CRM requests made in the last 60 s, minus those the run must make anyway; never
+/// below 0.
 pub fn verification_budget(
     rate_per_minute: u32,
     requests_in_last_60s: u32,
     required_requests: u32,
 ) -> usize {
     let left = rate_per_minute
+        .saturating_sub(quick_reserve(rate_per_minute))
         .saturating_sub(requests_in_last_60s)
         .saturating_sub(required_requests);
     usize::try_from(left).unwrap_or(usize::MAX)
@@ -302,10 +312,21 @@ mod tests {
 
     #[test]
     fn verification_budget_never_goes_below_zero() {
-        assert_eq!(verification_budget(60, 10, 5), 45);
+        // 60 a minute: 15 are the quick cycles' reserve.
+        assert_eq!(verification_budget(60, 10, 5), 30);
         assert_eq!(verification_budget(60, 50, 20), 0);
         assert_eq!(verification_budget(60, 70, 0), 0);
         assert_eq!(verification_budget(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn the_quick_reserve_is_a_quarter_at_least_five_never_the_whole_rate() {
+        assert_eq!(quick_reserve(60), 15);
+        assert_eq!(quick_reserve(180), 45);
+        assert_eq!(quick_reserve(12), 5);
+        assert_eq!(quick_reserve(5), 4);
+        assert_eq!(quick_reserve(1), 0);
+        assert_eq!(quick_reserve(0), 0);
     }
 
     #[test]

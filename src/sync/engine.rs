@@ -113,6 +113,9 @@ pub struct RunOptions {
     /// A sweep (the full reconcile, `farmsync sync`) or a quick cycle (the daemon's, between
     /// sweeps: no CRM listing, no creates, no new links).
     pub kind: CycleKind,
+    /// Shared by cycles that may run at once (the daemon's sweep and quick cycle): only the
+    /// holder plans and applies. A sweep takes it after its CRM listing, a quick cycle at once.
+    pub writer: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The two kinds of cycle (DESIGN.md, "Sweeps and quick cycles").
@@ -299,8 +302,10 @@ impl Engine {
                 RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
             })
         };
+        // A sweep's listing leaves the quick cycles' reserve of the CRM rate free.
+        let reserve = budget::quick_reserve(self.kounta_rate);
         let read_kounta = || async {
-            self.kounta.list().await.map_err(|e| {
+            self.kounta.list_leaving(reserve).await.map_err(|e| {
                 RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
             })
         };
@@ -316,6 +321,16 @@ impl Engine {
             }
         } else {
             read_kounta().await?
+        };
+        // One writer at a time (DESIGN.md, "Sweeps and quick cycles"): everything from here —
+        // FarmFlow's list, the journal, the links, reads by id, the plan and its writes — is
+        // done by one cycle at a time, so each plans on the links and FarmFlow records as the
+        // last writer left them. Only the sweep's CRM listing runs beside a quick cycle; a
+        // listed item that a quick cycle changed meanwhile differs from its new snapshot, so
+        // the plan reads that record in full again before acting on it.
+        let _writer = match &options.writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
         };
         let mut farmflow: Vec<FarmflowCustomer> = read_farmflow().await?;
         // An empty list may be a glitch (a replica or a proxy answering `[]`). With links the

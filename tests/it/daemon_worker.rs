@@ -37,7 +37,8 @@ fn fail(secs: f64) -> Step {
 #[derive(Default)]
 struct Script {
     steps: Mutex<VecDeque<Step>>,
-    running: AtomicBool,
+    /// A sweep, and a quick cycle, running now (each kind runs one at a time).
+    running: [AtomicBool; 2],
     overlaps: AtomicU32,
     saw_cancel: AtomicBool,
     /// The kind of each cycle run, in order.
@@ -55,7 +56,8 @@ struct Scripted {
 impl Cycle for Scripted {
     async fn run(&self, kind: CycleKind, cancel: CancellationToken) -> CycleResult {
         self.script.kinds.lock().unwrap().push(kind);
-        if self.script.running.swap(true, Ordering::SeqCst) {
+        let lane = usize::from(kind == CycleKind::Quick);
+        if self.script.running[lane].swap(true, Ordering::SeqCst) {
             self.script.overlaps.fetch_add(1, Ordering::SeqCst);
         }
         let _ = self.started.send(Instant::now());
@@ -74,7 +76,7 @@ impl Cycle for Scripted {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        self.script.running.store(false, Ordering::SeqCst);
+        self.script.running[lane].store(false, Ordering::SeqCst);
         CycleResult {
             failed: step.fails,
             summary: format!("failed: {}", step.fails),
@@ -159,11 +161,10 @@ fn near(actual: f64, expected: f64) -> bool {
 }
 
 #[tokio::test(start_paused = true)]
-async fn triggers_arriving_mid_cycle_become_one_follow_up_cycle() {
+async fn fire_times_arriving_mid_sweep_become_one_follow_up_sweep() {
     let mut h = Harness::start(vec![ok(10.0), ok(3.0)], options(500, 5, 60));
     assert!(near(h.next_start().await, 0.0));
     h.send_at(1.0, Trigger::Schedule).await;
-    h.send_at(2.0, Trigger::Webhook).await;
     h.send_at(3.0, Trigger::Schedule).await;
 
     let second = h.next_start().await;
@@ -172,15 +173,32 @@ async fn triggers_arriving_mid_cycle_become_one_follow_up_cycle() {
         "the follow-up starts when the first ends: {second}"
     );
     h.quiet_for(120).await;
-    let (stats, _) = h.stop().await;
+    let (stats, script) = h.stop().await;
     assert_eq!(
         stats,
         WorkerStats {
             cycles: 2,
-            coalesced: 3,
+            coalesced: 2,
             retries: 0
         }
     );
+    assert_eq!(kinds(&script), vec![CycleKind::Sweep; 2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_webhook_during_a_long_sweep_runs_its_quick_cycle_at_once() {
+    use CycleKind::{Quick, Sweep};
+    // The start-up sweep takes 100 s (a long CRM listing at a low rate).
+    let mut h = Harness::start(vec![ok(100.0)], options(500, 5, 60));
+    assert!(near(h.next_start().await, 0.0));
+    h.send_at(5.0, Trigger::Webhook).await;
+    let quick = h.next_start().await;
+    assert!(near(quick, 5.5), "not behind the sweep: {quick}");
+    h.send_at(30.0, Trigger::Quick).await;
+    assert!(near(h.next_start().await, 30.0));
+    let (stats, script) = h.stop().await;
+    assert_eq!(kinds(&script), vec![Sweep, Quick, Quick]);
+    assert_eq!(stats.coalesced, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -238,18 +256,21 @@ async fn failed_cycles_are_retried_with_doubling_jittered_capped_delays() {
 
 #[tokio::test(start_paused = true)]
 async fn during_a_backoff_a_webhook_waits_for_the_retry_but_a_fire_time_does_not() {
-    let mut h = Harness::start(vec![fail(0.0)], options(500, 20, 60));
+    // The start-up sweep works; the first quick cycle cannot run (exit 4) and backs off 10–20 s.
+    let mut h = Harness::start(vec![ok(0.0), fail(0.0)], options(500, 20, 60));
     assert!(near(h.next_start().await, 0.0));
     h.send_at(1.0, Trigger::Webhook).await;
-    h.send_at(2.0, Trigger::Schedule).await;
+    assert!(near(h.next_start().await, 1.5));
+    h.send_at(3.0, Trigger::Webhook).await;
+    h.send_at(4.0, Trigger::Quick).await;
     let next = h.next_start().await;
     assert!(
-        near(next, 2.0),
-        "the fire time ran at once, not at 1 s: {next}"
+        near(next, 4.0),
+        "the quick fire time ran at once, not the webhook at 3.5 s: {next}"
     );
     h.quiet_for(120).await;
     let (stats, _) = h.stop().await;
-    assert_eq!(stats.cycles, 2);
+    assert_eq!(stats.cycles, 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -316,18 +337,23 @@ async fn fire_times_sweep_while_quick_fire_times_and_webhooks_run_quick_cycles()
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_fire_time_coalesced_with_webhooks_follows_up_with_a_sweep() {
+async fn a_sweep_runs_beside_a_long_quick_cycle_and_deliveries_make_one_follow_up() {
     use CycleKind::{Quick, Sweep};
     let mut h = Harness::start(vec![ok(0.0), ok(10.0)], options(500, 5, 60));
     h.next_start().await;
     h.send_at(5.0, Trigger::Webhook).await;
     assert!(near(h.next_start().await, 5.5));
-    // Mid quick cycle: a delivery, then a fire time, then another delivery.
+    // Mid quick cycle: a delivery, a fire time (its sweep starts at once), another delivery.
     h.send_at(7.0, Trigger::Webhook).await;
     h.send_at(8.0, Trigger::Schedule).await;
+    assert!(near(h.next_start().await, 8.0));
     h.send_at(9.0, Trigger::Webhook).await;
-    assert!(near(h.next_start().await, 15.5));
+    assert!(
+        near(h.next_start().await, 15.5),
+        "one follow-up quick cycle"
+    );
     h.quiet_for(30).await;
-    let (_, script) = h.stop().await;
-    assert_eq!(kinds(&script), vec![Sweep, Quick, Sweep]);
+    let (stats, script) = h.stop().await;
+    assert_eq!(kinds(&script), vec![Sweep, Quick, Sweep, Quick]);
+    assert_eq!(stats.coalesced, 2);
 }
