@@ -323,14 +323,12 @@ fn compare<T: PartialEq + std::fmt::Debug>(
     }
 }
 
-/// Reruns `farmsync sync` until a run writes nothing (at most `max_runs` runs), then checks the
-/// world against `expected`: no person twice, no broken link, everyone as in `expected`.
-/// Returns what is wrong and how many runs it took.
-pub async fn converge_and_check(
+/// Reruns `farmsync sync` until a run writes nothing (at most `max_runs` runs). Returns what
+/// is wrong (still writing, or the quiet run did not exit 0) and how many runs it took.
+pub async fn converge(
     sb: &Sandbox,
     w: &Workdir,
     env: &[(&str, &str)],
-    expected: &World,
     max_runs: usize,
 ) -> (Vec<String>, usize) {
     let mut violations = Vec::new();
@@ -360,6 +358,20 @@ pub async fn converge_and_check(
             "still writing after {max_runs} runs; the last one said: {last}"
         ));
     }
+    (violations, runs)
+}
+
+/// Reruns `farmsync sync` until a run writes nothing (at most `max_runs` runs), then checks the
+/// world against `expected`: no person twice, no broken link, everyone as in `expected`.
+/// Returns what is wrong and how many runs it took.
+pub async fn converge_and_check(
+    sb: &Sandbox,
+    w: &Workdir,
+    env: &[(&str, &str)],
+    expected: &World,
+    max_runs: usize,
+) -> (Vec<String>, usize) {
+    let (mut violations, runs) = converge(sb, w, env, max_runs).await;
     match World::read(sb, &w.state_path()) {
         Ok(world) => {
             violations.extend(world.duplicate_people());
