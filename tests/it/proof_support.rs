@@ -448,3 +448,9 @@ pub async fn kill_after_write(
     };
     violations
 }
+
+/// Live records both sides' listings have left out (or, for FarmFlow, shown as they were
+/// before a write) since the sandbox started.
+pub fn listing_faults_served(sb: &Sandbox) -> u64 {
+    sb.kounta().omissions_served() + sb.farmflow().omissions_served()
+}
