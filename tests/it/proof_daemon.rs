@@ -3,9 +3,14 @@
 //! (the write is applied, its answer never sent), for every k of two start-up cycles: the first
 //! over a two-sided farm (links, creates, updates), and one after people deleted, edited and
 //! added customers on both sides since a first sync (deletes, tags, updates, creates). Then
-//! `farmsync sync` runs until a run writes nothing. After each k: no duplicate on either side, no customer lost or changed compared with a cycle that was never
-//! killed, no link pointing at nothing, the journal settled, and the last run wrote nothing.
+//! `farmsync sync` runs until a run writes nothing. After each k: no duplicate on either side,
+//! no customer lost or changed compared with a cycle that was never killed, no link pointing at
+//! nothing, the journal settled, and the last run wrote nothing. A second campaign keeps
+//! listings faulty while the killed cycle and the two runs after it read them (live customers
+//! left out of both sides' lists, the CRM's pages drifting forward and back, FarmFlow's list
+//! lagging in the killed cycle), then turns the faults off for the convergence check.
 
+use std::fs::File;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +22,9 @@ use farmsync::sandbox::{
 use tokio::sync::Semaphore;
 
 use crate::proof_support::{
-    Side, World, converge_and_check, kill_after_write, run_farmsync, sandbox_config, writes,
+    FAULTY_RERUNS, ListingFaults, Side, World, converge, converge_and_check, kill_after_write,
+    listing_faults_served, omissions_confirmed, run_farmsync, sandbox_config,
+    sync_with_listing_faults,
 };
 use crate::support::{Workdir, text};
 
@@ -27,6 +34,43 @@ const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n";
 const MAX_RERUNS: usize = 3;
 /// Crash points tried at once; each has its own sandbox, state DB and daemon.
 static GATE: Semaphore = Semaphore::const_new(3);
+
+/// CRM pages of five: the scenario's 21 CRM customers span five pages. After page 2 the later
+/// pages skip two customers; after page 3 they step back two, listing two customers twice.
+const PAGE_SIZE: usize = 5;
+const DRIFTS: &[(u32, i64)] = &[(2, 2), (3, -2)];
+
+/// What the listings leave out while the killed cycle (after people's changes or not) and the
+/// runs after it read them. FarmFlow's list lags only in the killed cycle: in the runs after it
+/// a lag hides a FarmFlow create whose answer the kill lost, and journal recovery makes it
+/// twice (see the sync crash campaign's
+/// `a_lagging_farmflow_list_during_recovery_duplicates_a_lost_create`).
+fn listing_faults(after_changes: bool) -> ListingFaults {
+    if after_changes {
+        // Linked people left out: edited in the CRM (Cy0, Ray1), in FarmFlow (Cy1, Dee1), or
+        // unchanged (Fatima); and Oto0, new in FarmFlow. The lag hides the people's last two
+        // FarmFlow writes (Oto1 and Oto2 arriving).
+        ListingFaults {
+            crm_omitted: &[("Cy0", "Cycle"), ("Fatima", "Haddad"), ("Ray1", "Daemon")],
+            ff_omitted: &[("Cy1", "Cycle"), ("Dee1", "Daemon"), ("Oto0", "Later")],
+            page_size: PAGE_SIZE,
+            drifts: DRIFTS,
+            lag: 2,
+        }
+    } else {
+        // Nothing is linked yet, so only people on one side are left out: the omitted ones and
+        // the two the forward drift skips (Chloe Martin and Ethan Brown, once Fatima and Dee1
+        // are omitted). A person on both sides left out of one list would be created a second
+        // time; FarmFlow's last writes are such people (Cy0–Cy2), so its list does not lag.
+        ListingFaults {
+            crm_omitted: &[("Dee1", "Daemon"), ("Fatima", "Haddad")],
+            ff_omitted: &[("Ray2", "Daemon"), ("Ruby", "Thompson")],
+            page_size: PAGE_SIZE,
+            drifts: DRIFTS,
+            lag: 0,
+        }
+    }
+}
 
 /// The k-th write of the uncrashed cycle: which side, which write of that side, what it was.
 #[derive(Debug, Clone)]
@@ -137,8 +181,15 @@ async fn prepare(data: &SampleData, after_changes: bool) -> (Sandbox, Workdir) {
     (sb, w)
 }
 
-/// Starts `farmsync run` with its output discarded (it is killed, so there is none to read).
+/// Where the killed daemon logs.
+fn killed_log(w: &Workdir) -> std::path::PathBuf {
+    w.dir.path().join("killed.log")
+}
+
+/// Starts `farmsync run`, its log written to `killed_log` (it is killed: nothing else reads
+/// its output).
 fn spawn_daemon(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Child {
+    let log = File::create(killed_log(w)).expect("killed daemon's log");
     let mut cmd = crate::support::farmsync();
     cmd.env_remove("FARMSYNC_TEST_FAULT");
     for (k, v) in fault_env {
@@ -149,7 +200,7 @@ fn spawn_daemon(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Chil
         .arg("run")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(log);
     tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
@@ -157,9 +208,18 @@ fn spawn_daemon(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Chil
 }
 
 /// One `farmsync sync` that is never killed: the writes of a first cycle, in order, and the
-/// outcome every crashed daemon must reach too. (The daemon's start-up cycle is the same run.)
-async fn uncrashed(data: &SampleData, after_changes: bool) -> (Vec<CrashPoint>, World) {
+/// outcome every crashed daemon must reach too (after the same faulty runs as a crashed one,
+/// with `faulty_listings`). (The daemon's start-up cycle is the same run.)
+async fn uncrashed(
+    data: &SampleData,
+    after_changes: bool,
+    faulty_listings: bool,
+) -> (Vec<CrashPoint>, World) {
     let (sb, w) = prepare(data, after_changes).await;
+    let faults = faulty_listings.then(|| listing_faults(after_changes));
+    if let Some(faults) = &faults {
+        faults.arm(&sb);
+    }
     let out = run_farmsync(&w, &["sync"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
@@ -193,10 +253,14 @@ async fn uncrashed(data: &SampleData, after_changes: bool) -> (Vec<CrashPoint>, 
             }
         })
         .collect();
-    let before = writes(&sb);
-    let again = run_farmsync(&w, &["sync"], &[]).await;
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
-    assert_eq!(writes(&sb), before, "{}", text(&again.stdout));
+    // A second run writes nothing; after faulty listings, one of the runs once they are whole.
+    let mut runs = 1;
+    if let Some(faults) = &faults {
+        sync_with_listing_faults(&sb, &w, &[], &faults.without_lag(), FAULTY_RERUNS).await;
+        runs = MAX_RERUNS;
+    }
+    let (unsettled, _) = converge(&sb, &w, &[], runs).await;
+    assert!(unsettled.is_empty(), "{unsettled:?}");
     let world = World::read(&sb, &w.state_path()).unwrap();
     assert!(
         world.duplicate_people().is_empty(),
@@ -212,55 +276,85 @@ async fn uncrashed(data: &SampleData, after_changes: bool) -> (Vec<CrashPoint>, 
     (points, world)
 }
 
+/// What one crash point came to.
+#[derive(Debug)]
+struct Verdict {
+    /// Invariant violations; empty when the point passed.
+    violations: Vec<String>,
+    /// Live records the listings left out (or showed stale) while the faults were on.
+    listing_faults: u64,
+    /// Of those, the ones the killed cycle and the faulty runs after it read by id and found
+    /// present (`sync.listing.omission`).
+    confirmed_present: u64,
+}
+
 /// Kills `farmsync run` right after the write at `point` is applied, reruns `farmsync sync`
-/// until a run writes nothing, and returns every invariant violation against `expected`.
+/// until a run writes nothing (the first `FAULTY_RERUNS` with faulty listings, if
+/// `faulty_listings`), and checks every invariant against `expected`.
 async fn crash_daemon_at(
     point: &CrashPoint,
     data: &SampleData,
     expected: &World,
     fault_env: &[(&str, &str)],
-) -> Vec<String> {
+    faulty_listings: bool,
+) -> Verdict {
     let (sb, w) = prepare(data, point.after_changes).await;
+    let faults = faulty_listings.then(|| listing_faults(point.after_changes));
+    if let Some(faults) = &faults {
+        faults.arm(&sb);
+    }
     let mut violations =
         kill_after_write(&sb, point.side, point.nth, point.k, "farmsync run", || {
             spawn_daemon(&w, fault_env)
         })
         .await;
+    let log = std::fs::read_to_string(killed_log(&w)).unwrap_or_default();
+    let mut confirmed_present = omissions_confirmed(&log);
+    if let Some(faults) = &faults {
+        confirmed_present +=
+            sync_with_listing_faults(&sb, &w, fault_env, &faults.without_lag(), FAULTY_RERUNS)
+                .await;
+    }
+    let listing_faults = listing_faults_served(&sb);
 
     let (found, _) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;
     violations.extend(found);
     sb.shutdown().await;
-    violations
+    Verdict {
+        violations,
+        listing_faults,
+        confirmed_present,
+    }
 }
 
 /// Every crash point of the start-up cycles of `phases` (after people's changes or not), a few
-/// at a time: the points and, for each that broke
-/// an invariant, a line saying how.
+/// at a time: the points with their verdicts and, for each that broke an invariant, a line
+/// saying how.
 async fn campaign(
     phases: &[bool],
     fault_env: &'static [(&'static str, &'static str)],
-) -> (Vec<CrashPoint>, Vec<String>) {
+    faulty_listings: bool,
+) -> (Vec<(CrashPoint, Verdict)>, Vec<String>) {
     let data = Arc::new(scenario());
     let mut tasks = tokio::task::JoinSet::new();
-    let mut all = Vec::new();
     for &after_changes in phases {
-        let (points, expected) = uncrashed(&data, after_changes).await;
+        let (points, expected) = uncrashed(&data, after_changes, faulty_listings).await;
         let expected = Arc::new(expected);
-        all.extend(points.iter().cloned());
         for point in points {
             let (data, expected) = (data.clone(), expected.clone());
             tasks.spawn(async move {
                 let _permit = GATE.acquire().await.unwrap();
-                let violations = crash_daemon_at(&point, &data, &expected, fault_env).await;
-                (point, violations)
+                let verdict =
+                    crash_daemon_at(&point, &data, &expected, fault_env, faulty_listings).await;
+                (point, verdict)
             });
         }
     }
-    let points = all;
+    let mut points = Vec::new();
     let mut failed = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let (point, violations) = joined.expect("crash point task");
-        if !violations.is_empty() {
+        let (point, verdict) = joined.expect("crash point task");
+        if !verdict.violations.is_empty() {
             failed.push(format!(
                 "{} k={} ({}): {}",
                 if point.after_changes {
@@ -270,10 +364,12 @@ async fn campaign(
                 },
                 point.k,
                 point.what,
-                violations.join("\n    ")
+                verdict.violations.join("\n    ")
             ));
         }
+        points.push((point, verdict));
     }
+    points.sort_by_key(|(p, _)| (p.after_changes, p.k));
     failed.sort();
     (points, failed)
 }
@@ -281,15 +377,16 @@ async fn campaign(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let (points, failed) = campaign(&[false, true], &[]).await;
+    let (points, failed) = campaign(&[false, true], &[], false).await;
     let total = points.len();
     let on = |after: bool, side| {
         points
             .iter()
-            .filter(|p| p.after_changes == after && p.side == side)
+            .filter(|(p, _)| p.after_changes == after && p.side == side)
             .count()
     };
-    let kinds: std::collections::BTreeSet<&str> = points.iter().map(|p| p.what.as_str()).collect();
+    let kinds: std::collections::BTreeSet<&str> =
+        points.iter().map(|(p, _)| p.what.as_str()).collect();
     println!(
         "daemon crash campaign: {total} crash points, every k — first cycle: {} crm + {} \
          farmflow writes; after changes: {} crm + {} farmflow writes; kinds {kinds:?}; {:.1} s",
@@ -334,6 +431,7 @@ async fn a_daemon_whose_journal_is_never_settled_fails_the_campaign() {
     let (points, failed) = campaign(
         &[false],
         &[("FARMSYNC_TEST_FAULT", "skip-journal-recovery")],
+        false,
     )
     .await;
     println!(
@@ -344,5 +442,56 @@ async fn a_daemon_whose_journal_is_never_settled_fails_the_campaign() {
     assert!(
         failed.iter().any(|f| f.contains("unsettled journal entry")),
         "the campaign passed a journal that is never settled: {failed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_daemon_while_listings_leave_customers_out_loses_and_duplicates_nothing() {
+    let started = Instant::now();
+    let (points, failed) = campaign(&[false, true], &[], true).await;
+    let total = points.len();
+    let figures = |after: bool| {
+        let of_phase = points.iter().filter(|(p, _)| p.after_changes == after);
+        let count = of_phase.clone().count();
+        let served: u64 = of_phase.clone().map(|(_, v)| v.listing_faults).sum();
+        let confirmed: u64 = of_phase.map(|(_, v)| v.confirmed_present).sum();
+        (count, served, confirmed)
+    };
+    let (first, after) = (figures(false), figures(true));
+    println!(
+        "faulty-listing daemon crash campaign: {total} crash points; listing faults served \
+         (customers left out, skipped by a drift or shown stale) / omissions confirmed present \
+         by a read by id — first cycle: {} points, {} / {}; after changes: {} points, {} / {}; \
+         {} crash points broke an invariant; {:.1} s",
+        first.0,
+        first.1,
+        first.2,
+        after.0,
+        after.1,
+        after.2,
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        total >= 30,
+        "the cycles need dozens of writes, made {total}"
+    );
+    assert!(
+        points.iter().all(|(_, v)| v.listing_faults > 0),
+        "every crash point had listings leave live customers out"
+    );
+    // After the first sync the omitted people are linked: every run must read them by id.
+    assert!(
+        points
+            .iter()
+            .filter(|(p, _)| p.after_changes)
+            .all(|(_, v)| v.confirmed_present >= 2),
+        "linked customers left out were not confirmed present"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {total} crash points failed:\n{}",
+        failed.len(),
+        failed.join("\n")
     );
 }

@@ -1,12 +1,17 @@
 //! The fault soak: random people's creates, edits and deletes on both sides, interleaved with
 //! in-process sync runs while every sandbox fault fires at a meaningful rate (429s, 5xx, HTML
 //! 502 pages, truncated JSON, hangs past the timeout, lost answers to applied writes, failing
-//! CRM list pages, empty lists, normalising writes). DESIGN.md's invariants are checked after
-//! every run; then the faults stop and the runs must converge to one that writes nothing.
+//! CRM list pages, empty lists, normalising writes) and listings leave live records out (CRM
+//! omissions, pages drifting forward and back, a person's delete between two page reads;
+//! FarmFlow omissions and a list lagging behind the latest write). DESIGN.md's invariants are
+//! checked after every run; then the faults stop and the runs must converge to one that writes
+//! nothing.
 //!
 //! Seeded and replayable: the seed is printed; `FARMSYNC_SOAK_SEED=<seed>` replays it,
 //! `FARMSYNC_SOAK_SECS=<n>` soaks longer (default 25 s), `FARMSYNC_SOAK_CYCLES=<n>` runs exactly
 //! n runs instead of a time bound (for an exact replay of a printed run count).
+//! `FARMSYNC_SOAK_LISTING=any` lets the listing faults hide anyone, including the records whose
+//! absence the engine cannot yet question (see `ListingFaults`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -20,12 +25,12 @@ use farmsync::sandbox::{
     Access, Endpoint, FarmflowEndpoint, FarmflowRecord, Fault, FaultAction, KountaEndpoint,
     KountaRecord, KountaRecordAddress, RequestRecord, Sandbox, SandboxOptions, When,
 };
-use farmsync::store::{LinkState, SharedStore, Store};
+use farmsync::store::{LinkState, SharedStore, Side as StoreSide, Store};
 use farmsync::sync::engine::{Engine, Outcome, RunOptions, farmflow_options, kounta_options};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::proof_support::{World, digits, fold};
+use crate::proof_support::{World, digits, fold, listing_faults_served};
 
 /// The tag the CRM customer gets when FarmFlow loses it (the default `deleted_tag`).
 const DELETED_TAG: &str = "farmflow-deleted";
@@ -298,6 +303,156 @@ fn draw(actions: &[(FaultAction, u32)], rng: &mut StdRng) -> FaultAction {
 /// How far into a run's requests to an endpoint faults are drawn.
 const FAULT_HORIZON: u64 = 150;
 
+/// CRM customers a list page holds: small, so a soak's few dozen customers span many pages and
+/// a drift between two of them has somewhere to go.
+const PAGE_SIZE: usize = 5;
+/// Chance that a run's listing of one side is unreliable at all (each kind drawn separately).
+const LISTING_FAULT_RUN_RATE: f64 = 0.5;
+/// In an unreliable listing, the chance that any one live customer is left out.
+const OMIT_RATE: f64 = 0.05;
+/// In an unreliable CRM listing, the chance that the pages shift by one place (forward or
+/// back) before any one page after the first.
+const DRIFT_RATE: f64 = 0.25;
+/// In an unreliable FarmFlow listing, the chance that a `customers-get` shows the customers
+/// as they were before the latest write.
+const LAG_RATE: f64 = 0.5;
+/// Chance that a person deletes a CRM customer in the back office between two page reads.
+const DELETE_MID_LISTING_RATE: f64 = 0.05;
+
+/// The listing faults of one run.
+///
+/// By default a listing leaves out only records whose absence the engine can question: one
+/// that no run could have read before (a person entered on both sides, not linked yet) is
+/// never left out, and neither is a FarmFlow customer no link holds (it may be a create whose
+/// answer was lost, which journal recovery looks for in the list). Drifts, deletes between two
+/// page reads and list lag, which cannot pick whom they hide, wait for runs without such
+/// records. Left out, either kind is created a second time: `FARMSYNC_SOAK_LISTING=any` lets
+/// the faults hide anyone, to reproduce that.
+#[derive(Debug, Default)]
+struct ListingFaults {
+    /// Each CRM customer's chance of being left out of a page.
+    crm_omit: f64,
+    /// Each CRM page's chance of drifting.
+    crm_drift: f64,
+    /// Each FarmFlow customer's chance of being left out of a `customers-get`.
+    ff_omit: f64,
+    /// Each `customers-get`'s chance of lagging one write.
+    ff_lag: f64,
+    /// A CRM customer a person deletes right after this page of the listing is served.
+    delete_after_page: Option<(u32, i64)>,
+    /// CRM customers and FarmFlow customers left out by the test's own draw.
+    omitted: (Vec<i64>, Vec<i64>),
+}
+
+impl ListingFaults {
+    /// Draws this run's listing faults and turns them on, `before` the run.
+    fn arm(
+        sb: &Sandbox,
+        rng: &mut StdRng,
+        before: &World,
+        model: &Model,
+        anyone: bool,
+    ) -> ListingFaults {
+        let mut rate = |r: f64| {
+            if rng.random_bool(LISTING_FAULT_RUN_RATE) {
+                r
+            } else {
+                0.0
+            }
+        };
+        let mut faults = ListingFaults {
+            crm_omit: rate(OMIT_RATE),
+            crm_drift: rate(DRIFT_RATE),
+            ff_omit: rate(OMIT_RATE),
+            ff_lag: rate(LAG_RATE),
+            ..ListingFaults::default()
+        };
+        if !before.crm.is_empty() && rng.random_bool(DELETE_MID_LISTING_RATE) {
+            let pages = before.crm.len().div_ceil(PAGE_SIZE) as u32;
+            let id = before.crm[rng.random_range(0..before.crm.len())].id;
+            faults.delete_after_page = Some((rng.random_range(1..=pages), id));
+        }
+        if anyone {
+            sb.kounta().omit_from_list_randomly(faults.crm_omit);
+            sb.farmflow().omit_from_list_randomly(faults.ff_omit);
+        } else {
+            let (crm_twins, ff_twins) = unlinked_twins(before, model);
+            let held: BTreeSet<i64> = before
+                .links
+                .iter()
+                .filter(|l| l.state != LinkState::Tombstone)
+                .map(|l| l.farmflow_id.0)
+                .collect();
+            let lost_create = before
+                .unsettled
+                .iter()
+                .any(|i| i.intent.side == StoreSide::Farmflow && i.intent.op == "create");
+            for c in &before.crm {
+                if !crm_twins.contains(&c.id) && rng.random_bool(faults.crm_omit) {
+                    faults.omitted.0.push(c.id);
+                }
+            }
+            for c in &before.ff {
+                if held.contains(&c.id) && rng.random_bool(faults.ff_omit) {
+                    faults.omitted.1.push(c.id);
+                }
+            }
+            sb.kounta().omit_from_list(faults.omitted.0.iter().copied());
+            sb.farmflow()
+                .omit_from_list(faults.omitted.1.iter().copied());
+            if !crm_twins.is_empty() {
+                faults.crm_drift = 0.0;
+                faults.delete_after_page = None;
+            }
+            if !ff_twins.is_empty() || lost_create {
+                faults.ff_lag = 0.0;
+            }
+        }
+        sb.kounta().drift_randomly(faults.crm_drift);
+        if let Some((page, id)) = faults.delete_after_page {
+            sb.kounta().delete_after_page(page, id);
+        }
+        sb.farmflow().lag_randomly(faults.ff_lag);
+        faults
+    }
+}
+
+/// The CRM and FarmFlow ids of people entered on both sides whom no run has linked yet, while
+/// both their records exist and no link holds either.
+fn unlinked_twins(world: &World, model: &Model) -> (BTreeSet<i64>, BTreeSet<i64>) {
+    let held_crm: BTreeSet<i64> = world
+        .links
+        .iter()
+        .filter_map(|l| l.kounta_id.map(|k| k.0))
+        .collect();
+    let held_ff: BTreeSet<i64> = world.links.iter().map(|l| l.farmflow_id.0).collect();
+    let crm: Vec<(u32, i64)> = world
+        .crm
+        .iter()
+        .filter(|c| !held_crm.contains(&c.id))
+        .filter_map(|c| token(&c.last_name).map(|t| (t, c.id)))
+        .filter(|(t, _)| model.unlinked_twins.contains(t))
+        .collect();
+    let ff: Vec<(u32, i64)> = world
+        .ff
+        .iter()
+        .filter(|c| !held_ff.contains(&c.id))
+        .filter_map(|c| token(&c.lastname).map(|t| (t, c.id)))
+        .filter(|(t, _)| model.unlinked_twins.contains(t))
+        .collect();
+    let both = |t: &u32, other: &[(u32, i64)]| other.iter().any(|(o, _)| o == t);
+    (
+        crm.iter()
+            .filter(|(t, _)| both(t, &ff))
+            .map(|(_, id)| *id)
+            .collect(),
+        ff.iter()
+            .filter(|(t, _)| both(t, &crm))
+            .map(|(_, id)| *id)
+            .collect(),
+    )
+}
+
 /// Injects this run's faults on one fake: for each endpoint, each of its first requests draws a
 /// fault with probability `READ_FAULT_RATE` or `WRITE_FAULT_RATE`. Returns what was armed, by endpoint.
 fn arm<E: Endpoint>(
@@ -420,7 +575,7 @@ fn check_run(before: &World, after: &World, model: &Model) -> Vec<String> {
     let crm_now: BTreeSet<i64> = after.crm.iter().map(|c| c.id).collect();
     let ff_now: BTreeSet<i64> = after.ff.iter().map(|c| c.id).collect();
     for c in &before.crm {
-        if !crm_now.contains(&c.id) {
+        if !crm_now.contains(&c.id) && !model.crm_deleted.contains(&c.id) {
             out.push(format!("lost: crm customer {} vanished during a run", c.id));
         }
     }
@@ -602,7 +757,15 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
     let seed = env_u64("FARMSYNC_SOAK_SEED").unwrap_or_else(rand::random);
     let secs = env_u64("FARMSYNC_SOAK_SECS").unwrap_or(25);
     let cycles_wanted = env_u64("FARMSYNC_SOAK_CYCLES");
-    println!("soak seed {seed} (replay: FARMSYNC_SOAK_SEED={seed})");
+    let anyone = std::env::var("FARMSYNC_SOAK_LISTING").is_ok_and(|v| v == "any");
+    println!(
+        "soak seed {seed} (replay: FARMSYNC_SOAK_SEED={seed}{})",
+        if anyone {
+            " FARMSYNC_SOAK_LISTING=any"
+        } else {
+            ""
+        }
+    );
     let mut rng = StdRng::seed_from_u64(seed);
 
     let sb = Sandbox::start(SandboxOptions {
@@ -614,7 +777,7 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
     // Normalising writes: the CRM reformats phones, FarmFlow upper-cases states.
     sb.kounta().set_normalise_phones(true);
     sb.farmflow().set_uppercase_state(true);
-    sb.kounta().set_page_size(10);
+    sb.kounta().set_page_size(PAGE_SIZE);
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
@@ -649,6 +812,8 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     let (mut requests, mut restarts, mut cycles) = (0u64, 0u64, 0u64);
+    // Live records the engine found present by a read by id after a listing left them out.
+    let mut confirmed_present = 0u64;
     for _ in 0..30 {
         person_acts(&sb, &mut model, &mut ops, &mut rng);
     }
@@ -697,7 +862,7 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
             sb.farmflow().inject(f);
         });
         if rng.random_bool(0.1) {
-            let pages = (sb.kounta().customers().len() / 10 + 1) as u32;
+            let pages = (sb.kounta().customers().len() / PAGE_SIZE + 1) as u32;
             sb.kounta().fail_list_page(rng.random_range(1..=pages));
         }
         // An empty list once. Not before anything is linked: a first run cannot tell an empty
@@ -714,9 +879,25 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
         sb.kounta().set_update_answers_empty(rng.random_bool(0.5));
         sb.farmflow()
             .set_create_returns_id_only(rng.random_bool(0.5));
+        let listing = ListingFaults::arm(&sb, &mut rng, &before, &model, anyone);
+        let served_before = listing_faults_served(&sb);
 
         let report = eng.run_once(RunOptions::default()).await;
         let after = World::read(&sb, &state).unwrap();
+        confirmed_present += report.omissions;
+        let served = listing_faults_served(&sb) - served_before;
+        // The person's delete between two page reads happened if the listing got that far.
+        if let Some((_, id)) = listing.delete_after_page
+            && before.crm.iter().any(|c| c.id == id)
+            && !after.crm.iter().any(|c| c.id == id)
+        {
+            model.crm_deleted.insert(id);
+            let person = before.crm.iter().find(|c| c.id == id);
+            model
+                .tokens_crm_deleted
+                .extend(person.and_then(|c| token(&c.last_name)));
+            ops.add("crm delete between two page reads");
+        }
 
         let k_log = sb.kounta().request_log();
         let f_log = sb.farmflow().request_log();
@@ -742,8 +923,10 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
         let violations = check_run(&before, &after, &model);
         assert!(
             violations.is_empty(),
-            "seed {seed}, run {cycles} ({:?}):\n{}\n\nthe people involved, before and after:\n{}",
+            "seed {seed}, run {cycles} ({:?}; listing faults {listing:?}, {served} served, {} \
+             confirmed present):\n{}\n\nthe people involved, before and after:\n{}",
             report.outcome,
+            report.omissions,
             violations.join("\n"),
             involved(&violations, &before, &after)
         );
@@ -771,17 +954,29 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
     }
     let world = World::read(&sb, &state).unwrap();
     let injected: u64 = faults.values().sum();
+    let (crm_served, ff_served) = (
+        sb.kounta().omissions_served(),
+        sb.farmflow().omissions_served(),
+    );
     println!(
         "soak seed {seed}: {cycles} runs in {:.1} s ({restarts} restarts), {} person operations \
-         {:?}, {requests} requests, {injected} faults injected {faults:?}, run outcomes \
-         {outcomes:?}; {} crm and {} farmflow customers at the end; converged after {:?} \
-         fault-free runs (replay exactly: FARMSYNC_SOAK_SEED={seed} FARMSYNC_SOAK_CYCLES={cycles})",
+         {:?}, {requests} requests, {injected} faults injected {faults:?}, {} listing faults \
+         injected (crm {crm_served}, farmflow {ff_served}), {confirmed_present} omissions \
+         confirmed present by a read by id, run outcomes {outcomes:?}; {} crm and {} farmflow \
+         customers at the end; converged after {:?} fault-free runs (replay exactly: \
+         FARMSYNC_SOAK_SEED={seed} FARMSYNC_SOAK_CYCLES={cycles}{})",
         started.elapsed().as_secs_f64(),
         ops.total(),
         ops.0,
+        crm_served + ff_served,
         world.crm.len(),
         world.ff.len(),
         converged_after,
+        if anyone {
+            " FARMSYNC_SOAK_LISTING=any"
+        } else {
+            ""
+        },
     );
     assert!(
         converged_after.is_some(),
@@ -794,6 +989,10 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
         violations.join("\n")
     );
     assert!(injected > 0 && ops.total() > 0, "the soak did nothing");
+    assert!(
+        crm_served > 0 && ff_served > 0,
+        "seed {seed}: no listing left anyone out"
+    );
 }
 
 /// The soak's checks can fail: a record that vanished with no person's deletion behind it, a

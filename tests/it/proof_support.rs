@@ -323,14 +323,12 @@ fn compare<T: PartialEq + std::fmt::Debug>(
     }
 }
 
-/// Reruns `farmsync sync` until a run writes nothing (at most `max_runs` runs), then checks the
-/// world against `expected`: no person twice, no broken link, everyone as in `expected`.
-/// Returns what is wrong and how many runs it took.
-pub async fn converge_and_check(
+/// Reruns `farmsync sync` until a run writes nothing (at most `max_runs` runs). Returns what
+/// is wrong (still writing, or the quiet run did not exit 0) and how many runs it took.
+pub async fn converge(
     sb: &Sandbox,
     w: &Workdir,
     env: &[(&str, &str)],
-    expected: &World,
     max_runs: usize,
 ) -> (Vec<String>, usize) {
     let mut violations = Vec::new();
@@ -360,6 +358,20 @@ pub async fn converge_and_check(
             "still writing after {max_runs} runs; the last one said: {last}"
         ));
     }
+    (violations, runs)
+}
+
+/// Reruns `farmsync sync` until a run writes nothing (at most `max_runs` runs), then checks the
+/// world against `expected`: no person twice, no broken link, everyone as in `expected`.
+/// Returns what is wrong and how many runs it took.
+pub async fn converge_and_check(
+    sb: &Sandbox,
+    w: &Workdir,
+    env: &[(&str, &str)],
+    expected: &World,
+    max_runs: usize,
+) -> (Vec<String>, usize) {
+    let (mut violations, runs) = converge(sb, w, env, max_runs).await;
     match World::read(sb, &w.state_path()) {
         Ok(world) => {
             violations.extend(world.duplicate_people());
@@ -435,4 +447,92 @@ pub async fn kill_after_write(
         Side::Farmflow => sb.farmflow().remove_fault(fault_id),
     };
     violations
+}
+
+/// Live records a campaign's listings leave out while its faults are on, named by person (a
+/// record a run creates has its id only then), how the CRM's pages drift, and how far
+/// FarmFlow's list lags.
+#[derive(Debug, Clone, Copy)]
+pub struct ListingFaults {
+    /// CRM customers (first, last name) left out of every list page.
+    pub crm_omitted: &'static [(&'static str, &'static str)],
+    /// FarmFlow customers (first, last name) left out of every `customers-get`.
+    pub ff_omitted: &'static [(&'static str, &'static str)],
+    /// CRM customers a list page holds.
+    pub page_size: usize,
+    /// `(page, shift)`: after that page of each CRM listing the later pages move by `shift`
+    /// places (forward skips customers, back lists them twice).
+    pub drifts: &'static [(u32, i64)],
+    /// `customers-get` shows FarmFlow as it was this many writes ago.
+    pub lag: usize,
+}
+
+impl ListingFaults {
+    /// The same faults with FarmFlow's list up to date.
+    pub fn without_lag(self) -> ListingFaults {
+        ListingFaults { lag: 0, ..self }
+    }
+
+    /// Turns these faults on for the next run, replacing any left from the last (a drift fires
+    /// once a listing: arm before every run). Every named person must exist.
+    pub fn arm(&self, sb: &Sandbox) {
+        sb.kounta().clear_faults();
+        sb.farmflow().clear_faults();
+        sb.kounta().set_page_size(self.page_size);
+        let crm = sb.kounta().customers();
+        for (first, last) in self.crm_omitted {
+            let c = crm
+                .iter()
+                .find(|c| c.first_name == *first && c.last_name == *last)
+                .unwrap_or_else(|| panic!("no crm {first} {last} to leave out"));
+            sb.kounta().omit_from_list([c.id]);
+        }
+        let ff = sb.farmflow().customers();
+        for (first, last) in self.ff_omitted {
+            let c = ff
+                .iter()
+                .find(|c| c.firstname == *first && c.lastname == *last)
+                .unwrap_or_else(|| panic!("no farmflow {first} {last} to leave out"));
+            sb.farmflow().omit_from_list([c.id]);
+        }
+        for &(page, shift) in self.drifts {
+            sb.kounta().drift_after_page(page, shift);
+        }
+        sb.farmflow().set_list_lag(self.lag);
+    }
+}
+
+/// Live records both sides' listings have left out (or, for FarmFlow, shown as they were
+/// before a write) since the sandbox started.
+pub fn listing_faults_served(sb: &Sandbox) -> u64 {
+    sb.kounta().omissions_served() + sb.farmflow().omissions_served()
+}
+
+/// How many records a run's log says a listing left out and a read by id found present.
+pub fn omissions_confirmed(log: &str) -> u64 {
+    log.matches("sync.listing.omission").count() as u64
+}
+
+/// Runs after a kill that still read faulty listings, before the faults stop: the first settles
+/// the journal, the second plans from what the first left.
+pub const FAULTY_RERUNS: usize = 2;
+
+/// Runs `farmsync sync` `runs` times with `faults` armed before each, then turns every listing
+/// fault off. Returns the omissions those runs confirmed present.
+pub async fn sync_with_listing_faults(
+    sb: &Sandbox,
+    w: &Workdir,
+    env: &[(&str, &str)],
+    faults: &ListingFaults,
+    runs: usize,
+) -> u64 {
+    let mut confirmed = 0;
+    for _ in 0..runs {
+        faults.arm(sb);
+        let out = run_farmsync(w, &["sync"], env).await;
+        confirmed += omissions_confirmed(&crate::support::text(&out.stderr));
+    }
+    sb.kounta().clear_faults();
+    sb.farmflow().clear_faults();
+    confirmed
 }
