@@ -5,7 +5,7 @@
 // moved once, so its size does not matter.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
@@ -22,6 +22,9 @@ use super::sample::SeedDataError;
 
 /// The largest request body the fake reads.
 const MAX_BODY: usize = 1 << 20;
+
+/// How many customer writes back a lagging `customers-get` can reach.
+pub const LIST_LAG_HISTORY: usize = 64;
 
 /// The refusal text of a delete blocked by an active recurring order.
 pub const ACTIVE_ORDER_REFUSAL: &str =
@@ -218,8 +221,26 @@ pub enum FarmflowDeleteError {
     ActiveRecurringOrder(i64),
 }
 
+/// The faults of `customers-get`.
+#[derive(Default)]
+struct ListFaults {
+    /// Customers no listing shows.
+    omitted: BTreeSet<i64>,
+    /// The chance that a customer is left out of a listing.
+    omit_probability: f64,
+    /// How many customer writes every listing lags behind.
+    lag: usize,
+    /// The chance that a listing lags one write behind.
+    lag_probability: f64,
+}
+
 struct FarmflowState {
     customers: BTreeMap<i64, FarmflowRecord>,
+    /// Each customer's version before each of the latest writes (`None`: it did not exist),
+    /// oldest first, at most `LIST_LAG_HISTORY` of them.
+    history: VecDeque<(i64, Option<FarmflowRecord>)>,
+    list_faults: ListFaults,
+    omissions_served: u64,
     next_id: i64,
     recurring: BTreeMap<i64, RecurringOrderRecord>,
     one_time: BTreeMap<i64, OneTimeOrderRecord>,
@@ -273,6 +294,9 @@ impl FakeFarmflow {
                 pipeline,
                 state: Mutex::new(FarmflowState {
                     customers: BTreeMap::new(),
+                    history: VecDeque::new(),
+                    list_faults: ListFaults::default(),
+                    omissions_served: 0,
                     next_id: 301,
                     recurring: BTreeMap::new(),
                     one_time: BTreeMap::new(),
@@ -331,6 +355,7 @@ impl FakeFarmflow {
         let mut s = self.lock();
         customer.id = s.next_id;
         s.next_id += 1;
+        s.remember(customer.id);
         s.customers.insert(customer.id, customer);
         s.next_id - 1
     }
@@ -402,6 +427,9 @@ impl FakeFarmflow {
     /// there is no such customer.
     pub fn edit(&self, id: i64, f: impl FnOnce(&mut FarmflowRecord)) -> bool {
         let mut s = self.lock();
+        if s.customers.contains_key(&id) {
+            s.remember(id);
+        }
         match s.customers.get_mut(&id) {
             Some(c) => {
                 f(c);
@@ -512,10 +540,85 @@ impl FakeFarmflow {
         self.lock().empty_list_once = true;
     }
 
-    /// Removes injected faults and a pending empty list.
+    /// Leaves these customers out of every `customers-get` from now on, as a lagging replica
+    /// would; `customer-get` still finds them. Adds to the customers already left out;
+    /// `clear_faults` lists them again.
+    pub fn omit_from_list(&self, ids: impl IntoIterator<Item = i64>) {
+        self.lock().list_faults.omitted.extend(ids);
+    }
+
+    /// Leaves each customer out of each `customers-get` with this probability (drawn from the
+    /// seeded RNG). `0` stops it.
+    pub fn omit_from_list_randomly(&self, probability: f64) {
+        self.lock().list_faults.omit_probability = probability;
+    }
+
+    /// Makes `customers-get` answer the customers as they were before the latest `writes`
+    /// customer writes (creates, updates and deletes, through the API or as a person would; at
+    /// most `LIST_LAG_HISTORY` back); `customer-get` stays current. `0` turns it off.
+    pub fn set_list_lag(&self, writes: usize) {
+        self.lock().list_faults.lag = writes;
+    }
+
+    /// Makes each `customers-get`, with this probability (seeded RNG), answer the customers as
+    /// they were before the latest customer write. `0` stops it.
+    pub fn lag_randomly(&self, probability: f64) {
+        self.lock().list_faults.lag_probability = probability;
+    }
+
+    /// How many customers `customers-get` has misreported since start: live ones left out, and
+    /// ones whose lagged version (or presence) differed from the current one. `clear_faults`
+    /// and `reset_stats` do not reset it.
+    pub fn omissions_served(&self) -> u64 {
+        self.lock().omissions_served
+    }
+
+    /// Removes injected faults, a pending empty list and every listing fault (omissions, lag).
     pub fn clear_faults(&self) {
         self.pipeline().clear_faults();
-        self.lock().empty_list_once = false;
+        let mut s = self.lock();
+        s.empty_list_once = false;
+        s.list_faults = ListFaults::default();
+    }
+
+    /// The customers one `customers-get` shows, after its listing faults, as JSON; counts the
+    /// customers it misreports.
+    fn listed(&self, s: &mut FarmflowState) -> Vec<Value> {
+        let faults = &s.list_faults;
+        let mut lag = faults.lag;
+        if faults.lag_probability > 0.0 && self.pipeline().chance(faults.lag_probability) {
+            lag = lag.max(1);
+        }
+        // The lagged version of every customer written since: the oldest one wins.
+        let mut before: BTreeMap<i64, Option<&FarmflowRecord>> = BTreeMap::new();
+        for (id, version) in s.history.iter().rev().take(lag) {
+            before.insert(*id, version.as_ref());
+        }
+        let mut shown: BTreeMap<i64, &FarmflowRecord> =
+            s.customers.iter().map(|(id, c)| (*id, c)).collect();
+        for (id, version) in &before {
+            match version {
+                Some(c) => shown.insert(*id, c),
+                None => shown.remove(id),
+            };
+        }
+        let mut touched: BTreeSet<i64> = before.keys().copied().collect();
+        let omit_probability = faults.omit_probability;
+        shown.retain(|id, _| {
+            let left_out = faults.omitted.contains(id)
+                || (omit_probability > 0.0 && self.pipeline().chance(omit_probability));
+            if left_out {
+                touched.insert(*id);
+            }
+            !left_out
+        });
+        let misreported = touched
+            .iter()
+            .filter(|id| shown.get(id).copied() != s.customers.get(id))
+            .count();
+        let payload = shown.values().map(|c| s.customer_json(c)).collect();
+        s.omissions_served += u64::try_from(misreported).unwrap_or(u64::MAX);
+        payload
     }
 
     /// Removes every fault, rate limit and latency: a healthy service again.
@@ -527,6 +630,15 @@ impl FakeFarmflow {
 }
 
 impl FarmflowState {
+    /// Keeps customer `id`'s version before a write, for a lagging `customers-get`.
+    fn remember(&mut self, id: i64) {
+        let version = self.customers.get(&id).cloned();
+        self.history.push_back((id, version));
+        if self.history.len() > LIST_LAG_HISTORY {
+            self.history.pop_front();
+        }
+    }
+
     fn delete(&mut self, id: i64) -> Result<(), FarmflowDeleteError> {
         if !self.customers.contains_key(&id) {
             return Err(FarmflowDeleteError::NotFound(id));
@@ -538,6 +650,7 @@ impl FarmflowState {
         {
             return Err(FarmflowDeleteError::ActiveRecurringOrder(id));
         }
+        self.remember(id);
         self.customers.remove(&id);
         // Deleting a customer erases their order history too: that is what makes it dangerous.
         self.recurring.retain(|_, o| o.customer_id != id);
@@ -769,7 +882,7 @@ impl FakeFarmflow {
                 let payload = if std::mem::take(&mut s.empty_list_once) {
                     Vec::new()
                 } else {
-                    s.customers.values().map(|c| s.customer_json(c)).collect()
+                    self.listed(&mut s)
                 };
                 s.success("customers", Value::Array(payload))
             }
@@ -806,6 +919,7 @@ impl FakeFarmflow {
                     }
                     record.id = s.next_id;
                     s.next_id += 1;
+                    s.remember(record.id);
                     let payload = if s.create_returns_id_only {
                         json!({ "id": s.id_json(record.id) })
                     } else {
@@ -835,6 +949,7 @@ impl FakeFarmflow {
                         record.state = record.state.to_uppercase();
                     }
                     record.id = id;
+                    s.remember(id);
                     let payload = s.customer_json(&record);
                     s.customers.insert(id, record);
                     s.success("customer", payload)

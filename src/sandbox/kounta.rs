@@ -334,6 +334,87 @@ struct ArmedWebhookFault {
     seen: u64,
 }
 
+/// The faults of the positional listing (`GET .../customers` without lookup parameters).
+#[derive(Default)]
+struct ListFaults {
+    /// Customers no listing shows.
+    omitted: BTreeSet<i64>,
+    /// The chance that a customer on a page served is left out of it.
+    omit_probability: f64,
+    /// The chance, before each page after the first, that the rest of the listing shifts.
+    drift_probability: f64,
+    /// One-shot shifts: after this page is next served, move the later pages by this much.
+    drifts: Vec<(u32, i64)>,
+    /// One-shot back-office deletes: right after this page is next served, delete this customer.
+    deletes: Vec<(u32, i64)>,
+    /// How far the pages of the listing under way are moved; page 1 starts a new listing at 0.
+    shift: i64,
+}
+
+impl ListFaults {
+    /// Moves the rest of the listing by `delta` at the boundary before page `next` (1-based),
+    /// over `len` visible customers; returns how many customers that skips (none when it moves
+    /// back: those are listed twice).
+    fn shift_before(&mut self, next: u32, delta: i64, size: usize, len: usize) -> u64 {
+        let boundary = position(next, size).saturating_add(self.shift);
+        self.shift = self.shift.saturating_add(delta);
+        if delta <= 0 {
+            return 0;
+        }
+        let len = i64::try_from(len).unwrap_or(i64::MAX);
+        let from = boundary.clamp(0, len);
+        let to = boundary.saturating_add(delta).clamp(0, len);
+        u64::try_from(to - from).unwrap_or(0)
+    }
+
+    /// Fires the one-shot faults armed for page `page`, now that it is served over `visible`:
+    /// moves the later pages by the drifts and returns how many customers that skips (a
+    /// delete of a customer already listed skips the first one not yet listed) and which
+    /// customers to delete.
+    fn fire_after(&mut self, page: u32, size: usize, visible: &[&KountaRecord]) -> (u64, Vec<i64>) {
+        let next = page.saturating_add(1);
+        let mut shifts = Vec::new();
+        let mut deletes = Vec::new();
+        self.drifts.retain(|&(p, shift)| {
+            let fires = p == page;
+            if fires {
+                shifts.push(shift);
+            }
+            !fires
+        });
+        self.deletes.retain(|&(p, id)| {
+            let fires = p == page;
+            if fires {
+                deletes.push(id);
+            }
+            !fires
+        });
+        let mut skipped = 0;
+        for shift in shifts {
+            skipped += self.shift_before(next, shift, size, visible.len());
+        }
+        let mut len = i64::try_from(visible.len()).unwrap_or(i64::MAX);
+        for id in &deletes {
+            let Some(at) = visible.iter().position(|c| c.id == *id) else {
+                continue;
+            };
+            let at = i64::try_from(at).unwrap_or(i64::MAX);
+            let boundary = position(next, size).saturating_add(self.shift);
+            if at < boundary && boundary < len {
+                skipped += 1;
+            }
+            len -= 1;
+        }
+        (skipped, deletes)
+    }
+}
+
+/// Where page `page` (1-based) of `size` items starts when nothing moved.
+fn position(page: u32, size: usize) -> i64 {
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    (i64::from(page) - 1).saturating_mul(size)
+}
+
 struct KountaState {
     customers: BTreeMap<i64, KountaRecord>,
     next_id: i64,
@@ -349,6 +430,8 @@ struct KountaState {
     update_answers_empty: bool,
     failing_pages: BTreeSet<u32>,
     empty_list_once: bool,
+    list_faults: ListFaults,
+    omissions_served: u64,
     webhooks: BTreeMap<i64, Webhook>,
     next_webhook_id: i64,
     webhook_faults: Vec<ArmedWebhookFault>,
@@ -434,6 +517,8 @@ impl FakeKounta {
             update_answers_empty: options.update_answers_empty,
             failing_pages: BTreeSet::new(),
             empty_list_once: false,
+            list_faults: ListFaults::default(),
+            omissions_served: 0,
             webhooks: BTreeMap::new(),
             next_webhook_id: 1,
             webhook_faults: Vec::new(),
@@ -645,12 +730,55 @@ impl FakeKounta {
         self.lock().empty_list_once = true;
     }
 
-    /// Removes injected faults, failing list pages and a pending empty list.
+    /// Leaves these customers out of every list page from now on, as a lagging replica would:
+    /// pages are computed as if they were absent. Reads by id, lookups and updates still see
+    /// them. Adds to the customers already left out; `clear_faults` lists them again.
+    pub fn omit_from_list(&self, ids: impl IntoIterator<Item = i64>) {
+        self.lock().list_faults.omitted.extend(ids);
+    }
+
+    /// Leaves each customer on each list page served out of it with this probability (drawn
+    /// from the seeded RNG; the page keeps its place, it just holds fewer items). `0` stops it.
+    pub fn omit_from_list_randomly(&self, probability: f64) {
+        self.lock().list_faults.omit_probability = probability;
+    }
+
+    /// After page `page` (1-based) is next served, moves the start of the later pages of that
+    /// listing by `shift` positions, once: positive skips `shift` customers (as if customers
+    /// before the cursor had been deleted), negative lists customers twice. No data changes;
+    /// the next request for page 1 starts a listing without the shift.
+    pub fn drift_after_page(&self, page: u32, shift: i64) {
+        self.lock().list_faults.drifts.push((page, shift));
+    }
+
+    /// Before each page after the first, with this probability (seeded RNG) the rest of the
+    /// listing shifts by one position, forward or back with equal chance. `0` stops it.
+    pub fn drift_randomly(&self, probability: f64) {
+        self.lock().list_faults.drift_probability = probability;
+    }
+
+    /// Right after page `page` (1-based) is next served, deletes customer `id` in the back
+    /// office, once (see `backoffice_delete`): the later customers shift back a place, so the
+    /// first one not yet listed falls onto a page already read.
+    pub fn delete_after_page(&self, page: u32, id: i64) {
+        self.lock().list_faults.deletes.push((page, id));
+    }
+
+    /// How many live customers list pages have left out since start: omitted ones, ones a
+    /// drift skipped and ones a `delete_after_page` shifted onto a page already read.
+    /// `clear_faults` and `reset_stats` do not reset it.
+    pub fn omissions_served(&self) -> u64 {
+        self.lock().omissions_served
+    }
+
+    /// Removes injected faults, failing list pages, a pending empty list and every listing
+    /// fault (omissions, drifts, pending deletes).
     pub fn clear_faults(&self) {
         self.pipeline().clear_faults();
         let mut s = self.lock();
         s.failing_pages.clear();
         s.empty_list_once = false;
+        s.list_faults = ListFaults::default();
     }
 
     /// Every registered webhook, by id.
@@ -1516,16 +1644,69 @@ impl FakeKounta {
             return json_response(StatusCode::OK, &json!([]));
         }
         let size = s.page_size;
-        let start = (page as usize - 1).saturating_mul(size);
-        let items: Vec<Value> = s
-            .customers
-            .values()
-            .skip(start)
-            .take(size)
-            .map(|c| item_json(c, s.read_shape))
-            .collect();
-        let more = s.customers.len() > start.saturating_add(size);
+        let mut omitted = 0u64;
+        let (items, more, deletes) = {
+            let KountaState {
+                customers,
+                list_faults: faults,
+                read_shape,
+                ..
+            } = &mut *s;
+            let shape = *read_shape;
+            // The customers a listing can show, in the order it shows them.
+            let visible: Vec<&KountaRecord> = customers
+                .values()
+                .filter(|c| !faults.omitted.contains(&c.id))
+                .collect();
+            if page == 1 {
+                faults.shift = 0;
+            }
+            if page > 1 && faults.drift_probability > 0.0 {
+                let p = faults.drift_probability;
+                if self.pipeline().chance(p) {
+                    let delta = if self.pipeline().chance(0.5) { 1 } else { -1 };
+                    omitted += faults.shift_before(page, delta, size, visible.len());
+                }
+            }
+            let start =
+                usize::try_from(position(page, size).saturating_add(faults.shift)).unwrap_or(0);
+            let end = start.saturating_add(size).min(visible.len());
+            let on_page = visible.get(start..end).unwrap_or(&[]);
+            let more = visible.len() > start.saturating_add(size);
+            if let Some(last) = on_page.last() {
+                // An omitted customer counts on the page whose span of ids holds it, so a
+                // full walk counts each one once.
+                let after = start
+                    .checked_sub(1)
+                    .and_then(|i| visible.get(i))
+                    .map_or(i64::MIN, |c| c.id);
+                let up_to = if more { last.id } else { i64::MAX };
+                let spanned = faults
+                    .omitted
+                    .range(after.saturating_add(1)..=up_to)
+                    .filter(|id| customers.contains_key(id))
+                    .count();
+                omitted += u64::try_from(spanned).unwrap_or(u64::MAX);
+            }
+            let mut items = Vec::with_capacity(on_page.len());
+            for c in on_page {
+                let p = faults.omit_probability;
+                if p > 0.0 && self.pipeline().chance(p) {
+                    omitted += 1;
+                    continue;
+                }
+                items.push(item_json(c, shape));
+            }
+
+            let (skipped, deletes) = faults.fire_after(page, size, &visible);
+            omitted += skipped;
+            (items, more, deletes)
+        };
+        s.omissions_served += omitted;
         drop(s);
+        for id in deletes {
+            self.backoffice_delete(id);
+        }
         let mut response = json_response(StatusCode::OK, &Value::Array(items));
         if more {
             let next = format!(

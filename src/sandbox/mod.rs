@@ -17,7 +17,7 @@
 //! A request is counted, delayed by any latency knob, checked against rate limits (a `429` is
 //! not served and does not count towards faults), then faults are consulted; only then does the
 //! API itself look at authentication, headers and the body. Everything random (fault
-//! probabilities, tokens) comes from an RNG seeded with [`SandboxOptions::seed`].
+//! probabilities, listing faults, tokens) comes from an RNG seeded with [`SandboxOptions::seed`].
 
 use std::future::Future;
 
@@ -35,7 +35,8 @@ mod server;
 
 pub use farmflow::{
     ACTIVE_ORDER_REFUSAL, Envelope, FakeFarmflow, FarmflowDeleteError, FarmflowEndpoint,
-    FarmflowOptions, FarmflowRecord, OneTimeOrderRecord, RecurringOrderRecord, RecurringStatus,
+    FarmflowOptions, FarmflowRecord, LIST_LAG_HISTORY, OneTimeOrderRecord, RecurringOrderRecord,
+    RecurringStatus,
 };
 pub use kounta::{
     Delivery, DeliveryOutcome, ErrorShape, FakeKounta, KountaEndpoint, KountaOptions, KountaRecord,
@@ -52,7 +53,7 @@ pub use sample::{SampleData, SeedDataError, load_seed_data, sample_farm};
 /// Settings of both fakes.
 #[derive(Clone, Debug, Default)]
 pub struct SandboxOptions {
-    /// Seeds every random choice (fault probabilities, tokens).
+    /// Seeds every random choice (fault probabilities, listing faults, tokens).
     pub seed: u64,
     /// The fake CRM's settings.
     pub kounta: KountaOptions,

@@ -87,6 +87,9 @@ pub enum When {
 pub enum FaultAction {
     /// Answer this status with the API's JSON error body; nothing is applied.
     Status(u16),
+    /// Answer this status with an empty body (no JSON, no envelope); nothing is applied. A
+    /// `200` or `204` with nothing in it is how a service says "unreadable" without an error.
+    Empty(u16),
     /// Answer `502` with a proxy's HTML page; nothing is applied.
     Html502,
     /// Serve the request (a write is applied), then send only the first half of the body.
@@ -546,6 +549,12 @@ impl<E: Endpoint> Pipeline<E> {
                 self.record(at, &meta, Some(endpoint), Some(status.as_u16()));
                 self.flavor
                     .error(status, "server_error", "injected failure")
+            }
+            FaultAction::Empty(code) => {
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                self.record(at, &meta, Some(endpoint), Some(status.as_u16()));
+                status.into_response()
             }
             FaultAction::Html502 => {
                 self.record(at, &meta, Some(endpoint), Some(502));

@@ -24,6 +24,7 @@ mod sandbox_farmflow;
 mod sandbox_faults;
 mod sandbox_kounta;
 mod sandbox_lifecycle;
+mod sandbox_omissions;
 mod sandbox_support;
 mod sandbox_webhooks;
 mod support;
