@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::sync_support::Harness;
 
 /// People a case may create (each at most once).
-const PEOPLE: u8 = 5;
+const PEOPLE: u8 = 6;
 /// The tag the CRM customer gets when FarmFlow loses it (the default `deleted_tag`).
 const DELETED_TAG: &str = "farmflow-deleted";
 /// CRM list page size: small, so a handful of people spans several pages.
@@ -130,6 +130,30 @@ enum Fault {
     Cancel(Side, u8),
     /// The process dies while the n-th write to a side waits for its answer.
     Crash(Side, u8),
+    // Listings that lie (`sync_model_omissions`):
+    /// Every CRM list page leaves out this person's record.
+    CrmOmits(u8),
+    /// Every CRM list page leaves out each record with this chance (percent).
+    CrmOmitsSome(u8),
+    /// After CRM list page n, the later pages move by `shift` (positive skips records).
+    CrmDrift(u8, i8),
+    /// Before each CRM list page after the first, the rest moves by one with this chance.
+    CrmDriftSome(u8),
+    /// Right after CRM list page n is served, a person deletes the first customer on it: the
+    /// later customers move back a place, and one falls onto a page already read.
+    CrmDeletedMidList(u8),
+    /// FarmFlow's list leaves out this person's record.
+    FfOmits(u8),
+    /// FarmFlow's list leaves out each record with this chance (percent).
+    FfOmitsSome(u8),
+    /// FarmFlow's list shows the customers as they were before the latest n writes.
+    FfLag(u8),
+    /// Each FarmFlow list lags one write behind with this chance (percent).
+    FfLagSome(u8),
+    /// Both FarmFlow order lists answer this status with an empty body (unreadable).
+    OrdersEmpty(u16),
+    /// A side's next list request answers this status with an empty body (unreadable).
+    ListEmpty(Side, u16),
 }
 
 /// One thing that happens: a person's operation, or a sync run (with its fault).
@@ -197,6 +221,86 @@ fn basic_fault() -> impl Strategy<Value = Fault> {
         1 => (1..4u8).prop_map(Fault::PageFails),
         1 => (side(), 1..4u8).prop_map(|(s, n)| Fault::Cancel(s, n)),
         1 => (side(), 1..4u8).prop_map(|(s, n)| Fault::Crash(s, n)),
+    ]
+}
+
+/// The listings that lie, by the name `FARMSYNC_MODEL_FAULTS` selects them with.
+fn omission_kinds() -> Vec<(&'static str, BoxedStrategy<Fault>)> {
+    let percent = || prop_oneof![Just(20u8), Just(50u8)];
+    vec![
+        (
+            "crm-omit",
+            prop_oneof![
+                slot().prop_map(Fault::CrmOmits),
+                percent().prop_map(Fault::CrmOmitsSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "crm-drift",
+            prop_oneof![
+                (1..4u8, prop_oneof![Just(-1i8), Just(1i8), Just(2i8)])
+                    .prop_map(|(page, shift)| Fault::CrmDrift(page, shift)),
+                percent().prop_map(Fault::CrmDriftSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "crm-delete-mid-list",
+            (1..4u8).prop_map(Fault::CrmDeletedMidList).boxed(),
+        ),
+        (
+            "ff-omit",
+            prop_oneof![
+                slot().prop_map(Fault::FfOmits),
+                percent().prop_map(Fault::FfOmitsSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "ff-lag",
+            prop_oneof![
+                (1..4u8).prop_map(Fault::FfLag),
+                percent().prop_map(Fault::FfLagSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "orders-empty",
+            prop_oneof![Just(200u16), Just(204u16)]
+                .prop_map(Fault::OrdersEmpty)
+                .boxed(),
+        ),
+        (
+            "list-empty",
+            (side(), prop_oneof![Just(200u16), Just(204u16)])
+                .prop_map(|(s, status)| Fault::ListEmpty(s, status))
+                .boxed(),
+        ),
+    ]
+}
+
+/// The faults of the omissions model: the basic ones, and listings that lie (all kinds, or
+/// those named in `FARMSYNC_MODEL_FAULTS`, comma-separated: `crm-omit,ff-lag`).
+fn omission_fault() -> impl Strategy<Value = Fault> {
+    let wanted = std::env::var("FARMSYNC_MODEL_FAULTS").unwrap_or_default();
+    let wanted: Vec<&str> = wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let kinds: Vec<(u32, BoxedStrategy<Fault>)> = omission_kinds()
+        .into_iter()
+        .filter(|(name, _)| wanted.is_empty() || wanted.contains(name))
+        .map(|(_, strategy)| (1, strategy))
+        .collect();
+    assert!(
+        !kinds.is_empty(),
+        "FARMSYNC_MODEL_FAULTS names no kind of omission fault"
+    );
+    prop_oneof![
+        1 => basic_fault(),
+        2 => proptest::strategy::Union::new_weighted(kinds),
     ]
 }
 
@@ -818,27 +922,41 @@ fn protected_people(h: &Harness, census: &Census, today: NaiveDate) -> BTreeSet<
         .collect()
 }
 
+/// What the model knows of a run besides the people's operations before it.
+struct RunContext {
+    /// Who was where when it started.
+    before: Census,
+    /// People an order protected from deletion when it started.
+    protect: BTreeSet<u8>,
+    /// A person deleted this person's CRM record while the run listed the CRM.
+    deleted_mid_list: Option<u8>,
+    /// FarmFlow's order lists were unreadable for the whole run: no delete may depend on them.
+    orders_unreadable: bool,
+}
+
 /// What every run must leave: no duplicates, nobody lost, no false tombstone tag.
-fn check_run(
-    model: &Model,
-    before: &Census,
-    after: &Census,
-    protect: &BTreeSet<u8>,
-) -> Vec<String> {
+fn check_run(model: &Model, run: &RunContext, after: &Census) -> Vec<String> {
+    let before = &run.before;
     let mut out = after.duplicates();
     for p in 0..PEOPLE {
         let person = &model.people[p as usize];
-        if before.on_crm(p) && !after.on_crm(p) {
+        let deleted_mid_list = run.deleted_mid_list == Some(p);
+        if before.on_crm(p) && !after.on_crm(p) && !deleted_mid_list {
             out.push(format!("lost: the run removed P{p} from the CRM"));
         }
         if before.on_ff(p) && !after.on_ff(p) {
-            if !person.crm_deleted || before.on_crm(p) {
+            let crm_gone = !before.on_crm(p) || deleted_mid_list;
+            if !person.crm_deleted || !crm_gone {
                 out.push(format!(
                     "lost: the run removed P{p} from FarmFlow, but nobody deleted them in the CRM"
                 ));
-            } else if protect.contains(&p) {
+            } else if run.protect.contains(&p) {
                 out.push(format!(
                     "lost: the run deleted P{p} from FarmFlow although an order protects them"
+                ));
+            } else if run.orders_unreadable {
+                out.push(format!(
+                    "the run deleted P{p} from FarmFlow although the order lists were unreadable"
                 ));
             } else if person.ff_edit_wins {
                 out.push(format!(
@@ -1130,16 +1248,89 @@ fn on_read(h: &Harness, read: Read, n: u8, action: FaultAction) {
     }
 }
 
-/// Arms the fault for the next run (cut-short runs are handled by `run_with`).
-fn inject(h: &Harness, fault: Fault) {
+fn ids_of(census: &Census, side: Side, p: u8) -> Vec<i64> {
+    match side {
+        Side::Crm => census
+            .crm
+            .get(&p)
+            .into_iter()
+            .flatten()
+            .map(|c| c.id)
+            .collect(),
+        Side::Ff => census
+            .ff
+            .get(&p)
+            .into_iter()
+            .flatten()
+            .map(|f| f.id)
+            .collect(),
+    }
+}
+
+fn chance(percent: u8) -> f64 {
+    f64::from(percent) / 100.0
+}
+
+/// Arms the fault for the next run (cut-short runs are handled by `run_with`). Returns the
+/// person and CRM id a mid-listing deletion is armed for.
+fn inject(h: &Harness, fault: Fault, census: &Census) -> Option<(u8, i64)> {
+    let (k, f) = (h.sb.kounta(), h.sb.farmflow());
     match fault {
+        Fault::CrmOmits(p) => k.omit_from_list(ids_of(census, Side::Crm, p)),
+        Fault::CrmOmitsSome(percent) => k.omit_from_list_randomly(chance(percent)),
+        Fault::CrmDrift(page, shift) => k.drift_after_page(u32::from(page), i64::from(shift)),
+        Fault::CrmDriftSome(percent) => k.drift_randomly(chance(percent)),
+        Fault::CrmDeletedMidList(page) => {
+            // The CRM lists its customers by id.
+            let mut listed: Vec<(i64, u8)> = census
+                .crm
+                .iter()
+                .flat_map(|(p, records)| records.iter().map(|c| (c.id, *p)))
+                .collect();
+            listed.sort();
+            let (id, p) = *listed.get((usize::from(page) - 1) * PAGE_SIZE)?;
+            k.delete_after_page(u32::from(page), id);
+            return Some((p, id));
+        }
+        Fault::FfOmits(p) => f.omit_from_list(ids_of(census, Side::Ff, p)),
+        Fault::FfOmitsSome(percent) => f.omit_from_list_randomly(chance(percent)),
+        Fault::FfLag(writes) => f.set_list_lag(usize::from(writes)),
+        Fault::FfLagSome(percent) => f.lag_randomly(chance(percent)),
+        Fault::OrdersEmpty(status) => {
+            let action = FaultAction::Empty(status);
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::RecurringOrders,
+                When::Every,
+                action,
+            ));
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::OneTimeOrders,
+                When::Every,
+                action,
+            ));
+        }
+        Fault::ListEmpty(Side::Crm, status) => {
+            k.inject(fake::Fault::new(
+                KountaEndpoint::List,
+                When::Nth(1),
+                FaultAction::Empty(status),
+            ));
+        }
+        Fault::ListEmpty(Side::Ff, status) => {
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::List,
+                When::Nth(1),
+                FaultAction::Empty(status),
+            ));
+        }
         Fault::Clean | Fault::Cancel(..) | Fault::Crash(..) => {}
         Fault::LostAnswer(side, n) => on_writes(h, side, n, FaultAction::ApplyThenDrop),
         Fault::Applied500(side, n) => on_writes(h, side, n, FaultAction::ApplyThen500),
         Fault::ReadFails(read, n) => on_read(h, read, n, FaultAction::Status(503)),
         Fault::ReadHtml(read, n) => on_read(h, read, n, FaultAction::Html502),
-        Fault::PageFails(page) => h.sb.kounta().fail_list_page(u32::from(page)),
+        Fault::PageFails(page) => k.fail_list_page(u32::from(page)),
     }
+    None
 }
 
 /// One run under `fault`; `None` when the process died mid-run.
@@ -1190,15 +1381,29 @@ async fn sync(case: &mut Case, fault: Fault, options: RunOptions) -> (bool, Opti
     case.model.run_starts(&before);
     let crm_log = case.h.sb.kounta().request_log().len();
     let ff_log = case.h.sb.farmflow().request_log().len();
-    inject(&case.h, fault);
+    let mid_list = inject(&case.h, fault, &before);
     let report = run_with(&mut case.h, fault, options).await;
     heal(&case.h);
     let after = Census::take(&case.h);
     let outcome = report.as_ref().map(|r| r.outcome.clone());
     case.done
         .push(format!("{:?} -> {outcome:?}", Op::Sync(fault)));
-    let violations = check_run(&case.model, &before, &after, &protect);
+    // A deletion armed for a page the listing never reached did not happen.
+    let deleted_mid_list = mid_list
+        .filter(|(_, id)| case.h.sb.kounta().get(*id).is_none())
+        .map(|(p, _)| p);
+    if let Some(p) = deleted_mid_list {
+        case.model.deleted(p, Side::Crm);
+    }
+    let run = RunContext {
+        before,
+        protect,
+        deleted_mid_list,
+        orders_unreadable: matches!(fault, Fault::OrdersEmpty(_)),
+    };
+    let violations = check_run(&case.model, &run, &after);
     fail_if_any(case, "after a run", &violations);
+    let before = run.before;
     let clean = fault == Fault::Clean
         && report.as_ref().is_some_and(|r| {
             !r.interrupted && matches!(r.outcome, Outcome::Applied | Outcome::Guarded)
@@ -1331,6 +1536,18 @@ fn block_on(ops: Vec<Op>) {
         .build()
         .expect("runtime");
     rt.block_on(scenario(ops));
+}
+
+proptest! {
+    #![proptest_config(config("tests/proptest-regressions/sync_model_omissions.txt"))]
+
+    /// The same, with listings that lie as well: CRM pages that leave live customers out or
+    /// drift, a deletion mid-listing, a FarmFlow list that omits or lags, empty answers.
+    /// DESIGN.md step 5: absence from a list is a question, never an answer.
+    #[test]
+    fn sync_model_omissions(ops in ops(omission_fault().boxed())) {
+        block_on(ops);
+    }
 }
 
 proptest! {
