@@ -21,10 +21,18 @@
 //!   unless a rule says otherwise (see `check_settled`); both sides hold the same normalised
 //!   values; and for people nobody deleted, every value is one the model accepts (`Truth`).
 //!
+//! `sync_model_omissions` and the shrunk failures it found (`known_*`, at the end) are
+//! `#[ignore]`d while the engine still takes some absences from a listing as answers:
+//! `cargo test --test it sync_model -- --include-ignored` runs everything. Drop an `ignore`
+//! once its test passes.
+//!
 //! Replay and longer runs: a failing case is shrunk and its seed saved to
 //! `tests/proptest-regressions/sync_model_{basic,omissions}.txt`, which the next run replays
 //! first. `FARMSYNC_MODEL_CASES=<n>` (or `PROPTEST_CASES=<n>`) runs n cases (default 64);
-//! `FARMSYNC_MODEL_OPS=<n>` allows up to n operations a case (default 25).
+//! `FARMSYNC_MODEL_OPS=<n>` allows up to n operations a case (default 25);
+//! `FARMSYNC_MODEL_FAULTS=crm-omit,ff-lag` limits the omissions model to those kinds of lying
+//! listing (`crm-omit`, `crm-drift`, `crm-delete-mid-list`, `ff-omit`, `ff-lag`,
+//! `orders-empty`, `list-empty`), to look past one failure for the next.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1088,7 +1096,7 @@ fn ff_id(h: &Harness, p: u8) -> Option<i64> {
     Census::take(h).ff(p).map(|f| f.id)
 }
 
-async fn person_acts(case: &mut Case, op: &Op) {
+fn person_acts(case: &mut Case, op: &Op) {
     let h = &case.h;
     let model = &mut case.model;
     model.seq += 1;
@@ -1374,8 +1382,8 @@ fn heal(h: &Harness) {
     h.sb.farmflow().heal();
 }
 
-/// A run with its checks; returns whether it was clean (no fault, applied or guarded).
-async fn sync(case: &mut Case, fault: Fault, options: RunOptions) -> (bool, Option<Outcome>) {
+/// A run with its checks; a run without faults must apply (or be stopped by the guard).
+async fn sync(case: &mut Case, fault: Fault, options: RunOptions) {
     let before = Census::take(&case.h);
     let protect = protected_people(&case.h, &before, case.model.today);
     case.model.run_starts(&before);
@@ -1433,7 +1441,6 @@ async fn sync(case: &mut Case, fault: Fault, options: RunOptions) -> (bool, Opti
         ),
     };
     case.model.run_ended(&seen, &before, &after);
-    (clean, outcome)
 }
 
 async fn step(case: &mut Case, op: &Op) {
@@ -1448,7 +1455,7 @@ async fn step(case: &mut Case, op: &Op) {
             case.done.push("LoseDb".into());
         }
         _ => {
-            person_acts(case, op).await;
+            person_acts(case, op);
             case.done.push(format!("{op:?}"));
         }
     }
@@ -1545,6 +1552,7 @@ proptest! {
     /// drift, a deletion mid-listing, a FarmFlow list that omits or lags, empty answers.
     /// DESIGN.md step 5: absence from a list is a question, never an answer.
     #[test]
+    #[ignore = "the engine of this branch fails it: see the known_* cases"]
     fn sync_model_omissions(ops in ops(omission_fault().boxed())) {
         block_on(ops);
     }
@@ -1559,4 +1567,132 @@ proptest! {
     fn sync_model_basic(ops in ops(basic_fault().boxed())) {
         block_on(ops);
     }
+}
+
+// ----- what the omissions model found --------------------------------------------------------------
+//
+// Shrunk failures of `sync_model_omissions`, one test each, so a fix can be checked case by case.
+
+/// Twins (one person typed into both systems) and a CRM listing that leaves the CRM twin out:
+/// the FarmFlow twin must not be created in the CRM (a duplicate).
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_omitted_from_the_crm_listing() {
+    block_on(vec![Op::Twins(0), Op::Sync(Fault::CrmOmits(0))]);
+}
+
+/// The same with a CRM listing that drifts past the CRM twin between pages.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_skipped_by_a_drifting_crm_listing() {
+    block_on(vec![
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::New(Side::Crm, 2, Contact::Both),
+        Op::Twins(0),
+        Op::Sync(Fault::CrmDrift(1, 1)),
+    ]);
+}
+
+/// A lost state DB, then a CRM listing that leaves out the CRM customer whose `reference_id`
+/// names a FarmFlow customer: that FarmFlow customer must not be created in the CRM again.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_claimant_omitted_from_the_crm_listing_after_a_lost_state_db() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::LoseDb,
+        Op::Sync(Fault::CrmOmits(0)),
+    ]);
+}
+
+/// A linked customer missing from FarmFlow's list is not deleted: its CRM twin must not be
+/// tagged `farmflow-deleted` (nor its link made a tombstone).
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_linked_customer_omitted_from_farmflows_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Sync(Fault::FfOmits(0)),
+    ]);
+}
+
+/// The same with a FarmFlow list lagging one write behind.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_linked_customer_lagged_out_of_farmflows_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Sync(Fault::FfLag(1)),
+    ]);
+}
+
+/// Order lists answering an empty body are unreadable, not empty: no FarmFlow delete that run.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_delete_while_the_order_lists_are_unreadable() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Del(Side::Crm, 0),
+        Op::Sync(Fault::OrdersEmpty(200)),
+    ]);
+}
+
+/// A person deletes a customer in FarmFlow while the CRM listing leaves its twin out: the CRM
+/// twin must still end up tagged `farmflow-deleted`.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_farmflow_deletion_while_the_crm_listing_omits_the_twin() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Del(Side::Ff, 0),
+        Op::Sync(Fault::CrmOmits(0)),
+    ]);
+}
+
+/// Twins and a FarmFlow list that leaves the FarmFlow twin out: the CRM twin must not be
+/// created in FarmFlow (a duplicate). FarmFlow has no lookup but its list.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_omitted_from_farmflows_list() {
+    block_on(vec![Op::Twins(0), Op::Sync(Fault::FfOmits(0))]);
+}
+
+/// The same with a FarmFlow list lagging behind the grower's new customer.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_lagged_out_of_farmflows_list() {
+    block_on(vec![Op::Twins(0), Op::Sync(Fault::FfLag(1))]);
+}
+
+/// A FarmFlow create whose answer was lost, then a FarmFlow list that leaves the created
+/// customer out: journal recovery must not call the create absent and make it twice.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_lost_farmflow_create_then_an_omitting_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::Sync(Fault::LostAnswer(Side::Ff, 1)),
+        Op::Sync(Fault::FfOmits(0)),
+    ]);
+}
+
+/// The same when the process died waiting for the create's answer and the list lags.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_farmflow_create_cut_short_then_a_lagging_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::Sync(Fault::Crash(Side::Ff, 1)),
+        Op::Sync(Fault::FfLag(1)),
+    ]);
 }
