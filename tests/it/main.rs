@@ -35,6 +35,7 @@ mod sync_deletes;
 mod sync_logs;
 mod sync_lost;
 mod sync_matrix;
+mod sync_model;
 mod sync_props;
 mod sync_quick;
 mod sync_runs;

@@ -1,0 +1,1698 @@
+//! A model-based test of the sync (DESIGN.md, step 5: "absence is a question").
+//!
+//! Random sequences of people's operations on both sides (create, edit any canonical field,
+//! delete, recurring and one-time orders), sync runs, and faults during runs (lost answers to
+//! writes, failing reads, runs cut short, a lost state DB; in `sync_model_omissions` also
+//! listings that leave live customers out, lag or drift between pages) are checked after every
+//! run against a small model of what a correct sync must show. The model is written from
+//! DESIGN.md's rules, not from the engine: it never looks at the link table, the plan or the
+//! engine's helpers, only at what both sandboxes hold and at what the people did.
+//!
+//! The model, in short:
+//! - a person is a slot `0..PEOPLE`; each of their records has a first name `P<slot>-…` (edits
+//!   keep the prefix) and an email and phone holding the slot, so a census of each side is
+//!   exact and matching can never join two people;
+//! - no duplicates, ever: nobody on two records of one side;
+//! - nothing lost, ever: a run never removes anyone from the CRM, and removes someone from
+//!   FarmFlow only when a person deleted them in the CRM, no order protects them, and no
+//!   FarmFlow edit that must win over that deletion is pending (see `Person::ff_edit_wins`);
+//! - the CRM tag `farmflow-deleted` only on people a person deleted in FarmFlow;
+//! - once the faults stop: two runs, then a third writes nothing; everyone is on both sides
+//!   unless a rule says otherwise (see `check_settled`); both sides hold the same normalised
+//!   values; and for people nobody deleted, every value is one the model accepts (`Truth`).
+//!
+//! `sync_model_omissions` and the shrunk failures it found (`known_*`, at the end) are
+//! `#[ignore]`d while the engine still takes some absences from a listing as answers:
+//! `cargo test --test it sync_model -- --include-ignored` runs everything. Drop an `ignore`
+//! once its test passes.
+//!
+//! Replay and longer runs: a failing case is shrunk and its seed saved to
+//! `tests/proptest-regressions/sync_model_{basic,omissions}.txt`, which the next run replays
+//! first. `FARMSYNC_MODEL_CASES=<n>` (or `PROPTEST_CASES=<n>`) runs n cases (default 64);
+//! `FARMSYNC_MODEL_OPS=<n>` allows up to n operations a case (default 25);
+//! `FARMSYNC_MODEL_FAULTS=crm-omit,ff-lag` limits the omissions model to those kinds of lying
+//! listing (`crm-omit`, `crm-drift`, `crm-delete-mid-list`, `ff-omit`, `ff-lag`,
+//! `orders-empty`, `list-empty`), to look past one failure for the next.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{Days, NaiveDate};
+use farmsync::sandbox::{
+    self as fake, FarmflowEndpoint, FarmflowRecord, FaultAction, KountaEndpoint, KountaRecord,
+    KountaRecordAddress, RecurringStatus, SandboxOptions, Target, When,
+};
+use farmsync::sync::engine::{Outcome, RunOptions, RunReport};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use tokio_util::sync::CancellationToken;
+
+use crate::sync_support::Harness;
+
+/// People a case may create (each at most once).
+const PEOPLE: u8 = 6;
+/// The tag the CRM customer gets when FarmFlow loses it (the default `deleted_tag`).
+const DELETED_TAG: &str = "farmflow-deleted";
+/// CRM list page size: small, so a handful of people spans several pages.
+const PAGE_SIZE: usize = 2;
+
+// ----- operations ------------------------------------------------------------------------------
+
+/// Which system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Crm,
+    Ff,
+}
+
+/// The contact details a new customer is typed in with.
+#[derive(Clone, Copy, Debug)]
+enum Contact {
+    Email,
+    Phone,
+    Both,
+    /// Neither (FarmFlow only: the CRM needs one, so the model expects a FarmFlow-only person).
+    Neither,
+}
+
+/// A canonical field (DESIGN.md's mapping table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Field {
+    First,
+    Last,
+    Email,
+    Phone,
+    Line1,
+    Line2,
+    City,
+    State,
+    Zip,
+    Country,
+}
+
+const FIELDS: [Field; 10] = [
+    Field::First,
+    Field::Last,
+    Field::Email,
+    Field::Phone,
+    Field::Line1,
+    Field::Line2,
+    Field::City,
+    Field::State,
+    Field::Zip,
+    Field::Country,
+];
+
+/// When a one-time order is due, relative to today.
+#[derive(Clone, Copy, Debug)]
+enum Due {
+    Past,
+    Future,
+}
+
+/// A read endpoint a fault can hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    CrmList,
+    CrmGet,
+    FfList,
+    FfGet,
+    FfOrders,
+}
+
+/// What goes wrong during one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// Nothing.
+    Clean,
+    /// The n-th write to a side is applied and its connection dropped before the answer.
+    LostAnswer(Side, u8),
+    /// The n-th write to a side is applied and answered `500`.
+    Applied500(Side, u8),
+    /// The next n requests to a read endpoint answer `503` (n > 3 outlasts the retries).
+    ReadFails(Read, u8),
+    /// The next n requests to a read endpoint answer a proxy's HTML `502` page.
+    ReadHtml(Read, u8),
+    /// CRM list page n answers `500` for the whole run (an incomplete listing).
+    PageFails(u8),
+    /// The run is cancelled (shutdown) once the n-th write to a side is stored.
+    Cancel(Side, u8),
+    /// The process dies while the n-th write to a side waits for its answer.
+    Crash(Side, u8),
+    // Listings that lie (`sync_model_omissions`):
+    /// Every CRM list page leaves out this person's record.
+    CrmOmits(u8),
+    /// Every CRM list page leaves out each record with this chance (percent).
+    CrmOmitsSome(u8),
+    /// After CRM list page n, the later pages move by `shift` (positive skips records).
+    CrmDrift(u8, i8),
+    /// Before each CRM list page after the first, the rest moves by one with this chance.
+    CrmDriftSome(u8),
+    /// Right after CRM list page n is served, a person deletes the first customer on it: the
+    /// later customers move back a place, and one falls onto a page already read.
+    CrmDeletedMidList(u8),
+    /// FarmFlow's list leaves out this person's record.
+    FfOmits(u8),
+    /// FarmFlow's list leaves out each record with this chance (percent).
+    FfOmitsSome(u8),
+    /// FarmFlow's list shows the customers as they were before the latest n writes.
+    FfLag(u8),
+    /// Each FarmFlow list lags one write behind with this chance (percent).
+    FfLagSome(u8),
+    /// Both FarmFlow order lists answer this status with an empty body (unreadable).
+    OrdersEmpty(u16),
+    /// A side's next list request answers this status with an empty body (unreadable).
+    ListEmpty(Side, u16),
+}
+
+/// One thing that happens: a person's operation, or a sync run (with its fault).
+#[derive(Clone, Debug)]
+enum Op {
+    /// A person types customer `slot` into one side.
+    New(Side, u8, Contact),
+    /// A person types customer `slot` into both sides before any sync (matching must join them).
+    Twins(u8),
+    /// A person edits one field of the customer on one side.
+    Edit(Side, u8, Field),
+    /// A person deletes the customer on one side (FarmFlow refuses while a recurring order runs).
+    Del(Side, u8),
+    /// The grower adds an active recurring order for the customer.
+    Recurring(u8),
+    /// The grower cancels the customer's active recurring order.
+    EndRecurring(u8),
+    /// The grower adds a one-time order due in the past or the future.
+    OneOff(u8, Due),
+    /// A sync run.
+    Sync(Fault),
+    /// The state DB is lost between runs.
+    LoseDb,
+}
+
+fn side() -> impl Strategy<Value = Side> {
+    prop_oneof![Just(Side::Crm), Just(Side::Ff)]
+}
+
+fn slot() -> impl Strategy<Value = u8> {
+    0..PEOPLE
+}
+
+fn contact() -> impl Strategy<Value = Contact> {
+    prop_oneof![
+        3 => Just(Contact::Both),
+        2 => Just(Contact::Email),
+        2 => Just(Contact::Phone),
+        1 => Just(Contact::Neither),
+    ]
+}
+
+fn field() -> impl Strategy<Value = Field> {
+    proptest::sample::select(FIELDS.to_vec())
+}
+
+fn read() -> impl Strategy<Value = Read> {
+    prop_oneof![
+        Just(Read::CrmList),
+        Just(Read::CrmGet),
+        Just(Read::FfList),
+        Just(Read::FfGet),
+        Just(Read::FfOrders),
+    ]
+}
+
+/// The faults of the basic model: everything but listings that lie.
+fn basic_fault() -> impl Strategy<Value = Fault> {
+    prop_oneof![
+        5 => Just(Fault::Clean),
+        2 => (side(), 1..4u8).prop_map(|(s, n)| Fault::LostAnswer(s, n)),
+        1 => (side(), 1..4u8).prop_map(|(s, n)| Fault::Applied500(s, n)),
+        2 => (read(), 1..6u8).prop_map(|(r, n)| Fault::ReadFails(r, n)),
+        1 => (read(), 1..6u8).prop_map(|(r, n)| Fault::ReadHtml(r, n)),
+        1 => (1..4u8).prop_map(Fault::PageFails),
+        1 => (side(), 1..4u8).prop_map(|(s, n)| Fault::Cancel(s, n)),
+        1 => (side(), 1..4u8).prop_map(|(s, n)| Fault::Crash(s, n)),
+    ]
+}
+
+/// The listings that lie, by the name `FARMSYNC_MODEL_FAULTS` selects them with.
+fn omission_kinds() -> Vec<(&'static str, BoxedStrategy<Fault>)> {
+    let percent = || prop_oneof![Just(20u8), Just(50u8)];
+    vec![
+        (
+            "crm-omit",
+            prop_oneof![
+                slot().prop_map(Fault::CrmOmits),
+                percent().prop_map(Fault::CrmOmitsSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "crm-drift",
+            prop_oneof![
+                (1..4u8, prop_oneof![Just(-1i8), Just(1i8), Just(2i8)])
+                    .prop_map(|(page, shift)| Fault::CrmDrift(page, shift)),
+                percent().prop_map(Fault::CrmDriftSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "crm-delete-mid-list",
+            (1..4u8).prop_map(Fault::CrmDeletedMidList).boxed(),
+        ),
+        (
+            "ff-omit",
+            prop_oneof![
+                slot().prop_map(Fault::FfOmits),
+                percent().prop_map(Fault::FfOmitsSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "ff-lag",
+            prop_oneof![
+                (1..4u8).prop_map(Fault::FfLag),
+                percent().prop_map(Fault::FfLagSome),
+            ]
+            .boxed(),
+        ),
+        (
+            "orders-empty",
+            prop_oneof![Just(200u16), Just(204u16)]
+                .prop_map(Fault::OrdersEmpty)
+                .boxed(),
+        ),
+        (
+            "list-empty",
+            (side(), prop_oneof![Just(200u16), Just(204u16)])
+                .prop_map(|(s, status)| Fault::ListEmpty(s, status))
+                .boxed(),
+        ),
+    ]
+}
+
+/// The faults of the omissions model: the basic ones, and listings that lie (all kinds, or
+/// those named in `FARMSYNC_MODEL_FAULTS`, comma-separated: `crm-omit,ff-lag`).
+fn omission_fault() -> impl Strategy<Value = Fault> {
+    let wanted = std::env::var("FARMSYNC_MODEL_FAULTS").unwrap_or_default();
+    let wanted: Vec<&str> = wanted
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let kinds: Vec<(u32, BoxedStrategy<Fault>)> = omission_kinds()
+        .into_iter()
+        .filter(|(name, _)| wanted.is_empty() || wanted.contains(name))
+        .map(|(_, strategy)| (1, strategy))
+        .collect();
+    assert!(
+        !kinds.is_empty(),
+        "FARMSYNC_MODEL_FAULTS names no kind of omission fault"
+    );
+    prop_oneof![
+        1 => basic_fault(),
+        2 => proptest::strategy::Union::new_weighted(kinds),
+    ]
+}
+
+fn create() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (side(), slot(), contact()).prop_map(|(s, p, c)| Op::New(s, p, c)),
+        1 => slot().prop_map(Op::Twins),
+    ]
+}
+
+fn op(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => create(),
+        6 => (side(), slot(), field()).prop_map(|(s, p, f)| Op::Edit(s, p, f)),
+        3 => (side(), slot()).prop_map(|(s, p)| Op::Del(s, p)),
+        1 => slot().prop_map(Op::Recurring),
+        1 => slot().prop_map(Op::EndRecurring),
+        1 => (slot(), prop_oneof![Just(Due::Past), Just(Due::Future)])
+            .prop_map(|(p, d)| Op::OneOff(p, d)),
+        6 => fault.prop_map(Op::Sync),
+        1 => Just(Op::LoseDb),
+    ]
+}
+
+// ----- the canonical view, written for the test --------------------------------------------------
+
+/// One record's ten canonical values, normalised as DESIGN.md compares them.
+type Canon = BTreeMap<Field, String>;
+
+/// ISO alpha-2 for the country spellings this test types or farmsync writes (alpha-3).
+fn country_code(text: &str) -> String {
+    let key = text.trim().to_uppercase();
+    let code = match key.as_str() {
+        "AU" | "AUS" | "AUSTRALIA" => "AU",
+        "NZ" | "NZL" | "NEW ZEALAND" => "NZ",
+        "US" | "USA" | "UNITED STATES" | "UNITED STATES OF AMERICA" => "US",
+        "GB" | "GBR" | "UNITED KINGDOM" => "GB",
+        _ => return key,
+    };
+    code.to_owned()
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+fn canon(values: [(Field, &str); 10]) -> Canon {
+    values
+        .into_iter()
+        .map(|(field, value)| {
+            let value = match field {
+                Field::Email => value.trim().to_lowercase(),
+                Field::Phone => digits(value),
+                Field::Country => country_code(value),
+                _ => value.trim().to_owned(),
+            };
+            (field, value)
+        })
+        .collect()
+}
+
+fn crm_canon(c: &KountaRecord) -> Canon {
+    let a = c.primary_address.clone().unwrap_or_default();
+    let (line1, line2) = a.address.split_once('\n').unwrap_or((&a.address, ""));
+    let phone = if c.phone.trim().is_empty() {
+        &c.mobile
+    } else {
+        &c.phone
+    };
+    canon([
+        (Field::First, &c.first_name),
+        (Field::Last, &c.last_name),
+        (Field::Email, &c.email),
+        (Field::Phone, phone),
+        (Field::Line1, line1),
+        (Field::Line2, line2),
+        (Field::City, &a.city),
+        (Field::State, &a.state),
+        (Field::Zip, &a.postal_code),
+        (Field::Country, &a.country),
+    ])
+}
+
+fn ff_canon(f: &FarmflowRecord) -> Canon {
+    canon([
+        (Field::First, &f.firstname),
+        (Field::Last, &f.lastname),
+        (Field::Email, &f.email),
+        (Field::Phone, &f.phone),
+        (Field::Line1, &f.address),
+        (Field::Line2, &f.address2),
+        (Field::City, &f.city),
+        (Field::State, &f.state),
+        (Field::Zip, &f.zip),
+        (Field::Country, &f.country),
+    ])
+}
+
+fn has_contact(c: &Canon) -> bool {
+    !c[&Field::Email].is_empty() || !c[&Field::Phone].is_empty()
+}
+
+// ----- what the people type ----------------------------------------------------------------------
+
+const STATES: [&str; 4] = ["VIC", "QLD", "TAS", "WA"];
+/// (CRM alpha-2, FarmFlow free text) for one country.
+const COUNTRIES: [(&str, &str); 4] = [
+    ("NZ", "New Zealand"),
+    ("US", "USA"),
+    ("GB", "United Kingdom"),
+    ("AU", "Australia"),
+];
+
+fn first_name(p: u8, tail: &str) -> String {
+    format!("P{p}-{tail}")
+}
+
+/// The person a first name belongs to.
+fn slot_of(first_name: &str) -> Option<u8> {
+    let rest = first_name.trim().strip_prefix('P')?;
+    let (n, _) = rest.split_once('-')?;
+    n.parse().ok().filter(|p| *p < PEOPLE)
+}
+
+fn crm_new(p: u8, contact: Contact, tail: &str) -> KountaRecord {
+    let (email, phone) = match contact {
+        Contact::Email | Contact::Neither => (true, false),
+        Contact::Phone => (false, true),
+        Contact::Both => (true, true),
+    };
+    KountaRecord {
+        first_name: first_name(p, tail),
+        last_name: "Lee".into(),
+        email: if email {
+            format!("p{p}@farm.example")
+        } else {
+            String::new()
+        },
+        phone: if phone {
+            format!("04{p:02} 000 {p:03}")
+        } else {
+            String::new()
+        },
+        primary_address: Some(KountaRecordAddress {
+            address: format!("{p} Long Road"),
+            city: "Orange".into(),
+            state: "NSW".into(),
+            postal_code: "2800".into(),
+            country: "AU".into(),
+        }),
+        ..KountaRecord::default()
+    }
+}
+
+fn ff_new(p: u8, contact: Contact, tail: &str) -> FarmflowRecord {
+    let (email, phone) = match contact {
+        Contact::Email => (true, false),
+        Contact::Phone => (false, true),
+        Contact::Both => (true, true),
+        Contact::Neither => (false, false),
+    };
+    FarmflowRecord {
+        firstname: first_name(p, tail),
+        lastname: "Lee".into(),
+        // Spelt differently from the CRM's, equal once normalised.
+        email: if email {
+            format!("P{p}@Farm.Example")
+        } else {
+            String::new()
+        },
+        phone: if phone {
+            format!("(04) {p:02}00 0{p:03}")
+        } else {
+            String::new()
+        },
+        address: format!("{p} Long Road"),
+        city: "Orange".into(),
+        state: "NSW".into(),
+        zip: "2800".into(),
+        country: "Australia".into(),
+        ..FarmflowRecord::default()
+    }
+}
+
+fn split_lines(address: &str) -> (String, String) {
+    match address.split_once('\n') {
+        Some((a, b)) => (a.to_owned(), b.to_owned()),
+        None => (address.to_owned(), String::new()),
+    }
+}
+
+fn join_lines(line1: &str, line2: &str) -> String {
+    if line2.is_empty() {
+        line1.to_owned()
+    } else {
+        format!("{line1}\n{line2}")
+    }
+}
+
+/// A person's edit of one field in the CRM, with fresh value number `n`.
+fn edit_crm(c: &mut KountaRecord, p: u8, field: Field, n: u32) {
+    let a = c.primary_address.get_or_insert_with(Default::default);
+    let (line1, line2) = split_lines(&a.address);
+    let i = n as usize % 4;
+    match field {
+        Field::First => c.first_name = first_name(p, &format!("C{n}")),
+        Field::Last => c.last_name = format!("Lee{n}"),
+        Field::Email => c.email = format!("p{p}.{n}@farm.example"),
+        Field::Phone => c.phone = format!("04{p:02} {n:03} 111"),
+        Field::Line1 => a.address = join_lines(&format!("{n} Crm Street"), &line2),
+        Field::Line2 => a.address = join_lines(&line1, &format!("Unit {n}")),
+        Field::City => a.city = format!("Town{n}"),
+        Field::State => a.state = STATES[i].into(),
+        Field::Zip => a.postal_code = format!("{}", 3000 + n),
+        Field::Country => a.country = COUNTRIES[i].0.into(),
+    }
+}
+
+/// A person's edit of one field in FarmFlow, with fresh value number `n`.
+fn edit_ff(f: &mut FarmflowRecord, p: u8, field: Field, n: u32) {
+    let i = n as usize % 4;
+    match field {
+        Field::First => f.firstname = first_name(p, &format!("F{n}")),
+        Field::Last => f.lastname = format!("Lee{n}"),
+        Field::Email => f.email = format!("P{p}.{n}@FARM.example"),
+        Field::Phone => f.phone = format!("(04) {p:02}{n:03} 222"),
+        Field::Line1 => f.address = format!("{n} Ff Road"),
+        Field::Line2 => f.address2 = format!("Shed {n}"),
+        Field::City => f.city = format!("Village{n}"),
+        Field::State => f.state = STATES[i].into(),
+        Field::Zip => f.zip = format!("{}", 5000 + n),
+        Field::Country => f.country = COUNTRIES[i].1.into(),
+    }
+}
+
+// ----- the model ---------------------------------------------------------------------------------
+
+/// A person's edit of one field, not yet through a clean run.
+#[derive(Clone, Debug)]
+struct Edit {
+    value: String,
+    /// Operations before it (orders edits in time).
+    seq: u64,
+    /// Runs before it (whether a run came between two edits).
+    runs: u32,
+}
+
+/// What one field of a person may end up as.
+///
+/// `accepted` holds the values the field may show once synced. Edits wait in `crm`/`ff` until
+/// a clean run (no fault, applied), which certainly syncs them, settles them:
+/// - edits on one side only: that side's last value;
+/// - edits on both sides: the CRM's (the default `conflict_winner`) when its last edit is the
+///   later one or no run came between the two (a conflict); otherwise a faulty run between them
+///   may or may not have carried the CRM's value over before FarmFlow's edit, so either.
+#[derive(Clone, Debug, Default)]
+struct Truth {
+    accepted: BTreeSet<String>,
+    crm: Option<Edit>,
+    ff: Option<Edit>,
+}
+
+impl Truth {
+    fn settle(&mut self) {
+        let accepted = match (self.crm.take(), self.ff.take()) {
+            (None, None) => return,
+            (Some(c), None) => vec![c.value],
+            (None, Some(f)) => vec![f.value],
+            (Some(c), Some(f)) => {
+                if c.seq > f.seq || c.runs == f.runs {
+                    vec![c.value]
+                } else {
+                    vec![c.value, f.value]
+                }
+            }
+        };
+        self.accepted = accepted.into_iter().collect();
+    }
+}
+
+/// What the model knows about one person.
+#[derive(Clone, Debug, Default)]
+struct Person {
+    created: bool,
+    /// Typed into both sides and not yet through a clean run: nobody edits them meanwhile
+    /// (nothing would say the two records are one person).
+    fresh_twins: bool,
+    /// A person deleted their CRM record (at some point).
+    crm_deleted: bool,
+    /// A person deleted their FarmFlow record (at some point).
+    ff_deleted: bool,
+    fields: BTreeMap<Field, Truth>,
+    /// The link may be rebuilt without snapshots (see `Rebuild`); the first clean run settles
+    /// it (see `Model::run_ended`).
+    relink: Option<Rebuild>,
+    /// Clean runs in a row with the person on both sides before and after.
+    settled_runs: u32,
+    /// Since the last run: the pair had settled (two clean runs) when it ended...
+    gap_settled: bool,
+    /// ...and since then a person edited FarmFlow / the CRM, deleted the CRM / FarmFlow record.
+    ff_edited: bool,
+    crm_edited: bool,
+    crm_deleted_now: bool,
+    ff_deleted_now: bool,
+    /// A FarmFlow edit made after the pair settled must win over the CRM deletion made in the
+    /// same gap (DESIGN.md step 5, "the change wins"): FarmFlow must keep the person.
+    ff_edit_wins: bool,
+    /// A CRM edit made after the pair settled must win over the FarmFlow deletion made in the
+    /// same gap: FarmFlow gets the person back.
+    crm_edit_wins: bool,
+}
+
+/// Why a person's link may be rebuilt without snapshots. DESIGN.md step 3 then says "treat
+/// each as empty, so a field set on one side only is copied across and a field set
+/// differently on both is a conflict" (which the CRM wins).
+#[derive(Clone, Copy, Debug)]
+enum Rebuild {
+    /// The state DB was lost before run number `at_run` (0-based).
+    StateDbLost { at_run: u32 },
+    /// A create's answer was lost in a run that created this person's record, and journal
+    /// recovery may link it without snapshots (DESIGN.md: "a link whose snapshot is missing or
+    /// unverified (e.g. written by journal recovery)"). The sandbox cannot say whose create
+    /// it was, so this person's may have been answered: then the usual rules apply.
+    CreateUnanswered,
+}
+
+/// Who is on each side, by person.
+#[derive(Debug, Default)]
+struct Census {
+    crm: BTreeMap<u8, Vec<KountaRecord>>,
+    ff: BTreeMap<u8, Vec<FarmflowRecord>>,
+    /// Records that belong to no person.
+    strangers: Vec<String>,
+}
+
+impl Census {
+    fn take(h: &Harness) -> Census {
+        let mut census = Census::default();
+        for c in h.sb.kounta().customers() {
+            match slot_of(&c.first_name) {
+                Some(p) => census.crm.entry(p).or_default().push(c),
+                None => census.strangers.push(format!("crm {c:?}")),
+            }
+        }
+        for f in h.sb.farmflow().customers() {
+            match slot_of(&f.firstname) {
+                Some(p) => census.ff.entry(p).or_default().push(f),
+                None => census.strangers.push(format!("farmflow {f:?}")),
+            }
+        }
+        census
+    }
+
+    /// The person's CRM record, if exactly one.
+    fn crm(&self, p: u8) -> Option<&KountaRecord> {
+        self.crm.get(&p).filter(|v| v.len() == 1).map(|v| &v[0])
+    }
+
+    /// The person's FarmFlow record, if exactly one.
+    fn ff(&self, p: u8) -> Option<&FarmflowRecord> {
+        self.ff.get(&p).filter(|v| v.len() == 1).map(|v| &v[0])
+    }
+
+    fn on_crm(&self, p: u8) -> bool {
+        self.crm.contains_key(&p)
+    }
+
+    fn on_ff(&self, p: u8) -> bool {
+        self.ff.contains_key(&p)
+    }
+
+    /// No person twice on one side, and nobody unknown.
+    fn duplicates(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .strangers
+            .iter()
+            .map(|s| format!("a record of nobody: {s}"))
+            .collect();
+        for (p, records) in &self.crm {
+            if records.len() > 1 {
+                let ids: Vec<i64> = records.iter().map(|c| c.id).collect();
+                out.push(format!(
+                    "duplicate: P{p} is in the CRM {} times {ids:?}",
+                    ids.len()
+                ));
+            }
+        }
+        for (p, records) in &self.ff {
+            if records.len() > 1 {
+                let ids: Vec<i64> = records.iter().map(|c| c.id).collect();
+                out.push(format!(
+                    "duplicate: P{p} is in FarmFlow {} times {ids:?}",
+                    ids.len()
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Everything the test did, to judge what the sync did.
+#[derive(Debug)]
+struct Model {
+    people: Vec<Person>,
+    /// Operations so far.
+    seq: u64,
+    /// Runs so far.
+    runs: u32,
+    /// Fresh-value counter for edits.
+    edits: u32,
+    today: NaiveDate,
+}
+
+impl Model {
+    fn new() -> Model {
+        Model {
+            people: vec![Person::default(); PEOPLE as usize],
+            seq: 0,
+            runs: 0,
+            edits: 0,
+            today: chrono::Local::now().date_naive(),
+        }
+    }
+
+    fn person(&mut self, p: u8) -> &mut Person {
+        &mut self.people[p as usize]
+    }
+
+    /// A new person whose records hold `values` (both sides equal, or one side only).
+    fn created(&mut self, p: u8, values: &Canon, twins: bool) {
+        let person = self.person(p);
+        person.created = true;
+        person.fresh_twins = twins;
+        for (field, value) in values {
+            person.fields.insert(
+                *field,
+                Truth {
+                    accepted: BTreeSet::from([value.clone()]),
+                    ..Truth::default()
+                },
+            );
+        }
+    }
+
+    /// A person set `field` to `value` on `side`.
+    fn edited(&mut self, p: u8, side: Side, field: Field, value: String) {
+        let edit = Edit {
+            value,
+            seq: self.seq,
+            runs: self.runs,
+        };
+        let person = self.person(p);
+        let truth = person.fields.entry(field).or_default();
+        match side {
+            Side::Crm => {
+                truth.crm = Some(edit);
+                person.crm_edited = true;
+            }
+            Side::Ff => {
+                truth.ff = Some(edit);
+                person.ff_edited = true;
+            }
+        }
+    }
+
+    fn deleted(&mut self, p: u8, side: Side) {
+        let person = self.person(p);
+        match side {
+            Side::Crm => {
+                person.crm_deleted = true;
+                person.crm_deleted_now = true;
+                person.crm_edit_wins = false;
+            }
+            Side::Ff => {
+                person.ff_deleted = true;
+                person.ff_deleted_now = true;
+                person.ff_edit_wins = false;
+            }
+        }
+    }
+
+    /// The state DB is gone: the next run rebuilds every link without snapshots (see
+    /// `Person::relink`), and no pair counts as settled any more.
+    fn state_db_lost(&mut self, census: &Census) {
+        let runs = self.runs;
+        for (p, person) in self.people.iter_mut().enumerate() {
+            if census.crm(p as u8).is_some() && census.ff(p as u8).is_some() {
+                person.relink = Some(Rebuild::StateDbLost { at_run: runs });
+            }
+            person.settled_runs = 0;
+            person.gap_settled = false;
+        }
+    }
+
+    /// Before a run: edits and deletions made since the pair settled decide who must win.
+    fn run_starts(&mut self, census: &Census) {
+        for p in 0..PEOPLE {
+            let on_crm = census.on_crm(p);
+            let on_ff = census.on_ff(p);
+            let person = self.person(p);
+            if person.gap_settled && person.ff_edited && person.crm_deleted_now && on_ff {
+                person.ff_edit_wins = true;
+            }
+            if person.gap_settled && person.crm_edited && person.ff_deleted_now && on_crm {
+                person.crm_edit_wins = true;
+            }
+        }
+    }
+
+    /// After a run: a clean run settles every pending edit.
+    fn run_ended(&mut self, run: &RunSeen, before: &Census, after: &Census) {
+        let clean = run.clean;
+        for p in 0..PEOPLE {
+            let person = &mut self.people[p as usize];
+            let paired = |c: &Census| c.on_crm(p) && c.on_ff(p);
+            let created_blind = (run.crm_create_unanswered && !before.on_crm(p) && after.on_crm(p))
+                || (run.ff_create_unanswered && !before.on_ff(p) && after.on_ff(p));
+            if created_blind {
+                person.relink = Some(Rebuild::CreateUnanswered);
+            }
+            if clean && paired(before) && paired(after) {
+                person.settled_runs += 1;
+            } else {
+                person.settled_runs = 0;
+            }
+            if clean {
+                person.fresh_twins = false;
+                match (person.relink.take(), before.crm(p), before.ff(p)) {
+                    (Some(rebuild), Some(c), Some(f)) => {
+                        // Exact only when this run rebuilds it: a faulty run since may have
+                        // rebuilt it and left snapshots, so either side's value may be a change.
+                        let exact = matches!(
+                            rebuild,
+                            Rebuild::StateDbLost { at_run } if at_run == self.runs
+                        );
+                        let (c, f) = (crm_canon(c), ff_canon(f));
+                        for field in FIELDS {
+                            let truth = person.fields.entry(field).or_default();
+                            truth.crm = None;
+                            truth.ff = None;
+                            truth.accepted = relinked(&c[&field], &f[&field], exact);
+                        }
+                    }
+                    _ => {
+                        for truth in person.fields.values_mut() {
+                            truth.settle();
+                        }
+                    }
+                }
+            }
+            if after.on_crm(p) {
+                person.ff_edit_wins = false;
+            }
+            if after.on_ff(p) {
+                person.crm_edit_wins = false;
+            }
+            person.gap_settled = person.settled_runs >= 2;
+            person.ff_edited = false;
+            person.crm_edited = false;
+            person.crm_deleted_now = false;
+            person.ff_deleted_now = false;
+        }
+        self.runs += 1;
+    }
+}
+
+/// What a run did, as the sandboxes saw it.
+struct RunSeen {
+    /// No fault, not interrupted, applied (or stopped by the guard).
+    clean: bool,
+    /// A CRM create was stored but its answer lost (dropped, `500`, or the process died).
+    crm_create_unanswered: bool,
+    /// The same for a FarmFlow create.
+    ff_create_unanswered: bool,
+}
+
+/// Whether a create among the requests logged after `from` went unanswered or answered `5xx`.
+fn create_unanswered<E: PartialEq + Copy>(
+    log: &[fake::RequestRecord<E>],
+    from: usize,
+    create: E,
+) -> bool {
+    log.iter()
+        .skip(from)
+        .any(|r| r.endpoint == Some(create) && r.status.is_none_or(|s| s >= 500))
+}
+
+/// The values a field may take when a link is rebuilt without snapshots from CRM value `c` and
+/// FarmFlow value `f`: one set, the other empty → the set one; both set and different → the
+/// CRM's. When a faulty run may have rebuilt it earlier, either non-empty value.
+fn relinked(c: &str, f: &str, exact: bool) -> BTreeSet<String> {
+    let winner = if c.is_empty() { f } else { c };
+    let mut accepted = BTreeSet::from([winner.to_owned()]);
+    if !exact && !f.is_empty() {
+        accepted.insert(f.to_owned());
+    }
+    accepted
+}
+
+/// Whether an order keeps the FarmFlow customer from deletion by farmsync: an active recurring
+/// order, or (under the default `protect-orders`) a one-time order due today or later.
+fn protected(h: &Harness, ff_id: i64, today: NaiveDate) -> bool {
+    let f = h.sb.farmflow();
+    let recurring = f
+        .recurring_orders()
+        .iter()
+        .any(|o| o.customer_id == ff_id && o.status == RecurringStatus::Active);
+    let upcoming = f.one_time_orders().iter().any(|o| {
+        o.customer_id == ff_id
+            && NaiveDate::parse_from_str(&o.fulfill_date, "%Y-%m-%d").map_or(true, |d| d >= today)
+    });
+    recurring || upcoming
+}
+
+/// The people whose FarmFlow record an order protects now.
+fn protected_people(h: &Harness, census: &Census, today: NaiveDate) -> BTreeSet<u8> {
+    (0..PEOPLE)
+        .filter(|p| census.ff(*p).is_some_and(|f| protected(h, f.id, today)))
+        .collect()
+}
+
+/// What the model knows of a run besides the people's operations before it.
+struct RunContext {
+    /// Who was where when it started.
+    before: Census,
+    /// People an order protected from deletion when it started.
+    protect: BTreeSet<u8>,
+    /// A person deleted this person's CRM record while the run listed the CRM.
+    deleted_mid_list: Option<u8>,
+    /// FarmFlow's order lists were unreadable for the whole run: no delete may depend on them.
+    orders_unreadable: bool,
+}
+
+/// What every run must leave: no duplicates, nobody lost, no false tombstone tag.
+fn check_run(model: &Model, run: &RunContext, after: &Census) -> Vec<String> {
+    let before = &run.before;
+    let mut out = after.duplicates();
+    for p in 0..PEOPLE {
+        let person = &model.people[p as usize];
+        let deleted_mid_list = run.deleted_mid_list == Some(p);
+        if before.on_crm(p) && !after.on_crm(p) && !deleted_mid_list {
+            out.push(format!("lost: the run removed P{p} from the CRM"));
+        }
+        if before.on_ff(p) && !after.on_ff(p) {
+            let crm_gone = !before.on_crm(p) || deleted_mid_list;
+            if !person.crm_deleted || !crm_gone {
+                out.push(format!(
+                    "lost: the run removed P{p} from FarmFlow, but nobody deleted them in the CRM"
+                ));
+            } else if run.protect.contains(&p) {
+                out.push(format!(
+                    "lost: the run deleted P{p} from FarmFlow although an order protects them"
+                ));
+            } else if run.orders_unreadable {
+                out.push(format!(
+                    "the run deleted P{p} from FarmFlow although the order lists were unreadable"
+                ));
+            } else if person.ff_edit_wins {
+                out.push(format!(
+                    "lost: the run deleted P{p} from FarmFlow although a FarmFlow edit made after \
+                     the pair had settled must win over the CRM deletion"
+                ));
+            }
+        }
+        for c in after.crm.get(&p).into_iter().flatten() {
+            if c.tags.iter().any(|t| t == DELETED_TAG) && !person.ff_deleted {
+                out.push(format!(
+                    "CRM {} (P{p}) is tagged {DELETED_TAG}, but nobody deleted P{p} in FarmFlow",
+                    c.id
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// What the two systems must show once the faults stopped and the runs settled.
+fn check_settled(model: &Model, h: &Harness, census: &Census) -> Vec<String> {
+    let mut out = census.duplicates();
+    for p in 0..PEOPLE {
+        let person = &model.people[p as usize];
+        if !person.created {
+            continue;
+        }
+        let tagged = |c: &KountaRecord| c.tags.iter().any(|t| t == DELETED_TAG);
+        match (census.crm(p), census.ff(p)) {
+            (Some(c), Some(f)) => {
+                let (cv, fv) = (crm_canon(c), ff_canon(f));
+                for field in FIELDS {
+                    if cv[&field] != fv[&field] {
+                        out.push(format!(
+                            "P{p} disagrees on {field:?}: CRM {:?}, FarmFlow {:?}",
+                            cv[&field], fv[&field]
+                        ));
+                    }
+                }
+                if tagged(c) {
+                    out.push(format!(
+                        "P{p} is in FarmFlow ({}) yet CRM {} is tagged {DELETED_TAG}",
+                        f.id, c.id
+                    ));
+                }
+                // Values are judged only for people nobody deleted: a recreation copies the
+                // surviving side, whatever the deleted side had been told.
+                if !person.crm_deleted && !person.ff_deleted {
+                    for (field, truth) in &person.fields {
+                        if !truth.accepted.contains(&cv[field]) {
+                            out.push(format!(
+                                "P{p}'s {field:?} is {:?} on both sides; the model expects one of {:?}",
+                                cv[field], truth.accepted
+                            ));
+                        }
+                    }
+                }
+            }
+            (Some(c), None) => {
+                if !person.ff_deleted {
+                    out.push(format!(
+                        "P{p} is in the CRM only ({}), yet nobody deleted them in FarmFlow",
+                        c.id
+                    ));
+                } else if person.crm_edit_wins {
+                    out.push(format!(
+                        "P{p} was edited in the CRM after the pair had settled, and deleted in \
+                         FarmFlow: the edit must win and FarmFlow get P{p} back"
+                    ));
+                } else if !tagged(c) {
+                    out.push(format!(
+                        "P{p} was deleted in FarmFlow but CRM {} is not tagged {DELETED_TAG}",
+                        c.id
+                    ));
+                }
+            }
+            (None, Some(f)) => {
+                let no_contact = !has_contact(&ff_canon(f));
+                let blocked = person.crm_deleted && protected(h, f.id, model.today);
+                if !no_contact && !blocked {
+                    out.push(format!(
+                        "P{p} is in FarmFlow only ({}): {}",
+                        f.id,
+                        if person.crm_deleted {
+                            "the CRM deletion was neither applied nor undone"
+                        } else {
+                            "nobody deleted them in the CRM, and they have contact details"
+                        }
+                    ));
+                }
+            }
+            (None, None) => {
+                if !person.crm_deleted && !person.ff_deleted {
+                    out.push(format!(
+                        "lost: P{p} is on neither side, and nobody deleted them"
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+// ----- running a case ----------------------------------------------------------------------------
+
+/// One case: the systems, the model, and what happened so far (for failure messages).
+struct Case {
+    h: Harness,
+    model: Model,
+    done: Vec<String>,
+}
+
+fn fail_if_any(case: &Case, what: &str, violations: &[String]) {
+    assert!(
+        violations.is_empty(),
+        "{what}:\n  {}\nafter:\n  {}",
+        violations.join("\n  "),
+        case.done.join("\n  ")
+    );
+}
+
+/// The person's single record on one side, as the sandbox holds it now.
+fn crm_id(h: &Harness, p: u8) -> Option<i64> {
+    Census::take(h).crm(p).map(|c| c.id)
+}
+
+fn ff_id(h: &Harness, p: u8) -> Option<i64> {
+    Census::take(h).ff(p).map(|f| f.id)
+}
+
+fn person_acts(case: &mut Case, op: &Op) {
+    let h = &case.h;
+    let model = &mut case.model;
+    model.seq += 1;
+    match *op {
+        Op::New(side, p, contact) => {
+            if model.people[p as usize].created {
+                return;
+            }
+            let values = match side {
+                Side::Crm => {
+                    let c = crm_new(p, contact, "Ann");
+                    h.sb.kounta().insert(c.clone());
+                    crm_canon(&c)
+                }
+                Side::Ff => {
+                    let f = ff_new(p, contact, "Ann");
+                    h.sb.farmflow().insert(f.clone());
+                    ff_canon(&f)
+                }
+            };
+            model.created(p, &values, false);
+        }
+        Op::Twins(p) => {
+            if model.people[p as usize].created {
+                return;
+            }
+            let c = crm_new(p, Contact::Both, "Twin");
+            let f = ff_new(p, Contact::Both, "Twin");
+            assert_eq!(crm_canon(&c), ff_canon(&f), "twins are typed alike");
+            h.sb.kounta().insert(c.clone());
+            h.sb.farmflow().insert(f);
+            model.created(p, &crm_canon(&c), true);
+        }
+        Op::Edit(side, p, field) => {
+            if model.people[p as usize].fresh_twins {
+                return;
+            }
+            model.edits += 1;
+            let n = model.edits;
+            let value = match side {
+                Side::Crm => {
+                    let Some(id) = crm_id(h, p) else { return };
+                    h.sb.kounta().edit(id, |c| edit_crm(c, p, field, n));
+                    crm_canon(&h.sb.kounta().get(id).expect("just edited"))[&field].clone()
+                }
+                Side::Ff => {
+                    let Some(id) = ff_id(h, p) else { return };
+                    h.sb.farmflow().edit(id, |f| edit_ff(f, p, field, n));
+                    ff_canon(&h.sb.farmflow().get(id).expect("just edited"))[&field].clone()
+                }
+            };
+            model.edited(p, side, field, value);
+        }
+        Op::Del(Side::Crm, p) => {
+            if let Some(id) = crm_id(h, p)
+                && h.sb.kounta().backoffice_delete(id)
+            {
+                model.deleted(p, Side::Crm);
+            }
+        }
+        Op::Del(Side::Ff, p) => {
+            // Refused while an active recurring order runs: then nothing happened.
+            if let Some(id) = ff_id(h, p)
+                && h.sb.farmflow().delete(id).is_ok()
+            {
+                model.deleted(p, Side::Ff);
+            }
+        }
+        Op::Recurring(p) => {
+            if let Some(id) = ff_id(h, p) {
+                h.sb.farmflow()
+                    .add_recurring_order(id, RecurringStatus::Active);
+            }
+        }
+        Op::EndRecurring(p) => {
+            if let Some(id) = ff_id(h, p) {
+                let f = h.sb.farmflow();
+                if let Some(order) = f
+                    .recurring_orders()
+                    .into_iter()
+                    .find(|o| o.customer_id == id && o.status == RecurringStatus::Active)
+                {
+                    f.set_recurring_status(order.id, RecurringStatus::Cancelled);
+                }
+            }
+        }
+        Op::OneOff(p, due) => {
+            if let Some(id) = ff_id(h, p) {
+                let date = match due {
+                    Due::Past => model.today - Days::new(10),
+                    Due::Future => model.today + Days::new(10),
+                };
+                h.sb.farmflow()
+                    .add_one_time_order(id, &date.format("%Y-%m-%d").to_string());
+            }
+        }
+        Op::Sync(_) | Op::LoseDb => unreachable!("not a person's operation"),
+    }
+}
+
+fn writes_applied(h: &Harness, side: Side) -> u64 {
+    match side {
+        Side::Crm => *h.sb.kounta().writes_applied().borrow(),
+        Side::Ff => *h.sb.farmflow().writes_applied().borrow(),
+    }
+}
+
+async fn wait_for_writes(h: &Harness, side: Side, n: u64) {
+    match side {
+        Side::Crm => h.sb.kounta().wait_for_writes(n).await,
+        Side::Ff => h.sb.farmflow().wait_for_writes(n).await,
+    }
+}
+
+fn on_writes(h: &Harness, side: Side, nth: u8, action: FaultAction) {
+    let when = When::Nth(u64::from(nth));
+    match side {
+        Side::Crm => {
+            h.sb.kounta()
+                .inject(fake::Fault::new(Target::AnyWrite, when, action));
+        }
+        Side::Ff => {
+            h.sb.farmflow()
+                .inject(fake::Fault::new(Target::AnyWrite, when, action));
+        }
+    }
+}
+
+fn on_read(h: &Harness, read: Read, n: u8, action: FaultAction) {
+    let when = When::Next(u64::from(n));
+    let (k, f) = (h.sb.kounta(), h.sb.farmflow());
+    match read {
+        Read::CrmList => {
+            k.inject(fake::Fault::new(KountaEndpoint::List, when, action));
+        }
+        Read::CrmGet => {
+            k.inject(fake::Fault::new(KountaEndpoint::Get, when, action));
+        }
+        Read::FfList => {
+            f.inject(fake::Fault::new(FarmflowEndpoint::List, when, action));
+        }
+        Read::FfGet => {
+            f.inject(fake::Fault::new(FarmflowEndpoint::Get, when, action));
+        }
+        Read::FfOrders => {
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::RecurringOrders,
+                when,
+                action,
+            ));
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::OneTimeOrders,
+                when,
+                action,
+            ));
+        }
+    }
+}
+
+fn ids_of(census: &Census, side: Side, p: u8) -> Vec<i64> {
+    match side {
+        Side::Crm => census
+            .crm
+            .get(&p)
+            .into_iter()
+            .flatten()
+            .map(|c| c.id)
+            .collect(),
+        Side::Ff => census
+            .ff
+            .get(&p)
+            .into_iter()
+            .flatten()
+            .map(|f| f.id)
+            .collect(),
+    }
+}
+
+fn chance(percent: u8) -> f64 {
+    f64::from(percent) / 100.0
+}
+
+/// Arms the fault for the next run (cut-short runs are handled by `run_with`). Returns the
+/// person and CRM id a mid-listing deletion is armed for.
+fn inject(h: &Harness, fault: Fault, census: &Census) -> Option<(u8, i64)> {
+    let (k, f) = (h.sb.kounta(), h.sb.farmflow());
+    match fault {
+        Fault::CrmOmits(p) => k.omit_from_list(ids_of(census, Side::Crm, p)),
+        Fault::CrmOmitsSome(percent) => k.omit_from_list_randomly(chance(percent)),
+        Fault::CrmDrift(page, shift) => k.drift_after_page(u32::from(page), i64::from(shift)),
+        Fault::CrmDriftSome(percent) => k.drift_randomly(chance(percent)),
+        Fault::CrmDeletedMidList(page) => {
+            // The CRM lists its customers by id.
+            let mut listed: Vec<(i64, u8)> = census
+                .crm
+                .iter()
+                .flat_map(|(p, records)| records.iter().map(|c| (c.id, *p)))
+                .collect();
+            listed.sort();
+            let (id, p) = *listed.get((usize::from(page) - 1) * PAGE_SIZE)?;
+            k.delete_after_page(u32::from(page), id);
+            return Some((p, id));
+        }
+        Fault::FfOmits(p) => f.omit_from_list(ids_of(census, Side::Ff, p)),
+        Fault::FfOmitsSome(percent) => f.omit_from_list_randomly(chance(percent)),
+        Fault::FfLag(writes) => f.set_list_lag(usize::from(writes)),
+        Fault::FfLagSome(percent) => f.lag_randomly(chance(percent)),
+        Fault::OrdersEmpty(status) => {
+            let action = FaultAction::Empty(status);
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::RecurringOrders,
+                When::Every,
+                action,
+            ));
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::OneTimeOrders,
+                When::Every,
+                action,
+            ));
+        }
+        Fault::ListEmpty(Side::Crm, status) => {
+            k.inject(fake::Fault::new(
+                KountaEndpoint::List,
+                When::Nth(1),
+                FaultAction::Empty(status),
+            ));
+        }
+        Fault::ListEmpty(Side::Ff, status) => {
+            f.inject(fake::Fault::new(
+                FarmflowEndpoint::List,
+                When::Nth(1),
+                FaultAction::Empty(status),
+            ));
+        }
+        Fault::Clean | Fault::Cancel(..) | Fault::Crash(..) => {}
+        Fault::LostAnswer(side, n) => on_writes(h, side, n, FaultAction::ApplyThenDrop),
+        Fault::Applied500(side, n) => on_writes(h, side, n, FaultAction::ApplyThen500),
+        Fault::ReadFails(read, n) => on_read(h, read, n, FaultAction::Status(503)),
+        Fault::ReadHtml(read, n) => on_read(h, read, n, FaultAction::Html502),
+        Fault::PageFails(page) => k.fail_list_page(u32::from(page)),
+    }
+    None
+}
+
+/// One run under `fault`; `None` when the process died mid-run.
+async fn run_with(h: &mut Harness, fault: Fault, options: RunOptions) -> Option<RunReport> {
+    match fault {
+        Fault::Cancel(side, n) => {
+            let token = CancellationToken::new();
+            let target = writes_applied(h, side) + u64::from(n);
+            let options = RunOptions {
+                cancel: Some(token.clone()),
+                ..options
+            };
+            let run = h.engine.run_once(options);
+            tokio::pin!(run);
+            let report = tokio::select! {
+                report = &mut run => report,
+                () = wait_for_writes(h, side, target) => {
+                    token.cancel();
+                    run.await
+                }
+            };
+            Some(report)
+        }
+        Fault::Crash(side, n) => {
+            on_writes(h, side, n, FaultAction::ApplyThenHang);
+            let target = writes_applied(h, side) + u64::from(n);
+            let report = tokio::select! {
+                report = h.engine.run_once(options) => Some(report),
+                () = wait_for_writes(h, side, target) => None,
+            };
+            // A new process on the same state DB.
+            h.reconfigure(&[]);
+            report
+        }
+        _ => Some(h.engine.run_once(options).await),
+    }
+}
+
+fn heal(h: &Harness) {
+    h.sb.kounta().heal();
+    h.sb.farmflow().heal();
+}
+
+/// A run with its checks; a run without faults must apply (or be stopped by the guard).
+async fn sync(case: &mut Case, fault: Fault, options: RunOptions) {
+    let before = Census::take(&case.h);
+    let protect = protected_people(&case.h, &before, case.model.today);
+    case.model.run_starts(&before);
+    let crm_log = case.h.sb.kounta().request_log().len();
+    let ff_log = case.h.sb.farmflow().request_log().len();
+    let mid_list = inject(&case.h, fault, &before);
+    let report = run_with(&mut case.h, fault, options).await;
+    heal(&case.h);
+    let after = Census::take(&case.h);
+    let outcome = report.as_ref().map(|r| r.outcome.clone());
+    case.done
+        .push(format!("{:?} -> {outcome:?}", Op::Sync(fault)));
+    // A deletion armed for a page the listing never reached did not happen.
+    let deleted_mid_list = mid_list
+        .filter(|(_, id)| case.h.sb.kounta().get(*id).is_none())
+        .map(|(p, _)| p);
+    if let Some(p) = deleted_mid_list {
+        case.model.deleted(p, Side::Crm);
+    }
+    let run = RunContext {
+        before,
+        protect,
+        deleted_mid_list,
+        orders_unreadable: matches!(fault, Fault::OrdersEmpty(_)),
+    };
+    let violations = check_run(&case.model, &run, &after);
+    fail_if_any(case, "after a run", &violations);
+    let before = run.before;
+    let clean = fault == Fault::Clean
+        && report.as_ref().is_some_and(|r| {
+            !r.interrupted && matches!(r.outcome, Outcome::Applied | Outcome::Guarded)
+        });
+    if fault == Fault::Clean {
+        fail_if_any(
+            case,
+            "a run without faults",
+            &(if clean {
+                Vec::new()
+            } else {
+                vec![format!("did not apply: {outcome:?}")]
+            }),
+        );
+    }
+    let seen = RunSeen {
+        clean,
+        crm_create_unanswered: create_unanswered(
+            &case.h.sb.kounta().request_log(),
+            crm_log,
+            KountaEndpoint::Create,
+        ),
+        ff_create_unanswered: create_unanswered(
+            &case.h.sb.farmflow().request_log(),
+            ff_log,
+            FarmflowEndpoint::Create,
+        ),
+    };
+    case.model.run_ended(&seen, &before, &after);
+}
+
+async fn step(case: &mut Case, op: &Op) {
+    match *op {
+        Op::Sync(fault) => {
+            sync(case, fault, RunOptions::default()).await;
+        }
+        Op::LoseDb => {
+            let census = Census::take(&case.h);
+            case.h.lose_state_db();
+            case.model.state_db_lost(&census);
+            case.done.push("LoseDb".into());
+        }
+        _ => {
+            person_acts(case, op);
+            case.done.push(format!("{op:?}"));
+        }
+    }
+}
+
+/// The faults stop: two runs settle (a mass deletion the people made is let through: the
+/// guard has its own tests), a third writes nothing, and the systems show what the model says.
+async fn settle(case: &mut Case) {
+    heal(&case.h);
+    let allow = RunOptions {
+        allow_mass_delete: true,
+        ..RunOptions::default()
+    };
+    for _ in 0..2 {
+        sync(case, Fault::Clean, allow.clone()).await;
+    }
+    let writes = case.h.writes();
+    sync(case, Fault::Clean, allow).await;
+    let wrote = case.h.writes() - writes;
+    fail_if_any(
+        case,
+        "not converged",
+        &(if wrote == 0 {
+            Vec::new()
+        } else {
+            vec![format!(
+                "the third fault-free run still wrote {wrote} times"
+            )]
+        }),
+    );
+    let census = Census::take(&case.h);
+    let violations = check_settled(&case.model, &case.h, &census);
+    fail_if_any(case, "once settled", &violations);
+}
+
+async fn scenario(ops: Vec<Op>) {
+    let mut options = SandboxOptions::default();
+    options.kounta.page_size = PAGE_SIZE;
+    let h = Harness::start_with(options, &[]).await;
+    let mut case = Case {
+        h,
+        model: Model::new(),
+        done: Vec::new(),
+    };
+    for op in &ops {
+        step(&mut case, op).await;
+    }
+    settle(&mut case).await;
+}
+
+fn env_number(name: &str) -> Option<u32> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+fn config(regressions: &'static str) -> ProptestConfig {
+    ProptestConfig {
+        cases: env_number("FARMSYNC_MODEL_CASES")
+            .or_else(|| env_number("PROPTEST_CASES"))
+            .unwrap_or(64),
+        max_shrink_iters: 400,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
+        ..ProptestConfig::default()
+    }
+}
+
+fn max_ops() -> usize {
+    env_number("FARMSYNC_MODEL_OPS").unwrap_or(25).max(6) as usize
+}
+
+/// A case: a few people typed in first (so most operations have someone to act on), then
+/// anything; at most `max_ops()` operations in all.
+fn ops(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Vec<Op>> {
+    let first = proptest::collection::vec(create(), 1..=usize::from(PEOPLE));
+    let then = proptest::collection::vec(op(fault), 0..=max_ops() - usize::from(PEOPLE));
+    (first, then).prop_map(|(mut first, then)| {
+        first.extend(then);
+        first
+    })
+}
+
+fn block_on(ops: Vec<Op>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(scenario(ops));
+}
+
+proptest! {
+    #![proptest_config(config("tests/proptest-regressions/sync_model_omissions.txt"))]
+
+    /// The same, with listings that lie as well: CRM pages that leave live customers out or
+    /// drift, a deletion mid-listing, a FarmFlow list that omits or lags, empty answers.
+    /// DESIGN.md step 5: absence from a list is a question, never an answer.
+    #[test]
+    #[ignore = "the engine of this branch fails it: see the known_* cases"]
+    fn sync_model_omissions(ops in ops(omission_fault().boxed())) {
+        block_on(ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(config("tests/proptest-regressions/sync_model_basic.txt"))]
+
+    /// People's operations, runs, lost answers, failing reads, cut-short runs and lost state
+    /// DBs: the model's invariants hold after every run, and the systems settle.
+    #[test]
+    fn sync_model_basic(ops in ops(basic_fault().boxed())) {
+        block_on(ops);
+    }
+}
+
+// ----- what the omissions model found --------------------------------------------------------------
+//
+// Shrunk failures of `sync_model_omissions`, one test each, so a fix can be checked case by case.
+
+/// Twins (one person typed into both systems) and a CRM listing that leaves the CRM twin out:
+/// the FarmFlow twin must not be created in the CRM (a duplicate).
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_omitted_from_the_crm_listing() {
+    block_on(vec![Op::Twins(0), Op::Sync(Fault::CrmOmits(0))]);
+}
+
+/// The same with a CRM listing that drifts past the CRM twin between pages.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_skipped_by_a_drifting_crm_listing() {
+    block_on(vec![
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::New(Side::Crm, 2, Contact::Both),
+        Op::Twins(0),
+        Op::Sync(Fault::CrmDrift(1, 1)),
+    ]);
+}
+
+/// A lost state DB, then a CRM listing that leaves out the CRM customer whose `reference_id`
+/// names a FarmFlow customer: that FarmFlow customer must not be created in the CRM again.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_claimant_omitted_from_the_crm_listing_after_a_lost_state_db() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::LoseDb,
+        Op::Sync(Fault::CrmOmits(0)),
+    ]);
+}
+
+/// A linked customer missing from FarmFlow's list is not deleted: its CRM twin must not be
+/// tagged `farmflow-deleted` (nor its link made a tombstone).
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_linked_customer_omitted_from_farmflows_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Sync(Fault::FfOmits(0)),
+    ]);
+}
+
+/// The same with a FarmFlow list lagging one write behind.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_linked_customer_lagged_out_of_farmflows_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Sync(Fault::FfLag(1)),
+    ]);
+}
+
+/// Order lists answering an empty body are unreadable, not empty: no FarmFlow delete that run.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_delete_while_the_order_lists_are_unreadable() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Del(Side::Crm, 0),
+        Op::Sync(Fault::OrdersEmpty(200)),
+    ]);
+}
+
+/// A person deletes a customer in FarmFlow while the CRM listing leaves its twin out: the CRM
+/// twin must still end up tagged `farmflow-deleted`.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_farmflow_deletion_while_the_crm_listing_omits_the_twin() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::New(Side::Crm, 1, Contact::Both),
+        Op::Sync(Fault::Clean),
+        Op::Del(Side::Ff, 0),
+        Op::Sync(Fault::CrmOmits(0)),
+    ]);
+}
+
+/// Twins and a FarmFlow list that leaves the FarmFlow twin out: the CRM twin must not be
+/// created in FarmFlow (a duplicate). FarmFlow has no lookup but its list.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_omitted_from_farmflows_list() {
+    block_on(vec![Op::Twins(0), Op::Sync(Fault::FfOmits(0))]);
+}
+
+/// The same with a FarmFlow list lagging behind the grower's new customer.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_twin_lagged_out_of_farmflows_list() {
+    block_on(vec![Op::Twins(0), Op::Sync(Fault::FfLag(1))]);
+}
+
+/// A FarmFlow create whose answer was lost, then a FarmFlow list that leaves the created
+/// customer out: journal recovery must not call the create absent and make it twice.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_lost_farmflow_create_then_an_omitting_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::Sync(Fault::LostAnswer(Side::Ff, 1)),
+        Op::Sync(Fault::FfOmits(0)),
+    ]);
+}
+
+/// The same when the process died waiting for the create's answer and the list lags.
+#[test]
+#[ignore = "a shrunk failure of sync_model_omissions"]
+fn known_farmflow_create_cut_short_then_a_lagging_list() {
+    block_on(vec![
+        Op::New(Side::Crm, 0, Contact::Both),
+        Op::Sync(Fault::Crash(Side::Ff, 1)),
+        Op::Sync(Fault::FfLag(1)),
+    ]);
+}
