@@ -129,13 +129,17 @@ impl<'a> Applier<'a> {
             if current.as_ref() != Some(&subject) {
                 current = Some(subject.clone());
                 failed = None;
-                // A FarmFlow update replaces the whole record: before the link's first action,
-                // read the customer afresh and go on only if it is as the plan saw it.
+                // A FarmFlow update replaces the whole record, and a CRM update copies what
+                // FarmFlow's list showed (which may lag): before the link's first action, read
+                // the FarmFlow customer afresh and go on only if it is as the plan saw it.
                 let update = plan.actions[i..]
                     .iter()
                     .take_while(|a| a.subject() == subject)
                     .find_map(|a| match a {
                         Action::UpdateFarmflow { farmflow_id, .. } => Some(*farmflow_id),
+                        Action::UpdateKounta { fields, link, .. } if !fields.is_empty() => {
+                            Some(link.farmflow_id)
+                        }
                         _ => None,
                     });
                 let fresh = match update {

@@ -470,6 +470,34 @@ impl Engine {
                 self.read_full(&wanted, &mut reads_done).await?;
                 more = true;
             }
+            if planned.needs_farmflow_probe && direct.farmflow_probed.is_none() {
+                let known = farmflow
+                    .iter()
+                    .map(|c| c.id.0)
+                    .chain(links.iter().map(|l| l.farmflow_id.0))
+                    .chain(direct.farmflow.keys().map(|id| id.0))
+                    .max()
+                    .unwrap_or(0);
+                match probe_newer(&self.farmflow, known).await {
+                    Ok(found) => {
+                        for c in found {
+                            info!(side = "farmflow", id = c.id.0, "sync.listing.omission");
+                            report.omissions += 1;
+                            direct.farmflow.insert(c.id, c);
+                        }
+                        direct.farmflow_probed = Some(true);
+                    }
+                    Err(e) if e.is_auth() => return Err(RunError::Unavailable(e.to_string())),
+                    Err(e) => {
+                        let error = mask_contacts(&e.to_string());
+                        warn!(error = %error, "sync.read.failed");
+                        // Nothing is created into FarmFlow this run: its twin may be there.
+                        reads_done.failed += 1;
+                        direct.farmflow_probed = Some(false);
+                    }
+                }
+                more = true;
+            }
             let wanted: Vec<FarmflowId> = planned
                 .needs_farmflow_reads
                 .iter()
@@ -781,6 +809,37 @@ fn attention_kind(a: &Attention) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| "other".to_owned())
+}
+
+/// How many ids in a row that FarmFlow answers 404 for end a probe for newer customers.
+const PROBE_MISSES: u32 = 3;
+/// The most ids one probe asks for.
+const PROBE_LIMIT: i64 = 200;
+
+/// FarmFlow customers with ids above `above`, asked for one by one (`customer-get`) until
+/// [`PROBE_MISSES`] ids in a row are not found. FarmFlow has no lookup but its list, and a list
+/// that lags a write (or leaves the newest customers out) would hide a customer just typed in
+/// or just created by farmsync; its ids are integers handed out in order, so the newest
+/// customers sit just above the newest id the list shows. Costs [`PROBE_MISSES`] requests when
+/// the list was whole. Where ids are not handed out in order it finds nothing, at that cost.
+pub(super) async fn probe_newer(
+    farmflow: &FarmflowClient,
+    above: i64,
+) -> Result<Vec<FarmflowCustomer>, ApiError> {
+    let mut found = Vec::new();
+    let mut misses = 0;
+    let mut id = above;
+    while misses < PROBE_MISSES && id < above.saturating_add(PROBE_LIMIT) {
+        id += 1;
+        match farmflow.get(FarmflowId(id)).await? {
+            Some(c) => {
+                misses = 0;
+                found.push(c);
+            }
+            None => misses += 1,
+        }
+    }
+    Ok(found)
 }
 
 /// A quick cycle's stand-in for the CRM listing: each linked CRM customer as its snapshot shows

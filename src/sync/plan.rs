@@ -145,6 +145,10 @@ pub struct DirectReads {
     /// The order lists were asked for and could not be read: the deletes waiting on them are
     /// blocked for this run (unreadable is not empty).
     pub orders_unreadable: bool,
+    /// FarmFlow was asked by id for customers newer than its list showed (see
+    /// [`Plan::needs_farmflow_probe`]): `Some(true)` when that probe answered, `Some(false)`
+    /// when it failed; what it found is in `farmflow`.
+    pub farmflow_probed: Option<bool>,
 }
 
 /// Why the safety guard stopped destructive actions.
@@ -248,6 +252,10 @@ pub struct Plan {
     /// FarmFlow customers missing from its list that must be read by id (`customer-get`) before
     /// the plan acts on their absence: read, plan again.
     pub needs_farmflow_reads: Vec<FarmflowId>,
+    /// A customer is to be created in FarmFlow because its list shows no twin: first ask
+    /// FarmFlow by id for customers newer than the list (a list that lags, or leaves the newest
+    /// out, would hide a twin the grower just typed), then plan again.
+    pub needs_farmflow_probe: bool,
     /// How many actions of each kind.
     pub counts: PlanCounts,
 }
@@ -263,6 +271,7 @@ impl Plan {
         self.needs_orders
             || !self.needs_kounta_reads.is_empty()
             || !self.needs_farmflow_reads.is_empty()
+            || self.needs_farmflow_probe
     }
 }
 
@@ -363,6 +372,7 @@ struct Planner<'a> {
     needs_orders: bool,
     needs_reads: BTreeSet<KountaId>,
     needs_farmflow_reads: BTreeSet<FarmflowId>,
+    needs_farmflow_probe: bool,
     guard: Option<GuardTrip>,
 }
 
@@ -375,6 +385,7 @@ impl<'a> Planner<'a> {
             needs_orders: false,
             needs_reads: BTreeSet::new(),
             needs_farmflow_reads: BTreeSet::new(),
+            needs_farmflow_probe: false,
             guard: None,
         }
     }
@@ -431,6 +442,7 @@ impl<'a> Planner<'a> {
             needs_orders: self.needs_orders,
             needs_kounta_reads: self.needs_reads.into_iter().collect(),
             needs_farmflow_reads: self.needs_farmflow_reads.into_iter().collect(),
+            needs_farmflow_probe: self.needs_farmflow_probe,
             counts,
         }
     }
@@ -1328,6 +1340,12 @@ impl<'a> Planner<'a> {
                 Some(SkipReason::GuardTripped)
             } else if k.first_name.trim().is_empty() {
                 Some(SkipReason::NoFirstName)
+            } else if self.w.input.direct.farmflow_probed != Some(true) {
+                // No twin in FarmFlow's list is a question too: ask for newer customers first.
+                if self.w.input.direct.farmflow_probed.is_none() {
+                    self.needs_farmflow_probe = true;
+                }
+                Some(SkipReason::AbsenceUnconfirmed)
             } else {
                 None
             };

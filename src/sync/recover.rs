@@ -182,9 +182,15 @@ async fn settle_farmflow_create(
     let mut candidates = find(farmflow);
     if candidates.is_empty() {
         // Absence from one list is a question: a list that lags the create, or leaves it out,
-        // would turn a lost answer into a second customer. Ask a fresh list before concluding.
-        match engine.farmflow.list().await {
-            Ok(again) => candidates = find(&again),
+        // would turn a lost answer into a second customer. Ask FarmFlow by id for the customers
+        // above the watermark, where a create lands, before concluding.
+        let newer = if watermark == i64::MAX {
+            Ok(Vec::new())
+        } else {
+            crate::sync::engine::probe_newer(&engine.farmflow, watermark).await
+        };
+        match newer {
+            Ok(newer) => candidates = find(&newer),
             Err(e) if e.is_auth() => return Err(RecoverError::Auth(e)),
             // Unsettled, the create must not be planned again: the run stops here.
             Err(e) => return Err(RecoverError::Unresolved(e)),

@@ -191,6 +191,7 @@ impl Sim {
         let mut orders = None;
         let mut attempt = 0;
         let mut farmflow_wanted: BTreeSet<FarmflowId> = BTreeSet::new();
+        let mut probed = false;
         loop {
             attempt += 1;
             let full: HashMap<KountaId, KountaCustomer> = wanted
@@ -198,9 +199,17 @@ impl Sim {
                 .filter_map(|k| self.crm.get(k).map(|c| (*k, c.clone())))
                 .collect();
             // Reads by id answer from the world itself, whatever the listing showed.
+            // The probe finds every customer above the newest one the list shows.
+            let newest = farmflow.iter().map(|c| c.id).max().unwrap_or(FarmflowId(0));
+            let newer: Vec<FarmflowId> = if probed {
+                self.ff.keys().filter(|id| **id > newest).copied().collect()
+            } else {
+                Vec::new()
+            };
             let direct = DirectReads {
                 farmflow: farmflow_wanted
                     .iter()
+                    .chain(&newer)
                     .filter_map(|id| {
                         self.ff.get(id).map(|fields| {
                             (
@@ -224,6 +233,7 @@ impl Sim {
                     .copied()
                     .collect(),
                 orders_unreadable: false,
+                farmflow_probed: probed.then_some(true),
             };
             let input = PlanInput {
                 farmflow: &farmflow,
@@ -240,7 +250,8 @@ impl Sim {
                 || p.needs_kounta_reads.iter().any(|k| !wanted.contains(k))
                 || p.needs_farmflow_reads
                     .iter()
-                    .any(|f| !farmflow_wanted.contains(f));
+                    .any(|f| !farmflow_wanted.contains(f))
+                || p.needs_farmflow_probe && !probed;
             if !again || attempt == 5 {
                 return p;
             }
@@ -249,6 +260,7 @@ impl Sim {
             }
             wanted.extend(p.needs_kounta_reads.iter().copied());
             farmflow_wanted.extend(p.needs_farmflow_reads.iter().copied());
+            probed |= p.needs_farmflow_probe;
         }
     }
 
