@@ -302,8 +302,12 @@ impl Engine {
                 RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
             })
         };
-        // A sweep's listing leaves the quick cycles' reserve of the CRM rate free.
-        let reserve = budget::quick_reserve(self.kounta_rate);
+        // In the daemon, where quick cycles run beside it, a sweep's listing leaves their
+        // reserve of the CRM rate free.
+        let reserve = match options.writer {
+            Some(_) => budget::quick_reserve(self.kounta_rate),
+            None => 0,
+        };
         let read_kounta = || async {
             self.kounta.list_leaving(reserve).await.map_err(|e| {
                 RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))

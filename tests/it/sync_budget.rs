@@ -87,8 +87,8 @@ async fn unlisted_crm_edits_arrive_within_links_over_budget_runs() {
 async fn a_hinted_customer_is_read_first_and_the_hint_is_spent_once_read() {
     let mut h = Harness::start().await;
     let [_, (ben_k, ben_f), _] = three_linked(&h).await;
-    // Three requests a minute: the lookup and the list page leave one read, which goes to the
-    // least recently verified link with the lowest id: Ana, not Ben.
+    // Three requests a minute: the quick cycles' reserve (two), the lookup and the list page
+    // leave no verification read, so Ben is not read.
     h.reconfigure(&[("kounta.requests_per_minute", "3")]);
     h.sb.kounta()
         .edit(ben_k, |c| c.phone = "0477 000 111".into());
