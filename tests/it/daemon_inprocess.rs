@@ -91,3 +91,58 @@ async fn a_taken_webhook_port_is_exit_4_naming_the_key() {
     assert_eq!(sb.kounta().stats().total, 0, "no sync ran");
     InstanceLock::acquire(&w.state_path()).expect("the lock was released");
 }
+
+/// DESIGN.md, "The daemon and OAuth": a cycle in which some records failed (exit 1) is not
+/// retried — the next fire time retries them. Hourly sweeps, quick cycles every second, and one
+/// CRM customer whose FarmFlow create is refused every time: no sweep between fire times, and
+/// the quick cycles (which create nothing) never retry that create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_refused_every_time_waits_for_the_next_fire_time() {
+    use farmsync::sandbox::{FarmflowEndpoint, Fault, FaultAction, KountaEndpoint, When};
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.kounta().insert(crate::sync_support::crm_person(
+        "Rita",
+        "Refused",
+        "rita@example.com",
+        "0412 555 000",
+    ));
+    sb.farmflow().inject(Fault::new(
+        FarmflowEndpoint::Create,
+        When::Every,
+        FaultAction::Status(400),
+    ));
+    let w = Workdir::new(&sandbox_config(
+        &sb,
+        "[schedule]\ncron = \"0 0 * * * *\"\nquick_cron = \"* * * * * *\"\n",
+    ));
+    // Run for a little over four seconds: the start-up sweep and four quick cycles or so.
+    let shutdown = tokio::time::sleep(Duration::from_millis(4_300));
+    let stop = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_daemon(&settings(&w), options(), shutdown),
+    )
+    .await
+    .expect("the daemon stops")
+    .expect("the daemon ran");
+
+    assert_eq!(stop.exit(), Exit::Ok);
+    assert_eq!(stop.stats.retries, 0, "exit 1 is not retried");
+    assert!(stop.stats.cycles >= 3, "quick cycles ran: {:?}", stop.stats);
+    assert_eq!(
+        sb.farmflow().stats().count(FarmflowEndpoint::Create),
+        1,
+        "only the start-up sweep tried the create"
+    );
+    assert_eq!(
+        sb.kounta().stats().count(KountaEndpoint::List),
+        1,
+        "one CRM listing: no sweep between fire times"
+    );
+    let store = Store::open_read_only(&w.state_path()).unwrap();
+    let runs = store.recent_runs(100).unwrap();
+    assert_eq!(runs.last().and_then(|r| r.exit_code), Some(1), "the sweep");
+    assert!(
+        runs.iter().rev().skip(1).all(|r| r.exit_code == Some(0)),
+        "the quick cycles apply cleanly: {runs:?}"
+    );
+}
