@@ -1,10 +1,32 @@
-//! `farmsync run`: the daemon. One worker task runs every sync cycle; everything else — the
-//! cron schedule, webhook deliveries, retries after a failure — only sends it a [`Trigger`].
+//! `farmsync run`: the daemon. One worker task starts every sync cycle; everything else — the
+//! two cron schedules, webhook deliveries, retries after a failure — only sends it a
+//! [`Trigger`]. (tokio-cron-scheduler starts jobs without waiting for the previous one and does
+//! not wait for running jobs when it shuts down, so it must not own the work.)
 //!
-//! So two cycles can never overlap: a trigger that arrives while a cycle runs is coalesced
-//! into one follow-up cycle (and logged as `sync.trigger.coalesced`), which runs as soon as the
-//! current one ends. (tokio-cron-scheduler starts jobs without waiting for the previous one and
-//! does not wait for running jobs when it shuts down, so it must not own the work.)
+//! ## Two kinds of cycle, and who may write when
+//! A **sweep** (start-up and `[schedule] cron`) is the full reconcile; a **quick cycle**
+//! (`[schedule] quick_cron` and webhook deliveries) reads FarmFlow's list and only the CRM
+//! records that changed, and writes updates and confirmed deletions of existing links (see
+//! `sync::engine::CycleKind`). The worker keeps one lane per kind: at most one sweep and one
+//! quick cycle run at a time, and a trigger for a busy lane is coalesced into one follow-up
+//! cycle of that lane (logged as `sync.trigger.coalesced`).
+//!
+//! A sweep and a quick cycle may run at once, but only one of them plans and applies: the
+//! engine's writer lock (`RunOptions::writer`) is taken by a quick cycle before it reads
+//! anything, and by a sweep once its CRM listing is read — the one long phase, ⌈N ÷ 25⌉ pages,
+//! whose pages leave a quarter of the CRM rate free for quick cycles. Why no write is lost:
+//! - everything a cycle plans on besides the CRM listing — FarmFlow's list, the journal, the
+//!   link rows with their snapshots, the CRM records read in full, the order lists — is read
+//!   while it holds the lock, so it sees every write the other cycle made;
+//! - a sweep's listing may predate a quick cycle's write. A listed item whose names or email a
+//!   quick cycle changed differs from its new snapshot, so the plan reads that record in full
+//!   again (under the lock) before acting; an unchanged item stands for the new snapshot; and
+//!   absence from the listing is never acted on without a read by id;
+//! - a webhook hint is cleared only by compare-and-delete on its delivery count, so a delivery
+//!   arriving while a cycle runs is never spent by it.
+//!
+//! A cycle that could not run (exit 4) is retried with backoff on its own lane; one in which
+//! some records failed (exit 1) is not: the next fire time retries them.
 //!
 //! Shutdown is a parameter of [`run_daemon`]: when it completes, the daemon stops taking work,
 //! cancels the cycle in progress (which finishes and settles the write in flight, then stops),
