@@ -1,9 +1,10 @@
 //! Shared client plumbing: the error taxonomy, a per-API rate limiter, retries with backoff,
-//! request counters and the lenient JSON helpers both clients decode with.
+//! cancellation, request counters and the lenient JSON helpers both clients decode with.
 //!
 //! Both API clients send every request through [`HttpCore::execute`], which waits for the rate
 //! limiter before *each* attempt (so retries count against the limit too), retries what is safe
-//! to retry, and turns what is not into a typed [`ApiError`].
+//! to retry, ends its waits when farmsync stops, and turns what is not into a typed
+//! [`ApiError`].
 
 use std::collections::VecDeque;
 use std::error::Error as _;
@@ -18,6 +19,7 @@ use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("farmsync/", env!("CARGO_PKG_VERSION"));
@@ -216,6 +218,13 @@ pub enum ApiError {
         /// What is wrong and which key to check.
         message: String,
     },
+    /// farmsync is stopping: the request was not sent (or not sent again), or — a read — its
+    /// answer was not waited for. Never a write cut short: a write on the wire always finishes.
+    #[error("{api} request given up: farmsync is stopping")]
+    Cancelled {
+        /// Which API.
+        api: Api,
+    },
 }
 
 impl ApiError {
@@ -235,6 +244,11 @@ impl ApiError {
         matches!(self, ApiError::Auth { .. } | ApiError::TokenStore { .. })
     }
 
+    /// Whether the request was given up because farmsync is stopping (not a failure).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, ApiError::Cancelled { .. })
+    }
+
     /// The API this error came from, when it came from one.
     pub fn api(&self) -> Option<Api> {
         match self {
@@ -247,7 +261,8 @@ impl ApiError {
             | ApiError::Transport { api, .. }
             | ApiError::Decode { api, .. }
             | ApiError::OutcomeUnknown { api, .. }
-            | ApiError::Config { api, .. } => Some(*api),
+            | ApiError::Config { api, .. }
+            | ApiError::Cancelled { api } => Some(*api),
             ApiError::TokenStore { .. } => Some(Api::Kounta),
         }
     }
@@ -472,6 +487,10 @@ impl Counters {
     }
 }
 
+/// The limiter's wait was ended by cancellation: nothing was granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancelled;
+
 /// A sliding-window rate limiter: no window of the configured length ever holds more grants
 /// than the limit. A token bucket would not do: a full bucket plus a window's refill lets
 /// through nearly twice the limit in one minute.
@@ -510,21 +529,35 @@ impl RateLimiter {
 
     /// Waits until one more request fits in the window, then records it.
     pub async fn acquire(&self) {
+        // A token nobody holds is never cancelled.
+        let _ = self.acquire_unless(&CancellationToken::new()).await;
+    }
+
+    /// Waits until one more request fits in the window, then records it — or, once `cancel`
+    /// is cancelled, stops waiting at once and grants nothing.
+    pub async fn acquire_unless(&self, cancel: &CancellationToken) -> Result<(), Cancelled> {
         loop {
+            if cancel.is_cancelled() {
+                return Err(Cancelled);
+            }
             let wait_until = {
                 let mut grants = self.lock();
                 let now = Instant::now();
                 Self::expire(&mut grants, now, self.window);
                 if grants.len() < self.limit {
                     grants.push_back(now);
-                    return;
+                    return Ok(());
                 }
                 match grants.front() {
                     Some(oldest) => *oldest + self.window,
                     None => now,
                 }
             };
-            tokio::time::sleep_until(wait_until).await;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(Cancelled),
+                _ = tokio::time::sleep_until(wait_until) => {}
+            }
         }
     }
 
@@ -660,6 +693,8 @@ pub(crate) struct HttpCore {
     counters: Counters,
     /// Values that must never appear in an error message, even if a server echoes them.
     secrets: RwLock<Vec<SecretString>>,
+    /// Once cancelled, every wait ends with [`ApiError::Cancelled`] (see [`HttpCore::execute`]).
+    cancel: RwLock<CancellationToken>,
 }
 
 impl HttpCore {
@@ -688,7 +723,13 @@ impl HttpCore {
             retry: RetryPolicy::default(),
             counters: Counters::default(),
             secrets: RwLock::new(Vec::new()),
+            cancel: RwLock::new(CancellationToken::new()),
         })
+    }
+
+    /// From now on, `cancel` ends this client's waits (see [`HttpCore::execute`]).
+    pub fn set_cancel(&self, cancel: CancellationToken) {
+        *self.cancel.write().unwrap_or_else(|e| e.into_inner()) = cancel;
     }
 
     /// The underlying HTTP client, to build requests with.
@@ -760,18 +801,40 @@ impl HttpCore {
     /// Sends the request `build` makes, retrying what may be retried. Answers 429 and 5xx never
     /// come back as `Ok`; every other status does, for the caller to interpret.
     ///
+    /// Once the cancel token ([`HttpCore::set_cancel`]) is cancelled, every wait ends at once
+    /// with [`ApiError::Cancelled`]: the rate limiter's, a retry's backoff, and a read's answer
+    /// (a read has no effect, so its answer may be dropped). A write or a token refresh already
+    /// sent is waited for: its effect must be known and settled (a refresh rotates the token).
+    ///
     /// `operation` names the call in errors and logs, e.g. `customer create`.
     pub async fn execute<F>(&self, call: Call, operation: &str, build: F) -> Result<Raw, ApiError>
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
         let api = self.api;
+        let cancel = self
+            .cancel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let cancelled = ApiError::Cancelled { api };
         let mut retries = 0u32;
         loop {
-            self.limiter.acquire().await;
+            if self.limiter.acquire_unless(&cancel).await.is_err() {
+                return Err(cancelled);
+            }
             self.count_attempt(call, retries > 0);
             let request = build();
-            let wait = match self.attempt(request).await {
+            let attempt = if call == Call::Read {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(cancelled),
+                    attempt = self.attempt(request) => attempt,
+                }
+            } else {
+                self.attempt(request).await
+            };
+            let wait = match attempt {
                 Attempt::Answer(raw) if raw.status == StatusCode::TOO_MANY_REQUESTS => {
                     // Refused by the limiter: not applied, so even a create may be resent.
                     self.counters.throttled.fetch_add(1, Ordering::Relaxed);
@@ -849,7 +912,11 @@ impl HttpCore {
                 wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 "http.retry"
             );
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(cancelled),
+                _ = tokio::time::sleep(wait) => {}
+            }
             retries += 1;
         }
     }
@@ -1244,6 +1311,26 @@ mod tests {
         let took = times.last().unwrap().duration_since(start);
         assert!(took >= Duration::from_secs(180), "{took:?}");
         assert!(took < Duration::from_secs(190), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cancelled_wait_ends_at_once_and_grants_nothing() {
+        let limiter = RateLimiter::per_minute(1);
+        let cancel = CancellationToken::new();
+        limiter.acquire_unless(&cancel).await.unwrap();
+        let start = Instant::now();
+        let stopper = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stopper.cancel();
+        });
+
+        let waited = limiter.acquire_unless(&cancel).await;
+
+        assert_eq!(waited, Err(Cancelled));
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        assert_eq!(limiter.recent(), 1);
+        assert_eq!(limiter.acquire_unless(&cancel).await, Err(Cancelled));
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,6 +120,13 @@ impl FarmflowClient {
         self
     }
 
+    /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
+    /// a retry's backoff, a read's answer — ends at once with [`ApiError::Cancelled`]; a write
+    /// already sent still finishes. (The engine hands each run's token here.)
+    pub fn cancel_waits_on(&self, cancel: tokio_util::sync::CancellationToken) {
+        self.core.set_cancel(cancel);
+    }
+
     /// Requests sent so far, by kind.
     pub fn counts(&self) -> RequestCounts {
         self.core.counts()

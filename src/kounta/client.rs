@@ -235,6 +235,13 @@ impl KountaClient {
         self
     }
 
+    /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
+    /// a retry's backoff, a read's answer — ends at once with [`ApiError::Cancelled`]; a write
+    /// already sent still finishes. (The engine hands each run's token here.)
+    pub fn cancel_waits_on(&self, cancel: tokio_util::sync::CancellationToken) {
+        self.core.set_cancel(cancel);
+    }
+
     /// Caps the pages one listing reads; a longer list comes back incomplete.
     pub fn with_page_cap(mut self, pages: u32) -> Self {
         self.page_cap = pages.max(1);

@@ -94,7 +94,8 @@ pub struct RunReport {
     pub listing_cut: Option<String>,
     /// Unsettled journal entries a dry run saw (a real run settles them first).
     pub unsettled: usize,
-    /// The run was cancelled before every action was applied (the rest waits for the next).
+    /// The run was cancelled before it was done: stopped between two writes, or before it
+    /// wrote anything (a listing or read cut short infers nothing). The rest waits for the next.
     pub interrupted: bool,
     /// Records a listing left out that a read by id found present (`sync.listing.omission`).
     pub omissions: u64,
@@ -107,8 +108,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `--allow-mass-delete`: the safety guard never trips.
     pub allow_mass_delete: bool,
-    /// Cancelled on shutdown: the run finishes the write in flight, settles it, and stops
-    /// before the next one (the rest waits for the next run).
+    /// Cancelled on shutdown: every wait of the run ends at once (the rate limiter, a retry's
+    /// backoff, a listing or read in progress); the write in flight finishes and is settled;
+    /// nothing more is done (the rest waits for the next run).
     pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
@@ -119,7 +121,8 @@ impl RunOptions {
     }
 }
 
-/// Everything a run needs: both clients, the store, and the user's policy.
+/// Everything a run needs: both clients, the store, and the user's policy. One run at a time:
+/// each run hands its cancel token to both clients.
 pub struct Engine {
     /// The CRM client.
     pub kounta: KountaClient,
@@ -212,6 +215,10 @@ impl Engine {
 
     async fn run_inner(&self, run_id: String, options: RunOptions) -> RunReport {
         let started = Instant::now();
+        // This run's token ends the clients' waits.
+        let cancel = options.cancel.clone().unwrap_or_default();
+        self.kounta.cancel_waits_on(cancel.clone());
+        self.farmflow.cancel_waits_on(cancel);
         let kounta_before = self.kounta.counts();
         let farmflow_before = self.farmflow.counts();
         let mut policy = self.policy.clone();
@@ -244,11 +251,19 @@ impl Engine {
             .await
         {
             Ok(()) => {}
-            Err(RunError::Unavailable(message)) => {
+            Err(RunError::Unavailable(message)) if !options.cancelled() => {
                 // API errors may quote a record back (an unreadable answer's excerpt).
                 let message = mask_contacts(&message);
                 warn!(error = %message, "sync.run.unavailable");
                 report.outcome = Outcome::Unavailable(message);
+            }
+            // Stopped: a failure while stopping (a lookup cut short) is the stop's doing.
+            // Nothing was inferred from what was read before it.
+            Err(_) => {
+                if !report.interrupted {
+                    info!("sync.run.interrupted");
+                }
+                report.interrupted = true;
             }
         }
         self.finish(report, kounta_before, farmflow_before, started)
@@ -263,15 +278,25 @@ impl Engine {
         report: &mut RunReport,
     ) -> Result<(), RunError> {
         let seen_at = now();
+        // Asked to stop: what was read is left unused (a cut listing proves nothing).
+        let stop = || {
+            if options.cancelled() {
+                Err(RunError::Interrupted)
+            } else {
+                Ok(())
+            }
+        };
         // 1. Read both sides. FarmFlow has no paging: all or nothing.
         let read_farmflow = || async {
             self.farmflow.list().await.map_err(|e| {
-                RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
+                RunError::api(e, |e| {
+                    format!("cannot read the FarmFlow customer list: {e}")
+                })
             })
         };
         let read_kounta = || async {
             self.kounta.list().await.map_err(|e| {
-                RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
+                RunError::api(e, |e| format!("cannot read the CRM customer list: {e}"))
             })
         };
         let mut farmflow: Vec<FarmflowCustomer> = read_farmflow().await?;
@@ -288,6 +313,7 @@ impl Engine {
             info!("sync.listing.empty_reread");
             listing = read_kounta().await?;
         }
+        stop()?;
         if let Some(cut) = &listing.error {
             let cut = mask_contacts(&cut.to_string());
             warn!(error = %cut, pages = listing.pages, "sync.listing.incomplete");
@@ -310,6 +336,7 @@ impl Engine {
                 .await
                 .map_err(|e| RunError::Unavailable(e.to_string()))?;
             unsettled_kounta.extend(found);
+            stop()?;
         }
 
         // 3. Read the CRM on a budget.
@@ -371,6 +398,7 @@ impl Engine {
             if planned.needs_orders && !orders_tried {
                 orders_tried = true;
                 orders = self.read_orders().await;
+                stop()?;
                 if orders.is_none() {
                     // Unreadable is not "no orders": the deletions waiting on them are blocked
                     // this run, and the run reports a failure, like a record it could not read.
@@ -525,8 +553,8 @@ impl Engine {
                     reads.answered.insert(id);
                     reads.gone.insert(id);
                 }
-                Err(e) if e.is_auth() => {
-                    return Err(RunError::Unavailable(e.to_string()));
+                Err(e) if e.is_auth() || e.is_cancelled() => {
+                    return Err(RunError::api(e, |e| e.to_string()));
                 }
                 Err(e) => {
                     let error = mask_contacts(&e.to_string());
@@ -558,7 +586,9 @@ impl Engine {
                 Ok(None) => {
                     direct.farmflow_gone.insert(id);
                 }
-                Err(e) if e.is_auth() => return Err(RunError::Unavailable(e.to_string())),
+                Err(e) if e.is_auth() || e.is_cancelled() => {
+                    return Err(RunError::api(e, |e| e.to_string()));
+                }
                 Err(e) => {
                     let error = mask_contacts(&e.to_string());
                     warn!(farmflow_id = id.0, error = %error, "sync.read.failed");
@@ -570,18 +600,24 @@ impl Engine {
         Ok(present)
     }
 
+    /// Both order lists, or `None` when either could not be read (or farmsync is stopping).
     async fn read_orders(&self) -> Option<OrderBook> {
+        let unreadable = |e: ApiError| {
+            if !e.is_cancelled() {
+                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
+            }
+        };
         let recurring = match self.farmflow.recurring_orders().await {
             Ok(r) => r,
             Err(e) => {
-                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
+                unreadable(e);
                 return None;
             }
         };
         let one_time = match self.farmflow.one_time_orders().await {
             Ok(o) => o,
             Err(e) => {
-                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
+                unreadable(e);
                 return None;
             }
         };
@@ -738,6 +774,19 @@ struct FullReads {
 #[derive(Debug)]
 enum RunError {
     Unavailable(String),
+    /// Asked to stop before it wrote anything.
+    Interrupted,
+}
+
+impl RunError {
+    /// An API failure: the run stops as unavailable, or as interrupted when farmsync is stopping.
+    fn api(e: ApiError, message: impl FnOnce(&ApiError) -> String) -> RunError {
+        if e.is_cancelled() {
+            RunError::Interrupted
+        } else {
+            RunError::Unavailable(message(&e))
+        }
+    }
 }
 
 fn store_down(e: StoreError) -> RunError {
