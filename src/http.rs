@@ -1,16 +1,15 @@
-//! Shared client plumbing: the error taxonomy, a per-API rate limiter, retries with backoff,
-//! cancellation, request counters and the lenient JSON helpers both clients decode with.
+//! Shared client plumbing: the error taxonomy, retries with backoff, cancellation, request
+//! counters and the lenient JSON helpers both clients decode with.
 //!
 //! Both API clients send every request through [`HttpCore::execute`], which waits for the rate
-//! limiter before *each* attempt (so retries count against the limit too), retries what is safe
-//! to retry, ends its waits when farmsync stops, and turns what is not into a typed
-//! [`ApiError`].
+//! limiter ([`crate::ratelimit`]) before *each* attempt (so retries count against the limit
+//! too), retries what is safe to retry, ends its waits when farmsync stops, and turns what is
+//! not into a typed [`ApiError`].
 
-use std::collections::VecDeque;
 use std::error::Error as _;
 use std::fmt;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -18,8 +17,9 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::ratelimit::RateLimiter;
 
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("farmsync/", env!("CARGO_PKG_VERSION"));
@@ -484,99 +484,6 @@ impl Counters {
             refreshes: self.refreshes.load(Ordering::Relaxed),
             throttled: self.throttled.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// The limiter's wait was ended by cancellation: nothing was granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cancelled;
-
-/// A sliding-window rate limiter: no window of the configured length ever holds more grants
-/// than the limit. A token bucket would not do: a full bucket plus a window's refill lets
-/// through nearly twice the limit in one minute.
-#[derive(Debug)]
-pub struct RateLimiter {
-    limit: usize,
-    window: Duration,
-    grants: Mutex<VecDeque<Instant>>,
-}
-
-impl RateLimiter {
-    /// A limiter allowing `per_minute` requests in any 60-second window (0 is treated as 1).
-    pub fn per_minute(per_minute: u32) -> Self {
-        Self::new(per_minute, Duration::from_secs(60))
-    }
-
-    /// A limiter allowing `limit` grants in any `window`.
-    ///
-    /// The window is kept a little longer than asked (half a second a minute, at least a
-    /// quarter second) so that a server timing arrivals, which lag grants by a varying few
-    /// milliseconds (more on a loaded machine), also never counts more than `limit` in its own
-    /// window.
-    pub fn new(limit: u32, window: Duration) -> Self {
-        let limit = limit.max(1) as usize;
-        RateLimiter {
-            limit,
-            window: window + (window / 120).max(Duration::from_millis(250)),
-            grants: Mutex::new(VecDeque::with_capacity(limit.min(4096))),
-        }
-    }
-
-    /// The configured limit per window.
-    pub fn limit(&self) -> u32 {
-        u32::try_from(self.limit).unwrap_or(u32::MAX)
-    }
-
-    /// Waits until one more request fits in the window, then records it.
-    pub async fn acquire(&self) {
-        // A token nobody holds is never cancelled.
-        let _ = self.acquire_unless(&CancellationToken::new()).await;
-    }
-
-    /// Waits until one more request fits in the window, then records it — or, once `cancel`
-    /// is cancelled, stops waiting at once and grants nothing.
-    pub async fn acquire_unless(&self, cancel: &CancellationToken) -> Result<(), Cancelled> {
-        loop {
-            if cancel.is_cancelled() {
-                return Err(Cancelled);
-            }
-            let wait_until = {
-                let mut grants = self.lock();
-                let now = Instant::now();
-                Self::expire(&mut grants, now, self.window);
-                if grants.len() < self.limit {
-                    grants.push_back(now);
-                    return Ok(());
-                }
-                match grants.front() {
-                    Some(oldest) => *oldest + self.window,
-                    None => now,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return Err(Cancelled),
-                _ = tokio::time::sleep_until(wait_until) => {}
-            }
-        }
-    }
-
-    /// How many grants the current window holds (the requests of the last minute).
-    pub fn recent(&self) -> u32 {
-        let mut grants = self.lock();
-        Self::expire(&mut grants, Instant::now(), self.window);
-        u32::try_from(grants.len()).unwrap_or(u32::MAX)
-    }
-
-    fn expire(grants: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-        while grants.front().is_some_and(|t| *t + window <= now) {
-            grants.pop_front();
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
-        // The guarded deque is always consistent, so a poisoned lock is still usable.
-        self.grants.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -1278,72 +1185,6 @@ mod tests {
             ),
             None
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn limiter_never_exceeds_the_limit_in_any_window() {
-        let limiter = std::sync::Arc::new(RateLimiter::per_minute(5));
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..17 {
-            let limiter = limiter.clone();
-            tasks.push(tokio::spawn(async move {
-                limiter.acquire().await;
-                Instant::now()
-            }));
-        }
-        let mut times = Vec::new();
-        for t in tasks {
-            times.push(t.await.unwrap());
-        }
-        times.sort();
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..]
-                .iter()
-                .take_while(|u| **u < *t + Duration::from_secs(60))
-                .count();
-            assert!(
-                in_window <= 5,
-                "{in_window} grants within a minute of grant {i}"
-            );
-        }
-        // 17 grants at 5 a minute need three full windows of waiting, and not much more.
-        let took = times.last().unwrap().duration_since(start);
-        assert!(took >= Duration::from_secs(180), "{took:?}");
-        assert!(took < Duration::from_secs(190), "{took:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_cancelled_wait_ends_at_once_and_grants_nothing() {
-        let limiter = RateLimiter::per_minute(1);
-        let cancel = CancellationToken::new();
-        limiter.acquire_unless(&cancel).await.unwrap();
-        let start = Instant::now();
-        let stopper = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            stopper.cancel();
-        });
-
-        let waited = limiter.acquire_unless(&cancel).await;
-
-        assert_eq!(waited, Err(Cancelled));
-        assert_eq!(Instant::now() - start, Duration::from_secs(5));
-        assert_eq!(limiter.recent(), 1);
-        assert_eq!(limiter.acquire_unless(&cancel).await, Err(Cancelled));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn limiter_at_a_very_high_rate_does_not_wait() {
-        let limiter = RateLimiter::per_minute(100_000);
-        let start = Instant::now();
-        for _ in 0..10_000 {
-            limiter.acquire().await;
-        }
-        assert_eq!(Instant::now(), start);
-        assert_eq!(limiter.recent(), 10_000);
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(limiter.recent(), 0);
     }
 
     #[test]

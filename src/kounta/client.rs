@@ -229,7 +229,8 @@ impl KountaClient {
         self
     }
 
-    /// Replaces the rate limiter (e.g. one with a shorter window, in tests).
+    /// Replaces the rate limiter (one sharing the state DB's request ledger, or one with a
+    /// shorter window in tests).
     pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
         self.core.set_limiter(limiter);
         self

@@ -2,8 +2,9 @@
 //! budget, plan, then apply (or, for a dry run, print).
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{Instrument, info, warn};
@@ -11,12 +12,13 @@ use tracing::{Instrument, info, warn};
 use crate::config::{KountaAuthMode, Settings};
 use crate::farmflow::client::{FarmflowClient, FarmflowOptions};
 use crate::farmflow::model::FarmflowCustomer;
-use crate::http::{ApiError, RequestCounts};
+use crate::http::{Api, ApiError, RequestCounts};
 use crate::ids::FarmflowId;
 use crate::ids::KountaId;
 use crate::kounta::client::{KountaAuth, KountaClient, KountaOptions};
 use crate::kounta::model::KountaCustomer;
-use crate::store::{SharedStore, StoreError, now};
+use crate::ratelimit::{GrantLedger, RateLimiter};
+use crate::store::{RequestLedger, SharedStore, StoreError, now};
 use crate::sync::action::Attention;
 use crate::sync::budget::{self, Staleness};
 use crate::sync::plan::{DirectReads, OrderBook, Plan, PlanInput, plan};
@@ -173,6 +175,44 @@ pub fn kounta_options(settings: &Settings) -> KountaOptions {
     }
 }
 
+/// The window every `requests_per_minute` is measured over: a minute.
+///
+/// Debug builds (the tests) shorten it with `FARMSYNC_TEST_RATE_WINDOW_MS`, so that limiting
+/// meant to span minutes is proven in seconds by the real binary. The config does not offer it,
+/// and release builds do not contain it.
+pub fn rate_window() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("FARMSYNC_TEST_RATE_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+    {
+        return Duration::from_millis(ms);
+    }
+    Duration::from_secs(60)
+}
+
+/// The request ledger of the state DB at `path`, for the limiters of this process to share the
+/// rate with every other farmsync on it (DESIGN.md: "no minute ever carries more CRM requests
+/// than the configured rate, across processes").
+pub fn request_ledger(path: &Path) -> Result<Arc<dyn GrantLedger>, StoreError> {
+    Ok(Arc::new(RequestLedger::open(path)?))
+}
+
+/// The limiter of `per_minute` requests for `api` (over [`rate_window`]), sharing its grants
+/// through `ledger` when there is one.
+pub fn rate_limiter(
+    api: Api,
+    per_minute: u32,
+    ledger: Option<&Arc<dyn GrantLedger>>,
+) -> RateLimiter {
+    let limiter = RateLimiter::new(per_minute, rate_window());
+    match ledger {
+        Some(ledger) => limiter.with_ledger(ledger.clone(), api),
+        None => limiter,
+    }
+}
+
 /// The FarmFlow client options the settings describe.
 pub fn farmflow_options(settings: &Settings) -> FarmflowOptions {
     let f = &settings.farmflow;
@@ -187,14 +227,34 @@ pub fn farmflow_options(settings: &Settings) -> FarmflowOptions {
 }
 
 impl Engine {
-    /// Builds both clients from the settings; rotated OAuth tokens go to `store`.
+    /// Builds both clients from the settings; rotated OAuth tokens go to `store`. When `store`
+    /// is on disk, both rate limiters share its request ledger.
     pub fn from_settings(
         settings: &Settings,
         store: SharedStore,
         allow_mass_delete: bool,
     ) -> Result<Engine, ApiError> {
-        let kounta = KountaClient::new(kounta_options(settings), Arc::new(store.clone()))?;
-        let farmflow = FarmflowClient::new(farmflow_options(settings))?;
+        let path = store.blocking(|s| (!s.is_in_memory()).then(|| s.path().to_owned()));
+        let ledger = path.and_then(|path| match request_ledger(&path) {
+            Ok(ledger) => Some(ledger),
+            Err(e) => {
+                // The rate still holds within this process.
+                warn!(error = %e, "http.ratelimit.unshared");
+                None
+            }
+        });
+        let kounta = KountaClient::new(kounta_options(settings), Arc::new(store.clone()))?
+            .with_rate_limiter(rate_limiter(
+                Api::Kounta,
+                settings.kounta.requests_per_minute,
+                ledger.as_ref(),
+            ));
+        let farmflow =
+            FarmflowClient::new(farmflow_options(settings))?.with_rate_limiter(rate_limiter(
+                Api::Farmflow,
+                settings.farmflow.requests_per_minute,
+                ledger.as_ref(),
+            ));
         Ok(Engine {
             kounta,
             farmflow,
@@ -215,10 +275,13 @@ impl Engine {
 
     async fn run_inner(&self, run_id: String, options: RunOptions) -> RunReport {
         let started = Instant::now();
-        // This run's token ends the clients' waits.
+        // This run's token ends the clients' waits; a dry run records no requests (it writes
+        // nothing to the state DB) but still counts the other processes'.
         let cancel = options.cancel.clone().unwrap_or_default();
         self.kounta.cancel_waits_on(cancel.clone());
         self.farmflow.cancel_waits_on(cancel);
+        self.kounta.limiter().set_recording(!options.dry_run);
+        self.farmflow.limiter().set_recording(!options.dry_run);
         let kounta_before = self.kounta.counts();
         let farmflow_before = self.farmflow.counts();
         let mut policy = self.policy.clone();
@@ -356,9 +419,10 @@ impl Engine {
             0,
             staleness,
         );
+        // The requests of the last minute by every farmsync process on this state DB.
         let verification = budget::verification_budget(
             self.kounta_rate,
-            self.kounta.limiter().recent(),
+            self.kounta.limiter().recent_shared().await,
             u32::try_from(required.len()).unwrap_or(u32::MAX),
         );
         let reads = budget::select_full_reads(
@@ -681,6 +745,9 @@ impl Engine {
         farmflow_before: RequestCounts,
         started: Instant,
     ) -> RunReport {
+        // What is left of the limiters' leases is not counted against other processes.
+        self.kounta.limiter().release().await;
+        self.farmflow.limiter().release().await;
         report.summary.kounta_requests = self.kounta.counts().total() - kounta_before.total();
         report.summary.farmflow_requests = self.farmflow.counts().total() - farmflow_before.total();
         let s = report.summary;

@@ -14,13 +14,27 @@ use crate::support::{Workdir, farmsync, text};
 
 /// `farmsync --config <w> args…`, off the async workers.
 pub async fn farmsync_in(w: &Workdir, args: &[&str]) -> std::process::Output {
+    farmsync_with_env(w, args, &[]).await
+}
+
+/// `farmsync --config <w> args…` with extra environment, off the async workers.
+pub async fn farmsync_with_env(
+    w: &Workdir,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
     let config = w.config_path();
     tokio::task::spawn_blocking(move || {
         farmsync()
             .arg("--config")
             .arg(config)
             .args(args)
+            .envs(env)
             .output()
             .expect("run farmsync")
     })
