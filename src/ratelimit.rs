@@ -427,8 +427,8 @@ impl RateLimiter {
 
     fn full(&self, state: &mut State) -> Option<Instant> {
         let now = Instant::now();
-        // Nothing counted yet no room: another holder's lease period has not begun; look again
-        // after a lease period.
+        // No room, yet nothing counted that will leave the window (only after a clock step):
+        // look again after a lease period.
         let until = state
             .next_expiry(self.window)
             .unwrap_or(now + self.lease_period)
