@@ -1,14 +1,16 @@
-//! The commands that talk to the APIs: `sync` and `check`.
+//! The commands that talk to the APIs: `sync`, `check`, `run`, `webhooks`. Each shares the
+//! APIs' rates with every other farmsync on the state DB through its request ledger.
 
 use std::sync::Arc;
 
 use crate::cli::{CliError, Exit};
 use crate::config::{KountaAuthMode, Needs, Settings};
 use crate::farmflow::client::FarmflowClient;
-use crate::http::{ApiError, RetryPolicy};
+use crate::http::{Api, ApiError, RetryPolicy};
 use crate::kounta::auth::{MemoryTokenStore, TokenStore};
 use crate::kounta::client::KountaClient;
 use crate::lock::InstanceLock;
+use crate::ratelimit::GrantLedger;
 use crate::store::{SharedStore, Store};
 use crate::sync::engine::{self, Engine, Outcome, RunOptions, RunReport};
 use crate::telemetry::LogFormat;
@@ -209,10 +211,26 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     // With OAuth a check may have to refresh, which rotates the refresh token: it then needs
     // the lock; while a daemon holds it, the stored access token is tried first.
     let (tokens, lock) = oauth_tokens(settings, &rt)?;
-    let kounta = KountaClient::new(engine::kounta_options(settings), tokens)
-        .map(|c| beside_the_lock_holder(settings, &lock, c.with_retry_policy(RetryPolicy::none())));
-    let farmflow = FarmflowClient::new(engine::farmflow_options(settings))
-        .map(|c| c.with_retry_policy(RetryPolicy::none()));
+    // Beside a daemon, the check's requests share its rate.
+    let ledger = command_ledger(settings);
+    let kounta = KountaClient::new(engine::kounta_options(settings), tokens).map(|c| {
+        let c = c
+            .with_retry_policy(RetryPolicy::none())
+            .with_rate_limiter(engine::rate_limiter(
+                Api::Kounta,
+                settings.kounta.requests_per_minute,
+                ledger.as_ref(),
+            ));
+        beside_the_lock_holder(settings, &lock, c)
+    });
+    let farmflow = FarmflowClient::new(engine::farmflow_options(settings)).map(|c| {
+        c.with_retry_policy(RetryPolicy::none())
+            .with_rate_limiter(engine::rate_limiter(
+                Api::Farmflow,
+                settings.farmflow.requests_per_minute,
+                ledger.as_ref(),
+            ))
+    });
     let mut failed = false;
     let mut report = |label: &str, result: Result<String, ApiError>| match result {
         Ok(detail) => println!("{label}: ok — {detail}"),
@@ -223,19 +241,58 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     };
     let k = rt.block_on(async {
         match &kounta {
-            Ok(client) => client.check().await.map(|r| r.detail),
+            Ok(client) => {
+                note_a_full_window("kounta", client.limiter()).await;
+                let checked = client.check().await.map(|r| r.detail);
+                client.limiter().release().await;
+                checked
+            }
             Err(e) => Err(e.clone()),
         }
     });
     report("kounta", k);
     let f = rt.block_on(async {
         match &farmflow {
-            Ok(client) => client.check().await.map(|r| r.detail),
+            Ok(client) => {
+                note_a_full_window("farmflow", client.limiter()).await;
+                let checked = client.check().await.map(|r| r.detail);
+                client.limiter().release().await;
+                checked
+            }
             Err(e) => Err(e.clone()),
         }
     });
     report("farmflow", f);
     Ok(if failed { Exit::Unavailable } else { Exit::Ok })
+}
+
+/// The state DB's request ledger, for a command that may run beside a daemon or right after a
+/// sync (`check`, `webhooks`): `None` when there is no state DB yet. Creates nothing — run by
+/// another user, it would leave a state DB the daemon cannot open.
+fn command_ledger(settings: &Settings) -> Option<Arc<dyn GrantLedger>> {
+    let path = &settings.state.path;
+    if !path.exists() {
+        return None;
+    }
+    match engine::request_ledger(path) {
+        Ok(ledger) => Some(ledger),
+        Err(e) => {
+            // The rate still holds within this command.
+            tracing::warn!(error = %e, "http.ratelimit.unshared");
+            None
+        }
+    }
+}
+
+/// Says so when the other farmsync processes used the whole window: the command waits for a
+/// free request rather than doubling the rate.
+async fn note_a_full_window(label: &str, limiter: &crate::ratelimit::RateLimiter) {
+    if limiter.is_shared() && limiter.recent_shared().await >= limiter.limit() {
+        println!(
+            "{label}: waiting for a free request — farmsync on this state DB used the last minute's {}",
+            limiter.limit()
+        );
+    }
 }
 
 /// `farmsync demo`.
@@ -347,14 +404,21 @@ pub fn webhooks(settings: &Settings, action: crate::cli::WebhooksAction) -> Resu
     let rt = runtime()?;
     let (tokens, lock) = oauth_tokens(settings, &rt)?;
     let client = KountaClient::new(engine::kounta_options(settings), tokens)
-        .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+        .map_err(|e| CliError::new(Exit::Config, e.to_string()))?
+        .with_rate_limiter(engine::rate_limiter(
+            Api::Kounta,
+            settings.kounta.requests_per_minute,
+            command_ledger(settings).as_ref(),
+        ));
     let client = beside_the_lock_holder(settings, &lock, client);
     rt.block_on(async {
-        match action {
+        let done = match action {
             WebhooksAction::Register => webhooks_register(settings, &client).await,
             WebhooksAction::List => webhooks_list(settings, &client).await,
             WebhooksAction::Remove => webhooks_remove(settings, &client).await,
-        }
+        };
+        client.limiter().release().await;
+        done
     })
 }
 

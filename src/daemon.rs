@@ -29,8 +29,9 @@
 //! some records failed (exit 1) is not: the next fire time retries them.
 //!
 //! Shutdown is a parameter of [`run_daemon`]: when it completes, the daemon stops taking work,
-//! cancels the cycle in progress (which finishes and settles the write in flight, then stops),
-//! waits for it at most [`DaemonOptions::drain_timeout`], and returns.
+//! cancels the cycle in progress — every wait in it ends at once (the rate limiter, a retry's
+//! backoff, a listing or read in progress); the write in flight finishes and is settled — waits
+//! for it at most [`DaemonOptions::drain_timeout`], and returns.
 //!
 //! systemd hears about all of it through `sd_notify`: `READY=1` once the config is valid, the
 //! store open and the listener bound; `STATUS=` with each cycle's one-line summary;
@@ -179,6 +180,9 @@ impl CycleResult {
     pub fn from_report(report: &RunReport) -> CycleResult {
         let s = &report.summary;
         let outcome = match &report.outcome {
+            Outcome::Applied if report.interrupted => {
+                "interrupted (farmsync is stopping)".to_owned()
+            }
             Outcome::Applied => "ok".to_owned(),
             Outcome::Partial => "some records failed".to_owned(),
             Outcome::Guarded => "stopped by the safety guard".to_owned(),

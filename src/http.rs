@@ -1,15 +1,15 @@
-//! Shared client plumbing: the error taxonomy, a per-API rate limiter, retries with backoff,
-//! request counters and the lenient JSON helpers both clients decode with.
+//! Shared client plumbing: the error taxonomy, retries with backoff, cancellation, request
+//! counters and the lenient JSON helpers both clients decode with.
 //!
 //! Both API clients send every request through [`HttpCore::execute`], which waits for the rate
-//! limiter before *each* attempt (so retries count against the limit too), retries what is safe
-//! to retry, and turns what is not into a typed [`ApiError`].
+//! limiter ([`crate::ratelimit`]) before *each* attempt (so retries count against the limit
+//! too), retries what is safe to retry, ends its waits when farmsync stops, and turns what is
+//! not into a typed [`ApiError`].
 
-use std::collections::VecDeque;
 use std::error::Error as _;
 use std::fmt;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -17,7 +17,9 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::ratelimit::RateLimiter;
 
 /// The `User-Agent` every request carries.
 pub const USER_AGENT: &str = concat!("farmsync/", env!("CARGO_PKG_VERSION"));
@@ -216,6 +218,13 @@ pub enum ApiError {
         /// What is wrong and which key to check.
         message: String,
     },
+    /// farmsync is stopping: the request was not sent (or not sent again), or — a read — its
+    /// answer was not waited for. Never a write cut short: a write on the wire always finishes.
+    #[error("{api} request given up: farmsync is stopping")]
+    Cancelled {
+        /// Which API.
+        api: Api,
+    },
 }
 
 impl ApiError {
@@ -235,6 +244,11 @@ impl ApiError {
         matches!(self, ApiError::Auth { .. } | ApiError::TokenStore { .. })
     }
 
+    /// Whether the request was given up because farmsync is stopping (not a failure).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, ApiError::Cancelled { .. })
+    }
+
     /// The API this error came from, when it came from one.
     pub fn api(&self) -> Option<Api> {
         match self {
@@ -247,7 +261,8 @@ impl ApiError {
             | ApiError::Transport { api, .. }
             | ApiError::Decode { api, .. }
             | ApiError::OutcomeUnknown { api, .. }
-            | ApiError::Config { api, .. } => Some(*api),
+            | ApiError::Config { api, .. }
+            | ApiError::Cancelled { api } => Some(*api),
             ApiError::TokenStore { .. } => Some(Api::Kounta),
         }
     }
@@ -472,108 +487,6 @@ impl Counters {
     }
 }
 
-/// A sliding-window rate limiter: no window of the configured length ever holds more grants
-/// than the limit. A token bucket would not do: a full bucket plus a window's refill lets
-/// through nearly twice the limit in one minute.
-#[derive(Debug)]
-pub struct RateLimiter {
-    limit: usize,
-    window: Duration,
-    grants: Mutex<VecDeque<Instant>>,
-}
-
-impl RateLimiter {
-    /// A limiter allowing `per_minute` requests in any 60-second window (0 is treated as 1).
-    pub fn per_minute(per_minute: u32) -> Self {
-        Self::new(per_minute, Duration::from_secs(60))
-    }
-
-    /// A limiter allowing `limit` grants in any `window`.
-    ///
-    /// The window is kept a little longer than asked (half a second a minute, at least a
-    /// quarter second) so that a server timing arrivals, which lag grants by a varying few
-    /// milliseconds (more on a loaded machine), also never counts more than `limit` in its own
-    /// window.
-    pub fn new(limit: u32, window: Duration) -> Self {
-        let limit = limit.max(1) as usize;
-        RateLimiter {
-            limit,
-            window: window + (window / 120).max(Duration::from_millis(250)),
-            grants: Mutex::new(VecDeque::with_capacity(limit.min(4096))),
-        }
-    }
-
-    /// The configured limit per window.
-    pub fn limit(&self) -> u32 {
-        u32::try_from(self.limit).unwrap_or(u32::MAX)
-    }
-
-    /// Waits until one more request fits in the window, then records it.
-    pub async fn acquire(&self) {
-        loop {
-            let wait_until = {
-                let mut grants = self.lock();
-                let now = Instant::now();
-                Self::expire(&mut grants, now, self.window);
-                if grants.len() < self.limit {
-                    grants.push_back(now);
-                    return;
-                }
-                match grants.front() {
-                    Some(oldest) => *oldest + self.window,
-                    None => now,
-                }
-            };
-            tokio::time::sleep_until(wait_until).await;
-        }
-    }
-
-    /// Waits, without taking a grant, until the window has room for one more request with
-    /// `reserve` grants still left over: a sweep's listing pages wait here, so the reserve stays
-    /// free for quick cycles (DESIGN.md, "Sweeps and quick cycles").
-    pub async fn room_leaving(&self, reserve: u32) {
-        let reserve = reserve as usize;
-        if reserve == 0 {
-            return;
-        }
-        loop {
-            let wait_until = {
-                let mut grants = self.lock();
-                let now = Instant::now();
-                Self::expire(&mut grants, now, self.window);
-                if grants.len() + reserve < self.limit {
-                    return;
-                }
-                // The grant whose expiry makes room.
-                let index = (grants.len() + reserve).saturating_sub(self.limit);
-                match grants.get(index) {
-                    Some(t) => *t + self.window,
-                    None => return,
-                }
-            };
-            tokio::time::sleep_until(wait_until).await;
-        }
-    }
-
-    /// How many grants the current window holds (the requests of the last minute).
-    pub fn recent(&self) -> u32 {
-        let mut grants = self.lock();
-        Self::expire(&mut grants, Instant::now(), self.window);
-        u32::try_from(grants.len()).unwrap_or(u32::MAX)
-    }
-
-    fn expire(grants: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-        while grants.front().is_some_and(|t| *t + window <= now) {
-            grants.pop_front();
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
-        // The guarded deque is always consistent, so a poisoned lock is still usable.
-        self.grants.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 /// When and how often to retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -687,6 +600,8 @@ pub(crate) struct HttpCore {
     counters: Counters,
     /// Values that must never appear in an error message, even if a server echoes them.
     secrets: RwLock<Vec<SecretString>>,
+    /// Once cancelled, every wait ends with [`ApiError::Cancelled`] (see [`HttpCore::execute`]).
+    cancel: RwLock<CancellationToken>,
 }
 
 impl HttpCore {
@@ -715,7 +630,27 @@ impl HttpCore {
             retry: RetryPolicy::default(),
             counters: Counters::default(),
             secrets: RwLock::new(Vec::new()),
+            cancel: RwLock::new(CancellationToken::new()),
         })
+    }
+
+    /// Waits until the rate leaves `reserve` requests free after one more (see
+    /// [`RateLimiter::room_leaving`]); ends with [`ApiError::Cancelled`] on the cancel token.
+    pub async fn room_leaving(&self, reserve: u32) -> Result<(), ApiError> {
+        let cancel = self
+            .cancel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.limiter
+            .room_leaving(reserve, &cancel)
+            .await
+            .map_err(|_| ApiError::Cancelled { api: self.api })
+    }
+
+    /// From now on, `cancel` ends this client's waits (see [`HttpCore::execute`]).
+    pub fn set_cancel(&self, cancel: CancellationToken) {
+        *self.cancel.write().unwrap_or_else(|e| e.into_inner()) = cancel;
     }
 
     /// The underlying HTTP client, to build requests with.
@@ -787,18 +722,40 @@ impl HttpCore {
     /// Sends the request `build` makes, retrying what may be retried. Answers 429 and 5xx never
     /// come back as `Ok`; every other status does, for the caller to interpret.
     ///
+    /// Once the cancel token ([`HttpCore::set_cancel`]) is cancelled, every wait ends at once
+    /// with [`ApiError::Cancelled`]: the rate limiter's, a retry's backoff, and a read's answer
+    /// (a read has no effect, so its answer may be dropped). A write or a token refresh already
+    /// sent is waited for: its effect must be known and settled (a refresh rotates the token).
+    ///
     /// `operation` names the call in errors and logs, e.g. `customer create`.
     pub async fn execute<F>(&self, call: Call, operation: &str, build: F) -> Result<Raw, ApiError>
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
         let api = self.api;
+        let cancel = self
+            .cancel
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let cancelled = ApiError::Cancelled { api };
         let mut retries = 0u32;
         loop {
-            self.limiter.acquire().await;
+            if self.limiter.acquire_unless(&cancel).await.is_err() {
+                return Err(cancelled);
+            }
             self.count_attempt(call, retries > 0);
             let request = build();
-            let wait = match self.attempt(request).await {
+            let attempt = if call == Call::Read {
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Err(cancelled),
+                    attempt = self.attempt(request) => attempt,
+                }
+            } else {
+                self.attempt(request).await
+            };
+            let wait = match attempt {
                 Attempt::Answer(raw) if raw.status == StatusCode::TOO_MANY_REQUESTS => {
                     // Refused by the limiter: not applied, so even a create may be resent.
                     self.counters.throttled.fetch_add(1, Ordering::Relaxed);
@@ -876,7 +833,11 @@ impl HttpCore {
                 wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                 "http.retry"
             );
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(cancelled),
+                _ = tokio::time::sleep(wait) => {}
+            }
             retries += 1;
         }
     }
@@ -1238,52 +1199,6 @@ mod tests {
             ),
             None
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn limiter_never_exceeds_the_limit_in_any_window() {
-        let limiter = std::sync::Arc::new(RateLimiter::per_minute(5));
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..17 {
-            let limiter = limiter.clone();
-            tasks.push(tokio::spawn(async move {
-                limiter.acquire().await;
-                Instant::now()
-            }));
-        }
-        let mut times = Vec::new();
-        for t in tasks {
-            times.push(t.await.unwrap());
-        }
-        times.sort();
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..]
-                .iter()
-                .take_while(|u| **u < *t + Duration::from_secs(60))
-                .count();
-            assert!(
-                in_window <= 5,
-                "{in_window} grants within a minute of grant {i}"
-            );
-        }
-        // 17 grants at 5 a minute need three full windows of waiting, and not much more.
-        let took = times.last().unwrap().duration_since(start);
-        assert!(took >= Duration::from_secs(180), "{took:?}");
-        assert!(took < Duration::from_secs(190), "{took:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn limiter_at_a_very_high_rate_does_not_wait() {
-        let limiter = RateLimiter::per_minute(100_000);
-        let start = Instant::now();
-        for _ in 0..10_000 {
-            limiter.acquire().await;
-        }
-        assert_eq!(Instant::now(), start);
-        assert_eq!(limiter.recent(), 10_000);
-        tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(limiter.recent(), 0);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
 //! - [`country`]: country spellings to ISO alpha-2 and back.
-//! - [`http`]: shared client plumbing: error taxonomy, rate limiter, retries, counters.
+//! - [`http`]: shared client plumbing: error taxonomy, retries, cancellation, counters.
+//! - [`ratelimit`]: the sliding-window rate limiter, and the ledger that shares its grants
+//!   with every farmsync process on the state DB.
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
 //! - [`store`]: the SQLite state store (links, journal, runs, conflicts, tokens, hints).
 //! - [`lock`]: the single-instance lock beside the state DB.
@@ -34,6 +36,7 @@ pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod lock;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;
 pub mod status;

@@ -114,10 +114,18 @@ impl FarmflowClient {
         self
     }
 
-    /// Replaces the rate limiter (e.g. one with a shorter window, in tests).
+    /// Replaces the rate limiter (one sharing the state DB's request ledger, or one with a
+    /// shorter window in tests).
     pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
         self.core.set_limiter(limiter);
         self
+    }
+
+    /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
+    /// a retry's backoff, a read's answer — ends at once with [`ApiError::Cancelled`]; a write
+    /// already sent still finishes. (The engine hands each run's token here.)
+    pub fn cancel_waits_on(&self, cancel: tokio_util::sync::CancellationToken) {
+        self.core.set_cancel(cancel);
     }
 
     /// Requests sent so far, by kind.

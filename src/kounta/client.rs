@@ -229,10 +229,18 @@ impl KountaClient {
         self
     }
 
-    /// Replaces the rate limiter (e.g. one with a shorter window, in tests).
+    /// Replaces the rate limiter (one sharing the state DB's request ledger, or one with a
+    /// shorter window in tests).
     pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
         self.core.set_limiter(limiter);
         self
+    }
+
+    /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
+    /// a retry's backoff, a read's answer — ends at once with [`ApiError::Cancelled`]; a write
+    /// already sent still finishes. (The engine hands each run's token here.)
+    pub fn cancel_waits_on(&self, cancel: tokio_util::sync::CancellationToken) {
+        self.core.set_cancel(cancel);
     }
 
     /// Caps the pages one listing reads; a longer list comes back incomplete.
@@ -515,8 +523,11 @@ impl KountaClient {
                 return Ok(listing);
             }
             visited.insert(url.to_string());
-            self.core.limiter().room_leaving(reserve).await;
-            let (page, next) = match self.read_page(&url, cid, operation).await {
+            let answer = match self.core.room_leaving(reserve).await {
+                Ok(()) => self.read_page(&url, cid, operation).await,
+                Err(cancelled) => Err(cancelled),
+            };
+            let (page, next) = match answer {
                 Ok(answer) => answer,
                 Err(error) if listing.pages == 0 => return Err(error),
                 Err(error) => {

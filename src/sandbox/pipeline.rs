@@ -283,6 +283,7 @@ struct PipeState<E: Ord> {
 pub(crate) struct Pipeline<E: Ord> {
     state: Mutex<PipeState<E>>,
     writes: watch::Sender<u64>,
+    requests: watch::Sender<u64>,
     flavor: Flavor,
 }
 
@@ -306,6 +307,7 @@ impl<E: Endpoint> Pipeline<E> {
                 log: Vec::new(),
             }),
             writes: watch::Sender::new(0),
+            requests: watch::Sender::new(0),
             flavor,
         }
     }
@@ -404,6 +406,11 @@ impl<E: Endpoint> Pipeline<E> {
         self.writes.subscribe()
     }
 
+    /// A receiver of the number of requests recorded in the log so far (never reset).
+    pub(crate) fn requests(&self) -> watch::Receiver<u64> {
+        self.requests.subscribe()
+    }
+
     fn record(&self, at: Instant, meta: &RequestMeta, endpoint: Option<E>, status: Option<u16>) {
         let mut s = self.lock();
         s.stats.total += 1;
@@ -428,6 +435,8 @@ impl<E: Endpoint> Pipeline<E> {
             endpoint,
             status,
         });
+        drop(s);
+        self.requests.send_modify(|n| *n += 1);
     }
 
     /// Offers a request to every matching rate limit: any refusal refuses it (taking no slot

@@ -65,6 +65,13 @@ macro_rules! pipeline_methods {
             self.pipeline().writes()
         }
 
+        /// The number of requests recorded in the request log so far (counting from start;
+        /// `reset_stats` does not reset it), as a watch a test can await. A request is recorded
+        /// once its answer is decided.
+        pub fn requests_seen(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.pipeline().requests()
+        }
+
         /// Waits until at least `k` customer writes have been stored through the API (counting
         /// from start; `reset_stats` does not reset it). With a `FaultAction::ApplyThenHang`
         /// on the k-th write, the client can be stopped after the write and before its answer.

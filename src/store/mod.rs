@@ -1,9 +1,11 @@
 //! The state store: SQLite with versioned migrations — links, the write journal, runs,
-//! conflicts, OAuth tokens, webhook hints and records needing attention.
+//! conflicts, OAuth tokens, webhook hints, records needing attention, and the request ledger
+//! the rate limiters share.
 //!
 //! No SQL lives outside this module. rusqlite is blocking: callers on the async side keep
 //! calls short and run them off the reactor (`spawn_blocking`).
 
+mod ledger;
 mod model;
 mod schema;
 mod shared;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
+pub use ledger::RequestLedger;
 pub use model::{Link, LinkState};
 pub use shared::{KOUNTA_TOKENS, SharedStore};
 
@@ -262,6 +265,11 @@ impl Store {
     /// The DB's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether this store lives in memory only ([`Store::open_in_memory`]).
+    pub fn is_in_memory(&self) -> bool {
+        self.path == Path::new(":memory:")
     }
 
     /// The schema version recorded in the DB.

@@ -83,6 +83,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (kind, subject)
     );
     "#,
+    // 2: the request ledger. Every farmsync process on this state DB records the API requests
+    // it is granted (in leases of `n`, stamped at the end of the lease period, Unix ms), so the
+    // rate limit holds across processes: a restart, a timer run after a daemon, `check` beside
+    // one. Rows older than a few windows are pruned as new ones come.
+    r#"
+    CREATE TABLE request_grants (
+        id     INTEGER PRIMARY KEY,
+        api    TEXT NOT NULL CHECK (api IN ('kounta', 'farmflow')),
+        holder INTEGER NOT NULL,
+        at_ms  INTEGER NOT NULL,
+        n      INTEGER NOT NULL CHECK (n > 0)
+    );
+    CREATE INDEX request_grants_by_time ON request_grants (api, at_ms);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -317,3 +317,159 @@ fn read_only_store_sees_what_the_writer_committed() {
     assert_eq!(reader.links().unwrap().len(), 1);
     assert!(reader.upsert_link(&sample_link(3, Some(4))).is_err());
 }
+
+// ----- the request ledger -----
+
+mod ledger {
+    use crate::http::Api;
+    use crate::ratelimit::{GrantLedger, LedgerRequest};
+
+    use super::*;
+
+    fn ask(holder: i64, now_ms: i64) -> LedgerRequest {
+        LedgerRequest {
+            api: Api::Kounta,
+            holder,
+            now_ms,
+            window_ms: 60_000,
+            settle: None,
+            lease_until_ms: Some(now_ms + 1_000),
+            record: true,
+        }
+    }
+
+    fn rows(store: &Store) -> Vec<(String, i64, i64, u32)> {
+        let mut stmt = store
+            .conn
+            .prepare("SELECT api, holder, at_ms, n FROM request_grants ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_lease_is_seen_by_other_holders_only_and_settles_to_what_was_used() {
+        let (dir, store) = temp_store();
+        let ledger = RequestLedger::open(&dir.path().join("state.db")).unwrap();
+        let now = 1_800_000_000_000;
+
+        let a = ledger
+            .exchange(&ask(1, now), &|others| 8 - others as u32)
+            .unwrap();
+        assert_eq!(a.others, vec![]);
+        let (row, n) = a.lease.unwrap();
+        assert_eq!(n, 8);
+        // Holder 2 sees holder 1's lease, stamped at its end; holder 1 does not see its own.
+        let b = ledger
+            .exchange(&ask(2, now + 10), &|others| {
+                8u32.saturating_sub(others as u32)
+            })
+            .unwrap();
+        assert_eq!(b.others, vec![(now + 1_000, 8)]);
+        assert_eq!(b.lease, None, "no room left");
+        let mine = ledger
+            .exchange(
+                &LedgerRequest {
+                    lease_until_ms: None,
+                    ..ask(1, now + 20)
+                },
+                &|_| 0,
+            )
+            .unwrap();
+        assert_eq!(mine.others, vec![]);
+
+        // Holder 1 used three: the rest is free again.
+        let settle = LedgerRequest {
+            settle: Some((row, 3)),
+            lease_until_ms: None,
+            ..ask(1, now + 30)
+        };
+        ledger.exchange(&settle, &|_| 0).unwrap();
+        let c = ledger
+            .exchange(&ask(2, now + 40), &|others| 8 - others as u32)
+            .unwrap();
+        assert_eq!(c.others, vec![(now + 1_000, 3)]);
+        assert_eq!(c.lease.map(|l| l.1), Some(5));
+        assert_eq!(
+            rows(&store),
+            vec![
+                ("kounta".into(), 1, now + 1_000, 3),
+                ("kounta".into(), 2, now + 1_040, 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_leave_the_window_and_are_pruned_later_and_apis_are_apart() {
+        let (dir, store) = temp_store();
+        let ledger = RequestLedger::open(&dir.path().join("state.db")).unwrap();
+        let t0 = 1_800_000_000_000;
+        ledger.exchange(&ask(1, t0), &|_| 4).unwrap();
+        ledger
+            .exchange(
+                &LedgerRequest {
+                    api: Api::Farmflow,
+                    ..ask(1, t0)
+                },
+                &|_| 2,
+            )
+            .unwrap();
+
+        // A window later the row no longer counts, but stays a while.
+        let later = ledger.exchange(&ask(2, t0 + 61_001), &|_| 0).unwrap();
+        assert_eq!(later.others, vec![]);
+        assert_eq!(rows(&store).len(), 2);
+        // Long after, the next exchange prunes it; the FarmFlow row is another API's.
+        ledger.exchange(&ask(2, t0 + 200_000), &|_| 0).unwrap();
+        assert_eq!(rows(&store), vec![("farmflow".into(), 1, t0 + 1_000, 2)]);
+    }
+
+    #[test]
+    fn an_exchange_that_records_nothing_writes_nothing() {
+        let (dir, store) = temp_store();
+        let path = dir.path().join("state.db");
+        let ledger = RequestLedger::open(&path).unwrap();
+        let now = 1_800_000_000_000;
+        ledger.exchange(&ask(1, now), &|_| 5).unwrap();
+        let before = rows(&store);
+
+        let dry = ledger
+            .exchange(
+                &LedgerRequest {
+                    record: false,
+                    settle: Some((1, 0)),
+                    ..ask(2, now + 5)
+                },
+                &|others| 9 - others as u32,
+            )
+            .unwrap();
+
+        assert_eq!(dry.others, vec![(now + 1_000, 5)]);
+        assert_eq!(dry.lease, Some((0, 4)), "granted, not recorded");
+        assert_eq!(rows(&store), before);
+    }
+
+    #[test]
+    fn the_ledger_opens_only_a_migrated_db_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        assert!(matches!(
+            RequestLedger::open(&path),
+            Err(StoreError::Missing(_))
+        ));
+        assert!(!path.exists(), "it creates nothing");
+        // A DB of schema 1, from before the ledger.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        assert!(matches!(
+            RequestLedger::open(&path),
+            Err(StoreError::NeedsMigration { found: 1, .. })
+        ));
+        Store::open(&path).unwrap();
+        RequestLedger::open(&path).unwrap();
+    }
+}

@@ -197,6 +197,12 @@ impl<'a> Applier<'a> {
 
     /// Counts and reports a failed action; returns whether the run must stop.
     async fn fail(&mut self, action: &Action, subject: &Subject, failure: Failure) -> bool {
+        // farmsync is stopping: a wait was cut short, nothing failed. The write in flight (if
+        // any) was finished and settled; the rest waits for the next run.
+        if matches!(&failure, Failure::Api(e) if e.is_cancelled()) {
+            self.stopped_early = true;
+            return true;
+        }
         self.summary.failed += 1;
         // API errors may quote a record back: no contact details above debug.
         let message = mask_contacts(&failure.to_string());
@@ -570,7 +576,9 @@ impl<'a> Applier<'a> {
     }
 
     /// Passes a success through; settles a failed write as failed unless its outcome is
-    /// unknown (a create whose answer was lost stays unsettled, to be looked up next run).
+    /// unknown (a create whose answer was lost stays unsettled, to be looked up next run). A
+    /// write given up because farmsync is stopping (not sent, or not sent again after an answer
+    /// it would have retried) is settled as stopped: the next run plans it from what it reads.
     async fn settle_or_fail<T>(
         &self,
         intent: i64,
@@ -580,7 +588,11 @@ impl<'a> Applier<'a> {
             Ok(v) => Ok(v),
             Err(e) => {
                 if !matches!(e, ApiError::OutcomeUnknown { .. }) {
-                    let outcome = format!("failed: {e}");
+                    let outcome = if e.is_cancelled() {
+                        "stopped: farmsync was stopping; the next run plans it again".to_owned()
+                    } else {
+                        format!("failed: {e}")
+                    };
                     self.engine
                         .store
                         .call(move |s| s.settle_intent(intent, &outcome, None))

@@ -135,8 +135,9 @@ pub fn quick_reserve(rate_per_minute: u32) -> u32 {
 }
 
 /// How many verification reads the run may make: the CRM rate, minus the quick cycles' reserve,
-/// minus the CRM requests made in the last 60 s, minus those the run must make anyway; never
-/// below 0.
+/// minus the CRM requests made in the last 60 s by any farmsync process on this state DB (the
+/// limiter's [`crate::ratelimit::RateLimiter::recent_shared`], read from the state DB's request
+/// ledger), minus those the run must make anyway; never below 0.
 pub fn verification_budget(
     rate_per_minute: u32,
     requests_in_last_60s: u32,

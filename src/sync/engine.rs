@@ -2,8 +2,9 @@
 //! budget, plan, then apply (or, for a dry run, print).
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tracing::{Instrument, info, warn};
@@ -11,12 +12,13 @@ use tracing::{Instrument, info, warn};
 use crate::config::{KountaAuthMode, Settings};
 use crate::farmflow::client::{FarmflowClient, FarmflowOptions};
 use crate::farmflow::model::FarmflowCustomer;
-use crate::http::{ApiError, RequestCounts};
+use crate::http::{Api, ApiError, RequestCounts};
 use crate::ids::FarmflowId;
 use crate::ids::KountaId;
 use crate::kounta::client::{KountaAuth, KountaClient, KountaListing, KountaOptions};
 use crate::kounta::model::KountaCustomer;
-use crate::store::{SharedStore, StoreError, now};
+use crate::ratelimit::{GrantLedger, RateLimiter};
+use crate::store::{RequestLedger, SharedStore, StoreError, now};
 use crate::sync::action::Attention;
 use crate::sync::budget::{self, Staleness};
 use crate::sync::plan::{DirectReads, OrderBook, Plan, PlanInput, plan};
@@ -94,7 +96,8 @@ pub struct RunReport {
     pub listing_cut: Option<String>,
     /// Unsettled journal entries a dry run saw (a real run settles them first).
     pub unsettled: usize,
-    /// The run was cancelled before every action was applied (the rest waits for the next).
+    /// The run was cancelled before it was done: stopped between two writes, or before it
+    /// wrote anything (a listing or read cut short infers nothing). The rest waits for the next.
     pub interrupted: bool,
     /// Records a listing left out that a read by id found present (`sync.listing.omission`).
     pub omissions: u64,
@@ -107,8 +110,9 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// `--allow-mass-delete`: the safety guard never trips.
     pub allow_mass_delete: bool,
-    /// Cancelled on shutdown: the run finishes the write in flight, settles it, and stops
-    /// before the next one (the rest waits for the next run).
+    /// Cancelled on shutdown: every wait of the run ends at once (the rate limiter, a retry's
+    /// backoff, a listing or read in progress); the write in flight finishes and is settled;
+    /// nothing more is done (the rest waits for the next run).
     pub cancel: Option<tokio_util::sync::CancellationToken>,
     /// A sweep (the full reconcile, `farmsync sync`) or a quick cycle (the daemon's, between
     /// sweeps: no CRM listing, no creates, no new links).
@@ -148,7 +152,8 @@ impl RunOptions {
     }
 }
 
-/// Everything a run needs: both clients, the store, and the user's policy.
+/// Everything a run needs: both clients, the store, and the user's policy. One run at a time:
+/// each run hands its cancel token to both clients.
 pub struct Engine {
     /// The CRM client.
     pub kounta: KountaClient,
@@ -199,6 +204,44 @@ pub fn kounta_options(settings: &Settings) -> KountaOptions {
     }
 }
 
+/// The window every `requests_per_minute` is measured over: a minute.
+///
+/// Debug builds (the tests) shorten it with `FARMSYNC_TEST_RATE_WINDOW_MS`, so that limiting
+/// meant to span minutes is proven in seconds by the real binary. The config does not offer it,
+/// and release builds do not contain it.
+pub fn rate_window() -> Duration {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var("FARMSYNC_TEST_RATE_WINDOW_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+    {
+        return Duration::from_millis(ms);
+    }
+    Duration::from_secs(60)
+}
+
+/// The request ledger of the state DB at `path`, for the limiters of this process to share the
+/// rate with every other farmsync on it (DESIGN.md: "no minute ever carries more CRM requests
+/// than the configured rate, across processes").
+pub fn request_ledger(path: &Path) -> Result<Arc<dyn GrantLedger>, StoreError> {
+    Ok(Arc::new(RequestLedger::open(path)?))
+}
+
+/// The limiter of `per_minute` requests for `api` (over [`rate_window`]), sharing its grants
+/// through `ledger` when there is one.
+pub fn rate_limiter(
+    api: Api,
+    per_minute: u32,
+    ledger: Option<&Arc<dyn GrantLedger>>,
+) -> RateLimiter {
+    let limiter = RateLimiter::new(per_minute, rate_window());
+    match ledger {
+        Some(ledger) => limiter.with_ledger(ledger.clone(), api),
+        None => limiter,
+    }
+}
+
 /// The FarmFlow client options the settings describe.
 pub fn farmflow_options(settings: &Settings) -> FarmflowOptions {
     let f = &settings.farmflow;
@@ -213,14 +256,34 @@ pub fn farmflow_options(settings: &Settings) -> FarmflowOptions {
 }
 
 impl Engine {
-    /// Builds both clients from the settings; rotated OAuth tokens go to `store`.
+    /// Builds both clients from the settings; rotated OAuth tokens go to `store`. When `store`
+    /// is on disk, both rate limiters share its request ledger.
     pub fn from_settings(
         settings: &Settings,
         store: SharedStore,
         allow_mass_delete: bool,
     ) -> Result<Engine, ApiError> {
-        let kounta = KountaClient::new(kounta_options(settings), Arc::new(store.clone()))?;
-        let farmflow = FarmflowClient::new(farmflow_options(settings))?;
+        let path = store.blocking(|s| (!s.is_in_memory()).then(|| s.path().to_owned()));
+        let ledger = path.and_then(|path| match request_ledger(&path) {
+            Ok(ledger) => Some(ledger),
+            Err(e) => {
+                // The rate still holds within this process.
+                warn!(error = %e, "http.ratelimit.unshared");
+                None
+            }
+        });
+        let kounta = KountaClient::new(kounta_options(settings), Arc::new(store.clone()))?
+            .with_rate_limiter(rate_limiter(
+                Api::Kounta,
+                settings.kounta.requests_per_minute,
+                ledger.as_ref(),
+            ));
+        let farmflow =
+            FarmflowClient::new(farmflow_options(settings))?.with_rate_limiter(rate_limiter(
+                Api::Farmflow,
+                settings.farmflow.requests_per_minute,
+                ledger.as_ref(),
+            ));
         Ok(Engine {
             kounta,
             farmflow,
@@ -241,6 +304,13 @@ impl Engine {
 
     async fn run_inner(&self, run_id: String, options: RunOptions) -> RunReport {
         let started = Instant::now();
+        // This run's token ends the clients' waits; a dry run records no requests (it writes
+        // nothing to the state DB) but still counts the other processes'.
+        let cancel = options.cancel.clone().unwrap_or_default();
+        self.kounta.cancel_waits_on(cancel.clone());
+        self.farmflow.cancel_waits_on(cancel);
+        self.kounta.limiter().set_recording(!options.dry_run);
+        self.farmflow.limiter().set_recording(!options.dry_run);
         let kounta_before = self.kounta.counts();
         let farmflow_before = self.farmflow.counts();
         let mut policy = self.policy.clone();
@@ -277,11 +347,19 @@ impl Engine {
             .await
         {
             Ok(()) => {}
-            Err(RunError::Unavailable(message)) => {
+            Err(RunError::Unavailable(message)) if !options.cancelled() => {
                 // API errors may quote a record back (an unreadable answer's excerpt).
                 let message = mask_contacts(&message);
                 warn!(error = %message, "sync.run.unavailable");
                 report.outcome = Outcome::Unavailable(message);
+            }
+            // Stopped: a failure while stopping (a lookup cut short) is the stop's doing.
+            // Nothing was inferred from what was read before it.
+            Err(_) => {
+                if !report.interrupted {
+                    info!("sync.run.interrupted");
+                }
+                report.interrupted = true;
             }
         }
         self.finish(report, kounta_before, farmflow_before, started)
@@ -296,10 +374,20 @@ impl Engine {
         report: &mut RunReport,
     ) -> Result<(), RunError> {
         let seen_at = now();
+        // Asked to stop: what was read is left unused (a cut listing proves nothing).
+        let stop = || {
+            if options.cancelled() {
+                Err(RunError::Interrupted)
+            } else {
+                Ok(())
+            }
+        };
         // 1. Read both sides. FarmFlow has no paging: all or nothing.
         let read_farmflow = || async {
             self.farmflow.list().await.map_err(|e| {
-                RunError::Unavailable(format!("cannot read the FarmFlow customer list: {e}"))
+                RunError::api(e, |e| {
+                    format!("cannot read the FarmFlow customer list: {e}")
+                })
             })
         };
         // In the daemon, where quick cycles run beside it, a sweep's listing leaves their
@@ -310,7 +398,7 @@ impl Engine {
         };
         let read_kounta = || async {
             self.kounta.list_leaving(reserve).await.map_err(|e| {
-                RunError::Unavailable(format!("cannot read the CRM customer list: {e}"))
+                RunError::api(e, |e| format!("cannot read the CRM customer list: {e}"))
             })
         };
         let quick = options.kind == CycleKind::Quick;
@@ -349,6 +437,7 @@ impl Engine {
             info!("sync.listing.empty_reread");
             listing = read_kounta().await?;
         }
+        stop()?;
         if let Some(cut) = &listing.error {
             let cut = mask_contacts(&cut.to_string());
             warn!(error = %cut, pages = listing.pages, "sync.listing.incomplete");
@@ -371,6 +460,7 @@ impl Engine {
                 .await
                 .map_err(|e| RunError::Unavailable(e.to_string()))?;
             unsettled_kounta.extend(found);
+            stop()?;
         }
 
         // 3. Read the CRM on a budget (a sweep), or only what changed (a quick cycle).
@@ -409,7 +499,8 @@ impl Engine {
             );
             let verification = budget::verification_budget(
                 self.kounta_rate,
-                self.kounta.limiter().recent(),
+                // The requests of the last minute by every farmsync process on this state DB.
+                self.kounta.limiter().recent_shared().await,
                 u32::try_from(required.len()).unwrap_or(u32::MAX),
             );
             budget::select_full_reads(
@@ -456,6 +547,7 @@ impl Engine {
             if planned.needs_orders && !orders_tried {
                 orders_tried = true;
                 orders = self.read_orders().await;
+                stop()?;
                 if orders.is_none() {
                     // Unreadable is not "no orders": the deletions waiting on them are blocked
                     // this run, and the run reports a failure, like a record it could not read.
@@ -646,8 +738,8 @@ impl Engine {
                     reads.answered.insert(id);
                     reads.gone.insert(id);
                 }
-                Err(e) if e.is_auth() => {
-                    return Err(RunError::Unavailable(e.to_string()));
+                Err(e) if e.is_auth() || e.is_cancelled() => {
+                    return Err(RunError::api(e, |e| e.to_string()));
                 }
                 Err(e) => {
                     let error = mask_contacts(&e.to_string());
@@ -679,7 +771,9 @@ impl Engine {
                 Ok(None) => {
                     direct.farmflow_gone.insert(id);
                 }
-                Err(e) if e.is_auth() => return Err(RunError::Unavailable(e.to_string())),
+                Err(e) if e.is_auth() || e.is_cancelled() => {
+                    return Err(RunError::api(e, |e| e.to_string()));
+                }
                 Err(e) => {
                     let error = mask_contacts(&e.to_string());
                     warn!(farmflow_id = id.0, error = %error, "sync.read.failed");
@@ -691,18 +785,24 @@ impl Engine {
         Ok(present)
     }
 
+    /// Both order lists, or `None` when either could not be read (or farmsync is stopping).
     async fn read_orders(&self) -> Option<OrderBook> {
+        let unreadable = |e: ApiError| {
+            if !e.is_cancelled() {
+                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
+            }
+        };
         let recurring = match self.farmflow.recurring_orders().await {
             Ok(r) => r,
             Err(e) => {
-                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
+                unreadable(e);
                 return None;
             }
         };
         let one_time = match self.farmflow.one_time_orders().await {
             Ok(o) => o,
             Err(e) => {
-                warn!(error = %mask_contacts(&e.to_string()), "sync.orders.unreadable");
+                unreadable(e);
                 return None;
             }
         };
@@ -766,6 +866,9 @@ impl Engine {
         farmflow_before: RequestCounts,
         started: Instant,
     ) -> RunReport {
+        // What is left of the limiters' leases is not counted against other processes.
+        self.kounta.limiter().release().await;
+        self.farmflow.limiter().release().await;
         report.summary.kounta_requests = self.kounta.counts().total() - kounta_before.total();
         report.summary.farmflow_requests = self.farmflow.counts().total() - farmflow_before.total();
         let s = report.summary;
@@ -936,6 +1039,19 @@ struct FullReads {
 #[derive(Debug)]
 enum RunError {
     Unavailable(String),
+    /// Asked to stop before it wrote anything.
+    Interrupted,
+}
+
+impl RunError {
+    /// An API failure: the run stops as unavailable, or as interrupted when farmsync is stopping.
+    fn api(e: ApiError, message: impl FnOnce(&ApiError) -> String) -> RunError {
+        if e.is_cancelled() {
+            RunError::Interrupted
+        } else {
+            RunError::Unavailable(message(&e))
+        }
+    }
 }
 
 fn store_down(e: StoreError) -> RunError {

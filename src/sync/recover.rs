@@ -88,6 +88,8 @@ async fn settle_kounta_create(
     let found = match engine.kounta.find_by_reference(reference.as_str()).await {
         Ok(items) => items,
         Err(e) if e.is_auth() => return Err(RecoverError::Auth(e)),
+        // farmsync is stopping: the run ends here, the intent stays for the next one.
+        Err(e) if e.is_cancelled() => return Err(RecoverError::Unresolved(e)),
         Err(e) => {
             // Cannot tell yet; try again next run. Nothing will create this record meanwhile:
             // the plan only creates into the CRM from a complete listing, which would show it.

@@ -1,14 +1,18 @@
 //! `farmsync run` as a subprocess against the sandbox: cycles every second never overlap,
-//! SIGTERM stops it cleanly mid-cycle (even mid-write), and systemd hears about it all.
+//! SIGTERM stops it cleanly mid-cycle (even mid-write, even mid-listing at a low rate), and
+//! systemd hears about it all.
 
 use std::time::Duration;
 
 use farmsync::sandbox::{
-    FarmflowEndpoint, KountaEndpoint, Sandbox, SandboxOptions, Target, sample_farm,
+    FarmflowEndpoint, Fault, FaultAction, KountaEndpoint, Sandbox, SandboxOptions, Target, When,
+    sample_farm,
 };
 use farmsync::store::Store;
 
-use crate::daemon_support::{Daemon, converge, event, farmsync_in, linked, writes};
+use crate::daemon_support::{
+    Daemon, converge, event, farmsync_in, linked, linked_farm, with_crm_rate, writes,
+};
 use crate::support::{Workdir, text};
 use crate::sync_smoke::sandbox_config;
 
@@ -38,6 +42,24 @@ fn assert_runs_finished_in_sequence(w: &Workdir) {
             pair[1]
         );
     }
+}
+
+/// Staff edit the city of every linked CRM customer with an address (at least four): the
+/// (CRM id, FarmFlow id) pairs, each now in "Newtown <CRM id>".
+fn edit_every_crm_city(sb: &Sandbox) -> Vec<(i64, i64)> {
+    let edited: Vec<(i64, i64)> = linked(sb)
+        .into_iter()
+        .filter(|(k, _)| sb.kounta().get(*k).unwrap().primary_address.is_some())
+        .collect();
+    assert!(edited.len() >= 4, "{edited:?}");
+    for (k, _) in &edited {
+        sb.kounta().edit(*k, |c| {
+            if let Some(a) = c.primary_address.as_mut() {
+                a.city = format!("Newtown {}", c.id);
+            }
+        });
+    }
+    edited
 }
 
 /// In the daemon's log, runs start and finish strictly in turn.
@@ -115,19 +137,7 @@ async fn sigterm_during_a_write_settles_it_and_the_rest_waits_for_the_next_sync(
     converge(&w).await;
     let farmflow_count = sb.farmflow().customers().len();
 
-    // Staff edit the city of every linked CRM customer with an address.
-    let edited: Vec<(i64, i64)> = linked(&sb)
-        .into_iter()
-        .filter(|(k, _)| sb.kounta().get(*k).unwrap().primary_address.is_some())
-        .collect();
-    assert!(edited.len() >= 4, "{edited:?}");
-    for (k, _) in &edited {
-        sb.kounta().edit(*k, |c| {
-            if let Some(a) = c.primary_address.as_mut() {
-                a.city = format!("Newtown {}", c.id);
-            }
-        });
-    }
+    let edited = edit_every_crm_city(&sb);
     sb.farmflow().set_latency(
         Target::<FarmflowEndpoint>::AnyWrite,
         Duration::from_millis(400),
@@ -264,18 +274,25 @@ async fn run_without_credentials_exits_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_signal_exits_at_once_and_the_next_sync_finds_nothing_to_do() {
+async fn a_second_signal_exits_at_once_and_the_next_syncs_converge() {
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.seed(&sample_farm()).unwrap();
     let w = Workdir::new(&sandbox_config(&sb, YEARLY));
     converge(&w).await;
     let farmflow_count = sb.farmflow().customers().len();
-    // Every CRM request takes 3 s: the first cycle is still reading when the signals come.
-    sb.kounta()
-        .set_latency(Target::<KountaEndpoint>::Any, Duration::from_secs(3));
+    let edited = edit_every_crm_city(&sb);
+    // The first FarmFlow update is stored and never answered: the drain waits for that write
+    // (a write on the wire always finishes, here by its 5 s timeout) when the signals come.
+    let hang = sb.farmflow().inject(Fault::new(
+        FarmflowEndpoint::Update,
+        When::Nth(1),
+        FaultAction::ApplyThenHang,
+    ));
+    let mut applied = sb.farmflow().writes_applied();
+    let first = *applied.borrow();
 
     let mut d = Daemon::spawn(&w, &[]);
-    d.wait_for(MINUTE, |l| event(l) == "sync.run.started").await;
+    applied.wait_for(|n| *n > first).await.unwrap();
     d.signal("TERM");
     d.wait_for(MINUTE, |l| event(l) == "daemon.stopping").await;
     d.signal("TERM");
@@ -288,11 +305,60 @@ async fn a_second_signal_exits_at_once_and_the_next_sync_finds_nothing_to_do() {
     assert_eq!(d.count("daemon.signal.forced"), 1);
     assert_eq!(d.count("sync.run.finished"), 0, "the cycle was cut short");
 
-    // The next sync finds the state consistent: nothing to write, nothing duplicated.
-    sb.kounta().clear_latency();
+    // The next sync settles the unanswered write by looking, applies the rest; then quiet.
+    sb.farmflow().remove_fault(hang);
+    let out = farmsync_in(&w, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let before = writes(&sb);
     let out = farmsync_in(&w, &["sync"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(writes(&sb), before);
+    assert_eq!(writes(&sb), before, "{}", text(&out.stdout));
+    for (k, f) in &edited {
+        assert_eq!(sb.farmflow().get(*f).unwrap().city, format!("Newtown {k}"));
+    }
     assert_eq!(sb.farmflow().customers().len(), farmflow_count);
+}
+
+/// DESIGN.md: on SIGTERM "every wait (the rate limiter, a retry's backoff, a listing in
+/// progress) ends at once; … exit 0 within 10 s at any rate limit". At 60 CRM requests a minute
+/// an 81-page listing spends its first minute's 60 at once and then waits for the next minute:
+/// the signal ends that wait, nothing is inferred from the cut listing, and the next sync (at a
+/// high rate) links everyone and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_listing_at_60_a_minute_exits_0_at_once_and_the_next_sync_converges() {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(&linked_farm(2_000)).unwrap();
+    let fast = sandbox_config(&sb, YEARLY);
+    let w = Workdir::new(&with_crm_rate(&fast, 60));
+    let mut seen = sb.kounta().requests_seen();
+
+    let mut d = Daemon::spawn(&w, &[]);
+    // The company lookup and 59 pages; the 60th page waits for the next minute.
+    seen.wait_for(|n| *n >= 60).await.unwrap();
+    d.signal("TERM");
+    let (status, took) = d.exit(Duration::from_secs(10)).await;
+
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+    assert!(took < Duration::from_secs(3), "stopped at once: {took:?}");
+    assert_eq!(d.count("sync.run.interrupted"), 1, "{}", d.dump());
+    assert_eq!(d.count("sync.run.finished"), 1, "{}", d.dump());
+    let pages = sb.kounta().stats().count(KountaEndpoint::List);
+    assert!(pages < 81, "the listing was cut: {pages} pages");
+    assert_eq!(writes(&sb), 0, "nothing written or inferred");
+    assert_runs_finished_in_sequence(&w);
+
+    w.set_config(&fast);
+    for run in 0..2 {
+        let out = farmsync_in(&w, &["sync"]).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "run {run}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(writes(&sb), 0, "everyone linked, nothing to write");
+    let store = Store::open_read_only(&w.state_path()).unwrap();
+    assert_eq!(store.links().unwrap().len(), 2_000);
+    assert_runs_finished_in_sequence(&w);
 }

@@ -4,7 +4,7 @@
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use farmsync::sandbox::Sandbox;
+use farmsync::sandbox::{FarmflowRecord, KountaRecord, KountaRecordAddress, SampleData, Sandbox};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -14,18 +14,80 @@ use crate::support::{Workdir, farmsync, text};
 
 /// `farmsync --config <w> args…`, off the async workers.
 pub async fn farmsync_in(w: &Workdir, args: &[&str]) -> std::process::Output {
+    farmsync_with_env(w, args, &[]).await
+}
+
+/// `farmsync --config <w> args…` with extra environment, off the async workers.
+pub async fn farmsync_with_env(
+    w: &Workdir,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
     let config = w.config_path();
     tokio::task::spawn_blocking(move || {
         farmsync()
             .arg("--config")
             .arg(config)
             .args(args)
+            .envs(env)
             .output()
             .expect("run farmsync")
     })
     .await
     .expect("farmsync ran")
+}
+
+/// A sandbox config (see `sandbox_config`) with the CRM's rate set to `per_minute` (FarmFlow's
+/// stays high).
+pub fn with_crm_rate(config: &str, per_minute: u32) -> String {
+    config.replacen(
+        "requests_per_minute = 100000",
+        &format!("requests_per_minute = {per_minute}"),
+        1,
+    )
+}
+
+/// `n` people on both sides, each CRM customer naming its FarmFlow twin in `reference_id`, the
+/// same in every field: a first sync links them all and writes nothing.
+pub fn linked_farm(n: usize) -> SampleData {
+    let mut data = SampleData::default();
+    for i in 0..n {
+        let id = 1_000 + i as i64;
+        data.farmflow.push(FarmflowRecord {
+            id,
+            firstname: format!("First{i}"),
+            lastname: format!("Last{i}"),
+            email: format!("person{i}@example.com"),
+            phone: format!("04{i:08}"),
+            address: format!("{i} Orchard Lane"),
+            city: "Orange".into(),
+            state: "NSW".into(),
+            zip: "2800".into(),
+            country: "AU".into(),
+            ..FarmflowRecord::default()
+        });
+        data.kounta.push(KountaRecord {
+            first_name: format!("First{i}"),
+            last_name: format!("Last{i}"),
+            email: format!("person{i}@example.com"),
+            phone: format!("04{i:08}"),
+            reference_id: format!("farmflow:{id}"),
+            primary_address: Some(KountaRecordAddress {
+                address: format!("{i} Orchard Lane"),
+                city: "Orange".into(),
+                state: "NSW".into(),
+                postal_code: "2800".into(),
+                country: "AU".into(),
+            }),
+            ..KountaRecord::default()
+        });
+    }
+    data
 }
 
 /// Runs `farmsync sync` until both sides agree: three runs, each exiting 0.

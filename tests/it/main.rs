@@ -9,6 +9,7 @@ mod client_support;
 mod client_wire;
 mod commands;
 mod daemon_inprocess;
+mod daemon_rate;
 mod daemon_run;
 mod daemon_support;
 mod daemon_units;

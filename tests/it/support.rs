@@ -26,13 +26,18 @@ impl Workdir {
     pub fn new(extra: &str) -> Workdir {
         let dir = tempfile::tempdir().expect("temp dir");
         let w = Workdir { dir };
-        let state = w.state_path();
+        w.set_config(extra);
+        w
+    }
+
+    /// Rewrites `farmsync.toml`: `[state] path` as before, then `extra`.
+    pub fn set_config(&self, extra: &str) {
+        let state = self.state_path();
         std::fs::write(
-            w.config_path(),
+            self.config_path(),
             format!("[state]\npath = {:?}\n{extra}", state.display().to_string()),
         )
         .expect("write config");
-        w
     }
 
     /// The config file.

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use farmsync::http::{Api, RateLimiter};
 use farmsync::ids::KountaId;
 use farmsync::sandbox::{Fault, FaultAction, KountaEndpoint, When};
-use farmsync::sync::engine::{Outcome, RunOptions};
+use farmsync::sync::engine::{Engine, Outcome, RunOptions, request_ledger};
 use tokio_util::sync::CancellationToken;
 
 use crate::sync_matrix::three_linked;
@@ -80,6 +81,33 @@ async fn unlisted_crm_edits_arrive_within_links_over_budget_runs() {
         assert_eq!((report.outcome, writes), (Outcome::Applied, 0));
     }
     assert_settled_state(&h).await;
+}
+
+/// The budget leaves out the CRM requests of the last minute by every farmsync process on the
+/// state DB (DESIGN.md), as the state DB's request ledger records them — not this one's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_leaves_out_the_requests_other_processes_made() {
+    let mut h = Harness::start().await;
+    people(&h, 12).await;
+    h.reconfigure(&[("kounta.requests_per_minute", "30")]);
+    // Another farmsync on this state DB (a `check`, a daemon stopped a moment ago) made 20 CRM
+    // requests this minute.
+    let ledger = request_ledger(&h.state_path()).unwrap();
+    let other = RateLimiter::per_minute(30).with_ledger(ledger, Api::Kounta);
+    for _ in 0..20 {
+        other.acquire().await;
+    }
+    other.release().await;
+    // This process shares the rate through the ledger, as `farmsync sync` does.
+    let engine = Engine::from_settings(&h.settings, h.engine.store.clone(), false).unwrap();
+    age_verifications(&h, 600).await;
+    let before = crm_reads(&h);
+
+    let report = engine.run_once(RunOptions::default()).await;
+
+    assert_eq!(report.outcome, Outcome::Applied);
+    // 30 a minute: 20 the other's, 2 this run's company lookup and list page, 8 reads.
+    assert_eq!(crm_reads(&h) - before, 8);
 }
 
 /// A webhook hint makes the run read that customer whatever the budget says.

@@ -277,7 +277,9 @@ pub fn open_store(path: &std::path::Path) -> Store {
     Store::open(path).expect("state DB opens")
 }
 
-/// An engine as `Engine::from_settings` builds it, with short timeouts and quick retries.
+/// An engine as `Engine::from_settings` builds it, with short timeouts and quick retries — and
+/// no request ledger: each harness engine is a process started long after the last (tests age
+/// the state between runs rather than wait), so the requests of earlier engines do not count.
 pub fn engine_for(settings: &Settings, store: Store) -> Engine {
     let store = SharedStore::new(store);
     let mut k = kounta_options(settings);
