@@ -179,6 +179,11 @@ impl Daemon {
         }
     }
 
+    /// The process, for a test that waits for it or kills it itself.
+    pub fn process(&mut self) -> &mut tokio::process::Child {
+        &mut self.child
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().expect("still running")

@@ -9,11 +9,19 @@
 //! listings faulty while the killed cycle and the two runs after it read them (live customers
 //! left out of both sides' lists, the CRM's pages drifting forward and back, FarmFlow's list
 //! lagging in the killed cycle), then turns the faults off for the convergence check.
+//!
+//! A third campaign kills quick cycles: with a sweep only at start and a quick cycle every second,
+//! the daemon's start-up sweep finds the farm agreeing (a `farmsync sync` ran before), then people
+//! edit and delete in FarmFlow (the next `quick_cron` cycle carries it), then edit on both sides
+//! and delete in the CRM's back office (webhook deliveries announce it; a quick cycle carries
+//! it). The fault is armed only after the start-up sweep has finished, so every write killed is
+//! a quick cycle's; the same checks follow.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use farmsync::sandbox::{
     Access, Endpoint, FarmflowRecord, KountaRecord, SampleData, Sandbox, SandboxOptions,
@@ -21,10 +29,11 @@ use farmsync::sandbox::{
 };
 use tokio::sync::Semaphore;
 
+use crate::daemon_support::{Daemon, event, free_port};
 use crate::proof_support::{
-    FAULTY_RERUNS, ListingFaults, Side, World, converge, converge_and_check, kill_after_write,
-    listing_faults_served, omissions_confirmed, run_farmsync, sandbox_config,
-    sync_with_listing_faults,
+    ArmedWrite, FAULTY_RERUNS, ListingFaults, Side, World, converge, converge_and_check,
+    kill_after_write, listing_faults_served, omissions_confirmed, run_farmsync, sandbox_config,
+    sync_with_listing_faults, writes,
 };
 use crate::support::{Workdir, text};
 
@@ -207,6 +216,45 @@ fn spawn_daemon(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Chil
         .expect("spawn farmsync run")
 }
 
+/// The writes both fakes took since `since`, in order: k (from 1), side, which write of that
+/// side (from 1), and what it was.
+fn writes_in_order(sb: &Sandbox, since: tokio::time::Instant) -> Vec<(usize, Side, u64, String)> {
+    let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
+    for r in sb
+        .kounta()
+        .request_log()
+        .into_iter()
+        .filter(|r| r.at >= since)
+    {
+        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
+            log.push((r.at, Side::Kounta, format!("crm {e:?}")));
+        }
+    }
+    for r in sb
+        .farmflow()
+        .request_log()
+        .into_iter()
+        .filter(|r| r.at >= since)
+    {
+        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
+            log.push((r.at, Side::Farmflow, format!("farmflow {e:?}")));
+        }
+    }
+    log.sort_by_key(|(at, _, _)| *at);
+    let (mut kounta, mut farmflow) = (0, 0);
+    log.into_iter()
+        .enumerate()
+        .map(|(i, (_, side, what))| {
+            let counter = match side {
+                Side::Kounta => &mut kounta,
+                Side::Farmflow => &mut farmflow,
+            };
+            *counter += 1;
+            (i + 1, side, *counter, what)
+        })
+        .collect()
+}
+
 /// One `farmsync sync` that is never killed: the writes of a first cycle, in order, and the
 /// outcome every crashed daemon must reach too (after the same faulty runs as a crashed one,
 /// with `faulty_listings`). (The daemon's start-up cycle is the same run.)
@@ -220,37 +268,17 @@ async fn uncrashed(
     if let Some(faults) = &faults {
         faults.arm(&sb);
     }
+    let since = tokio::time::Instant::now();
     let out = run_farmsync(&w, &["sync"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
-    for r in sb.kounta().request_log() {
-        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
-            log.push((r.at, Side::Kounta, format!("crm {e:?}")));
-        }
-    }
-    for r in sb.farmflow().request_log() {
-        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
-            log.push((r.at, Side::Farmflow, format!("farmflow {e:?}")));
-        }
-    }
-    log.sort_by_key(|(at, _, _)| *at);
-    let (mut kounta, mut farmflow) = (0, 0);
-    let points = log
+    let points = writes_in_order(&sb, since)
         .into_iter()
-        .enumerate()
-        .map(|(i, (_, side, what))| {
-            let counter = match side {
-                Side::Kounta => &mut kounta,
-                Side::Farmflow => &mut farmflow,
-            };
-            *counter += 1;
-            CrashPoint {
-                after_changes,
-                k: i + 1,
-                side,
-                nth: *counter,
-                what,
-            }
+        .map(|(k, side, nth, what)| CrashPoint {
+            after_changes,
+            k,
+            side,
+            nth,
+            what,
         })
         .collect();
     // A second run writes nothing; after faulty listings, one of the runs once they are whole.
@@ -261,7 +289,15 @@ async fn uncrashed(
     }
     let (unsettled, _) = converge(&sb, &w, &[], runs).await;
     assert!(unsettled.is_empty(), "{unsettled:?}");
-    let world = World::read(&sb, &w.state_path()).unwrap();
+    let world = sound_world(&sb, &w);
+    sb.shutdown().await;
+    (points, world)
+}
+
+/// Both sides and the state DB of an uncrashed run, which must hold nobody twice and no broken
+/// link: the outcome crashed runs are held to.
+fn sound_world(sb: &Sandbox, w: &Workdir) -> World {
+    let world = World::read(sb, &w.state_path()).unwrap();
     assert!(
         world.duplicate_people().is_empty(),
         "{:?}",
@@ -272,8 +308,7 @@ async fn uncrashed(
         "{:?}",
         world.broken_links()
     );
-    sb.shutdown().await;
-    (points, world)
+    world
 }
 
 /// What one crash point came to.
@@ -488,6 +523,364 @@ async fn killing_the_daemon_while_listings_leave_customers_out_loses_and_duplica
             .all(|(_, v)| v.confirmed_present >= 2),
         "linked customers left out were not confirmed present"
     );
+    assert!(
+        failed.is_empty(),
+        "{} of {total} crash points failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quick cycles
+
+/// How long the quick campaign waits for the daemon's log before giving up.
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A sweep once a year (so only the start-up one), a quick cycle every second, and webhooks
+/// delivered to `port`.
+fn quick_config(sb: &Sandbox, port: u16) -> String {
+    sandbox_config(
+        sb,
+        &format!(
+            "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"* * * * * *\"\n\
+             [webhooks]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
+             signature_token = {:?}\nshared_secret = \"the-quick-campaign-secret\"\n",
+            sb.kounta().signature_token()
+        ),
+    )
+}
+
+/// A fresh sandbox seeded with `data`, synced until a run writes nothing, with the CRM's
+/// webhooks registered to the daemon's listener.
+async fn prepare_agreed(data: &SampleData) -> (Sandbox, Workdir) {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(data).unwrap();
+    let w = Workdir::new(&quick_config(&sb, free_port()));
+    let (unsettled, _) = converge(&sb, &w, &[], MAX_RERUNS).await;
+    assert!(unsettled.is_empty(), "{unsettled:?}");
+    let out = run_farmsync(&w, &["webhooks", "register"], &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    sb.kounta().reset_stats();
+    sb.farmflow().reset_stats();
+    (sb, w)
+}
+
+/// Reads the daemon's log until the run it started with `started` has finished.
+async fn finished(d: &mut Daemon, started: &serde_json::Value) {
+    let run_id = started["run_id"].clone();
+    assert!(run_id.is_string(), "{started}");
+    d.wait_for(MINUTE, |l| {
+        event(l) == "sync.run.finished" && l["run_id"] == run_id
+    })
+    .await;
+}
+
+/// Starts `farmsync run` and waits until its start-up sweep has finished, then a quick cycle
+/// started after it: the farm agrees, and what people change now waits for the next quick
+/// cycle (within a second, or half a second after a webhook delivery).
+async fn daemon_after_sweep(w: &Workdir) -> Daemon {
+    let mut d = Daemon::spawn(w, &[]);
+    let sweep = d
+        .wait_for(MINUTE, |l| {
+            event(l) == "sync.run.started" && l["kind"] == "sweep"
+        })
+        .await;
+    finished(&mut d, &sweep).await;
+    let quick = d
+        .wait_for(MINUTE, |l| {
+            event(l) == "sync.run.started" && l["kind"] == "quick"
+        })
+        .await;
+    finished(&mut d, &quick).await;
+    d
+}
+
+/// People's first round of changes once the farm agrees: FarmFlow edits and a FarmFlow
+/// deletion, which no webhook announces: the next `quick_cron` cycle finds them in FarmFlow's
+/// list.
+fn farmflow_people_change(sb: &Sandbox) {
+    let ff = sb.farmflow().customers();
+    let ff_id = |first: &str| ff.iter().find(|c| c.firstname == first).unwrap().id;
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Cy1"), |c| c.city = "Alice Springs".into())
+    );
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Ray2"), |c| c.phone = "03 7199 2222".into())
+    );
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Dee3"), |c| c.city = "Broome".into())
+    );
+    sb.farmflow().delete(ff_id("Ray0")).unwrap();
+}
+
+/// People's second round: CRM edits, a person edited on both sides, and a CRM back-office
+/// deletion, each announced by a webhook delivery. Returns the CRM customers the deliveries
+/// name.
+fn crm_people_change(sb: &Sandbox) -> Vec<i64> {
+    let crm = sb.kounta().customers();
+    let ff = sb.farmflow().customers();
+    let crm_id = |first: &str| crm.iter().find(|c| c.first_name == first).unwrap().id;
+    let ff_id = |first: &str| ff.iter().find(|c| c.firstname == first).unwrap().id;
+    assert!(
+        sb.farmflow()
+            .edit(ff_id("Ray3"), |c| c.city = "Launceston".into())
+    );
+    assert!(sb.kounta().edit(crm_id("Ray3"), |c| c.email =
+        "ray3.new@daemon.example".into()));
+    assert!(
+        sb.kounta()
+            .edit(crm_id("Cy0"), |c| c.phone = "07 7199 0000".into())
+    );
+    assert!(
+        sb.kounta()
+            .edit(crm_id("Cy2"), |c| c.phone = "07 7199 0002".into())
+    );
+    assert!(sb.kounta().edit(crm_id("Dee2"), |c| c.email =
+        "dee2.new@daemon.example".into()));
+    assert!(sb.kounta().backoffice_delete(crm_id("Dee0")));
+    ["Ray3", "Cy0", "Cy2", "Dee2", "Dee0"].map(crm_id).to_vec()
+}
+
+/// Reads the daemon's log until a cycle has finished having written something (`writes` counts
+/// every write since the sandbox's stats were reset): the one that carried the FarmFlow round.
+/// Its CRM writes come back as webhook deliveries; once the daemon has received them all and a
+/// cycle started after them has finished, it is idle again.
+async fn farmflow_round_carried(d: &mut Daemon, sb: &Sandbox, writes_before: u64) {
+    while writes(sb) == writes_before {
+        let next = d.wait_for(MINUTE, |l| event(l) == "sync.run.started").await;
+        finished(d, &next).await;
+    }
+    let echoes = sb.kounta().stats().writes as usize;
+    d.wait_for_count("webhook.received", echoes, MINUTE).await;
+    let next = d.wait_for(MINUTE, |l| event(l) == "sync.run.started").await;
+    finished(d, &next).await;
+}
+
+/// Reads the daemon's log until it has received a delivery for each of `announced`, then until
+/// a cycle started after those has finished: it found every change people made.
+async fn crm_round_carried(d: &mut Daemon, announced: &[i64]) {
+    let mut waiting: BTreeSet<i64> = announced.iter().copied().collect();
+    while !waiting.is_empty() {
+        let received = d.wait_for(MINUTE, |l| event(l) == "webhook.received").await;
+        if let Some(id) = received["kounta_id"].as_i64() {
+            waiting.remove(&id);
+        }
+    }
+    let next = d.wait_for(MINUTE, |l| event(l) == "sync.run.started").await;
+    finished(d, &next).await;
+}
+
+/// A write of the quick cycles after people's changes: the k-th of all, the `nth` of its side,
+/// in the cycle that carried people's first round (FarmFlow's changes) or their second.
+#[derive(Debug, Clone)]
+struct QuickPoint {
+    k: usize,
+    side: Side,
+    nth: u64,
+    what: String,
+    first_round: bool,
+}
+
+/// What a daemon that is never killed did after its start-up sweep.
+struct UncrashedQuick {
+    /// The writes of its quick cycles, in order.
+    points: Vec<QuickPoint>,
+    /// The quick cycles that wrote, by the trigger that started them.
+    writing_cycles: BTreeMap<String, usize>,
+    /// The outcome every crashed daemon must reach.
+    world: World,
+}
+
+/// A daemon that is never killed: its start-up sweep finds the farm agreeing, then a quick
+/// cycle carries each round of people's changes.
+async fn uncrashed_quick(data: &SampleData) -> UncrashedQuick {
+    let (sb, w) = prepare_agreed(data).await;
+    let mut d = daemon_after_sweep(&w).await;
+    assert_eq!(
+        writes(&sb),
+        0,
+        "the farm agreed: the start-up sweep writes nothing\n{}",
+        d.dump()
+    );
+    let since = tokio::time::Instant::now();
+    let mark = d.log.len();
+    farmflow_people_change(&sb);
+    farmflow_round_carried(&mut d, &sb, 0).await;
+    let first_round = writes(&sb) as usize;
+    let announced = crm_people_change(&sb);
+    crm_round_carried(&mut d, &announced).await;
+    d.signal("TERM");
+    let (status, _) = d.exit(MINUTE).await;
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+    // Only the quick lane runs now, so a cycle's `daemon.cycle.started` (naming its trigger)
+    // comes just before its run's lines.
+    let mut trigger = String::new();
+    let mut writing_cycles: BTreeMap<String, usize> = BTreeMap::new();
+    for l in &d.log[mark..] {
+        match event(l) {
+            "daemon.cycle.started" => trigger = l["trigger"].as_str().unwrap_or("").to_owned(),
+            "sync.run.finished"
+                if ["created", "updated", "deleted", "linked"]
+                    .iter()
+                    .any(|n| l[n].as_u64().unwrap_or(0) > 0) =>
+            {
+                *writing_cycles.entry(trigger.clone()).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let points = writes_in_order(&sb, since)
+        .into_iter()
+        .map(|(k, side, nth, what)| QuickPoint {
+            k,
+            side,
+            nth,
+            what,
+            first_round: k <= first_round,
+        })
+        .collect();
+    // The quick cycles carried everything: a sweep after them writes nothing.
+    let (left, _) = converge(&sb, &w, &[], 1).await;
+    assert!(left.is_empty(), "{left:?}\n{}", d.dump());
+    let world = sound_world(&sb, &w);
+    sb.shutdown().await;
+    UncrashedQuick {
+        points,
+        writing_cycles,
+        world,
+    }
+}
+
+/// Kills `farmsync run` right after the write at `point` of its quick cycles is applied (armed
+/// once the start-up sweep has finished), reruns `farmsync sync` until a run writes nothing, and
+/// checks every invariant against `expected`. People make their second round of changes after
+/// the first round's cycle, as in the uncrashed run — or, when that cycle is the one killed,
+/// while the daemon is down (their deliveries find no listener). Returns the violations and the
+/// runs after the kill.
+async fn crash_quick_cycle_at(
+    point: &QuickPoint,
+    data: &SampleData,
+    expected: &World,
+) -> (Vec<String>, usize) {
+    let (sb, w) = prepare_agreed(data).await;
+    let mut d = daemon_after_sweep(&w).await;
+    let mut violations = Vec::new();
+    if writes(&sb) != 0 {
+        violations.push(format!(
+            "{} writes before people's changes: the start-up sweep or an idle quick cycle wrote",
+            writes(&sb)
+        ));
+    }
+    let agreed = writes(&sb);
+    let armed = ArmedWrite::arm(&sb, point.side, point.nth, point.k);
+    farmflow_people_change(&sb);
+    if point.first_round {
+        violations.extend(
+            armed
+                .kill_when_applied(&sb, d.process(), "farmsync run")
+                .await,
+        );
+        crm_people_change(&sb);
+    } else {
+        farmflow_round_carried(&mut d, &sb, agreed).await;
+        crm_people_change(&sb);
+        violations.extend(
+            armed
+                .kill_when_applied(&sb, d.process(), "farmsync run")
+                .await,
+        );
+    }
+    let (found, runs) = converge_and_check(&sb, &w, &[], expected, MAX_RERUNS).await;
+    violations.extend(found);
+    sb.shutdown().await;
+    (violations, runs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_cycles_killed_after_any_write_lose_and_duplicate_nothing() {
+    let started = Instant::now();
+    let data = Arc::new(scenario());
+    let UncrashedQuick {
+        points,
+        writing_cycles,
+        world: expected,
+    } = uncrashed_quick(&data).await;
+    let expected = Arc::new(expected);
+    let mut tasks = tokio::task::JoinSet::new();
+    for point in points.clone() {
+        let (data, expected) = (data.clone(), expected.clone());
+        tasks.spawn(async move {
+            let _permit = GATE.acquire().await.unwrap();
+            let (violations, runs) = crash_quick_cycle_at(&point, &data, &expected).await;
+            (point, violations, runs)
+        });
+    }
+    let mut runs = Vec::new();
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (point, violations, after) = joined.expect("crash point task");
+        runs.push(after);
+        if !violations.is_empty() {
+            failed.push(format!(
+                "k={} ({}, write {} of its side): {}",
+                point.k,
+                point.what,
+                point.nth,
+                violations.join("\n    ")
+            ));
+        }
+    }
+    failed.sort();
+    let total = points.len();
+    let on = |first_round: bool, side| {
+        points
+            .iter()
+            .filter(|p| p.first_round == first_round && p.side == side)
+            .count()
+    };
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &points {
+        *kinds.entry(p.what.as_str()).or_default() += 1;
+    }
+    println!(
+        "quick-cycle daemon crash campaign: {total} crash points, every k of the quick cycles \
+         after the start-up sweep (those that wrote, by trigger: {writing_cycles:?}) — FarmFlow's \
+         changes: {} crm + {} farmflow writes; the CRM's changes: {} crm + {} farmflow writes; \
+         kinds {kinds:?}; {} runs after the kills, at most {} for one point; {} crash points \
+         broke an invariant; {:.1} s",
+        on(true, Side::Kounta),
+        on(true, Side::Farmflow),
+        on(false, Side::Kounta),
+        on(false, Side::Farmflow),
+        runs.iter().sum::<usize>(),
+        runs.iter().max().unwrap_or(&0),
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        total >= 8,
+        "people's changes need at least 8 writes, made {total}"
+    );
+    assert!(
+        writing_cycles.get("quick").is_some_and(|n| *n >= 1),
+        "a quick_cron cycle carried FarmFlow's changes: {writing_cycles:?}"
+    );
+    for first_round in [true, false] {
+        assert!(
+            on(first_round, Side::Kounta) + on(first_round, Side::Farmflow) >= 3,
+            "each round of changes takes writes (FarmFlow's: {first_round})"
+        );
+    }
+    for kind in ["crm Update", "farmflow Update", "farmflow Delete"] {
+        assert!(
+            kinds.contains_key(kind),
+            "no {kind} among the crash points: {kinds:?}"
+        );
+    }
     assert!(
         failed.is_empty(),
         "{} of {total} crash points failed:\n{}",

@@ -393,10 +393,88 @@ pub enum Side {
 /// How long a crash point waits for its write before giving up.
 const REACH_WRITE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A write the sandbox will apply and never answer (`FaultAction::ApplyThenHang`), armed
+/// before the process under test makes it: the `nth` write to `side` from now, the campaign's
+/// write `k`.
+pub struct ArmedWrite {
+    side: Side,
+    nth: u64,
+    k: usize,
+    /// Writes the side had applied when the fault was armed.
+    base: u64,
+    fault: farmsync::sandbox::FaultId,
+}
+
+impl ArmedWrite {
+    /// Arms the fault on `sb`.
+    pub fn arm(sb: &Sandbox, side: Side, nth: u64, k: usize) -> ArmedWrite {
+        use farmsync::sandbox::{Fault, FaultAction, Target, When};
+        let (base, fault) = match side {
+            Side::Kounta => (
+                *sb.kounta().writes_applied().borrow(),
+                sb.kounta().inject(Fault::new(
+                    Target::AnyWrite,
+                    When::Nth(nth),
+                    FaultAction::ApplyThenHang,
+                )),
+            ),
+            Side::Farmflow => (
+                *sb.farmflow().writes_applied().borrow(),
+                sb.farmflow().inject(Fault::new(
+                    Target::AnyWrite,
+                    When::Nth(nth),
+                    FaultAction::ApplyThenHang,
+                )),
+            ),
+        };
+        ArmedWrite {
+            side,
+            nth,
+            k,
+            base,
+            fault,
+        }
+    }
+
+    /// Waits until the armed write is applied, then kills `child` with SIGKILL — no destructor,
+    /// no flush, no settling: the write is applied, its answer unsent — and disarms the fault.
+    /// Returns what went wrong on the way (`label` names the process in those messages).
+    pub async fn kill_when_applied(
+        self,
+        sb: &Sandbox,
+        child: &mut tokio::process::Child,
+        label: &str,
+    ) -> Vec<String> {
+        let (k, target) = (self.k, self.base + self.nth);
+        let mut violations = Vec::new();
+        let reached = async {
+            match self.side {
+                Side::Kounta => sb.kounta().wait_for_writes(target).await,
+                Side::Farmflow => sb.farmflow().wait_for_writes(target).await,
+            }
+        };
+        tokio::select! {
+            () = reached => {}
+            status = child.wait() => {
+                violations.push(format!("{label} exited ({status:?}) before write {k}"));
+            }
+            () = tokio::time::sleep(REACH_WRITE) => {
+                violations.push(format!("write {k} never arrived"));
+            }
+        }
+        child.kill().await.expect("kill the process under test");
+        match self.side {
+            Side::Kounta => sb.kounta().remove_fault(self.fault),
+            Side::Farmflow => sb.farmflow().remove_fault(self.fault),
+        };
+        violations
+    }
+}
+
 /// Makes the sandbox apply the `nth` write to `side` (counted from now) and never answer it,
 /// starts the process under test with `spawn`, waits until that write is applied, and kills the
-/// process with SIGKILL — no destructor, no flush, no settling: the write is applied, its answer
-/// unsent. Returns what went wrong on the way (`label` names the process in those messages).
+/// process with SIGKILL (see [`ArmedWrite`]). Returns what went wrong on the way (`label` names
+/// the process in those messages).
 pub async fn kill_after_write(
     sb: &Sandbox,
     side: Side,
@@ -405,48 +483,9 @@ pub async fn kill_after_write(
     label: &str,
     spawn: impl FnOnce() -> tokio::process::Child,
 ) -> Vec<String> {
-    use farmsync::sandbox::{Fault, FaultAction, Target, When};
-    let (base, fault_id) = match side {
-        Side::Kounta => (
-            *sb.kounta().writes_applied().borrow(),
-            sb.kounta().inject(Fault::new(
-                Target::AnyWrite,
-                When::Nth(nth),
-                FaultAction::ApplyThenHang,
-            )),
-        ),
-        Side::Farmflow => (
-            *sb.farmflow().writes_applied().borrow(),
-            sb.farmflow().inject(Fault::new(
-                Target::AnyWrite,
-                When::Nth(nth),
-                FaultAction::ApplyThenHang,
-            )),
-        ),
-    };
-    let mut violations = Vec::new();
+    let armed = ArmedWrite::arm(sb, side, nth, k);
     let mut child = spawn();
-    let reached = async {
-        match side {
-            Side::Kounta => sb.kounta().wait_for_writes(base + nth).await,
-            Side::Farmflow => sb.farmflow().wait_for_writes(base + nth).await,
-        }
-    };
-    tokio::select! {
-        () = reached => {}
-        status = child.wait() => {
-            violations.push(format!("{label} exited ({status:?}) before write {k}"));
-        }
-        () = tokio::time::sleep(REACH_WRITE) => {
-            violations.push(format!("write {k} never arrived"));
-        }
-    }
-    child.kill().await.expect("kill the process under test");
-    match side {
-        Side::Kounta => sb.kounta().remove_fault(fault_id),
-        Side::Farmflow => sb.farmflow().remove_fault(fault_id),
-    };
-    violations
+    armed.kill_when_applied(sb, &mut child, label).await
 }
 
 /// Live records a campaign's listings leave out while its faults are on, named by person (a
