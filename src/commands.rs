@@ -60,16 +60,22 @@ pub fn sync(
     let store = SharedStore::new(store);
     let engine = Engine::from_settings(settings, store, allow_mass_delete)
         .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+    let stop = tokio_util::sync::CancellationToken::new();
     let options = RunOptions {
         dry_run,
         allow_mass_delete,
-        cancel: None,
+        // SIGTERM or SIGINT (a stopped timer unit, Ctrl-C) ends every wait at once; the write
+        // in flight finishes and is settled, and the rest waits for the next run.
+        cancel: Some(stop.clone()),
         kind: crate::sync::engine::CycleKind::Sweep,
         writer: None,
     };
     let show_progress =
         format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let report = runtime()?.block_on(async {
+    let rt = runtime()?;
+    let signals = rt.block_on(async { StopSignals::install() })?;
+    let report = rt.block_on(async {
+        tokio::spawn(signals.watch(stop));
         if !show_progress {
             return engine.run_once(options).await;
         }

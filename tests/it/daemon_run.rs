@@ -333,8 +333,9 @@ async fn sigterm_mid_listing_at_60_a_minute_exits_0_at_once_and_the_next_sync_co
     let mut seen = sb.kounta().requests_seen();
 
     let mut d = Daemon::spawn(&w, &[]);
-    // The company lookup and 59 pages; the 60th page waits for the next minute.
-    seen.wait_for(|n| *n >= 60).await.unwrap();
+    // The company lookup and 44 pages; the next page waits for room that leaves the quick
+    // cycles' reserve (15 of the 60) free.
+    seen.wait_for(|n| *n >= 45).await.unwrap();
     d.signal("TERM");
     let (status, took) = d.exit(Duration::from_secs(10)).await;
 
@@ -361,4 +362,30 @@ async fn sigterm_mid_listing_at_60_a_minute_exits_0_at_once_and_the_next_sync_co
     let store = Store::open_read_only(&w.state_path()).unwrap();
     assert_eq!(store.links().unwrap().len(), 2_000);
     assert_runs_finished_in_sequence(&w);
+}
+
+/// The same for a one-shot `farmsync sync` (a timer unit stopped, Ctrl-C): SIGTERM in the
+/// middle of a long listing ends the run at once with exit 0, nothing written or inferred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_listing_stops_a_sync_at_once_with_exit_0() {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(&linked_farm(2_000)).unwrap();
+    let fast = sandbox_config(&sb, YEARLY);
+    let w = Workdir::new(&with_crm_rate(&fast, 60));
+    let mut seen = sb.kounta().requests_seen();
+
+    let mut sync = Daemon::spawn_command(&w, "sync", &[]);
+    // The company lookup and 59 pages; the 60th page waits for the next minute.
+    seen.wait_for(|n| *n >= 60).await.unwrap();
+    sync.signal("TERM");
+    let (status, took) = sync.exit(Duration::from_secs(10)).await;
+
+    assert_eq!(status.code(), Some(0), "{}", sync.dump());
+    assert!(took < Duration::from_secs(3), "stopped at once: {took:?}");
+    assert_eq!(sync.count("sync.run.interrupted"), 1, "{}", sync.dump());
+    assert!(sb.kounta().stats().count(KountaEndpoint::List) < 81);
+    assert_eq!(writes(&sb), 0, "nothing written or inferred");
+    w.set_config(&fast);
+    let out = farmsync_in(&w, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }

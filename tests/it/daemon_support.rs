@@ -145,12 +145,18 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `farmsync --log-format json --config <w> run` with extra environment.
     pub fn spawn(w: &Workdir, env: &[(&str, String)]) -> Daemon {
+        Daemon::spawn_command(w, "run", env)
+    }
+
+    /// Starts `farmsync --log-format json --config <w> <command>` (`run`, `sync`) with extra
+    /// environment, its JSON log read as it comes.
+    pub fn spawn_command(w: &Workdir, command: &str, env: &[(&str, String)]) -> Daemon {
         let mut cmd = farmsync();
         cmd.arg("--log-format")
             .arg("json")
             .arg("--config")
             .arg(w.config_path())
-            .arg("run")
+            .arg(command)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
