@@ -594,15 +594,28 @@ impl Engine {
                 }
                 more = true;
             }
+            // FarmFlow's list proved it lags or leaves customers out (a read by id found one it
+            // did not show): then it may also show a customer deleted since, so each customer
+            // about to be created in the CRM from it is read by id first. A consistent list
+            // costs nothing here.
+            let list_unreliable = !direct.farmflow.is_empty();
+            let ghosts = planned.actions.iter().filter_map(|a| match a {
+                crate::sync::action::Action::CreateKounta(c) if list_unreliable => {
+                    Some(c.farmflow_id)
+                }
+                _ => None,
+            });
             let wanted: Vec<FarmflowId> = planned
                 .needs_farmflow_reads
                 .iter()
                 .copied()
+                .chain(ghosts)
                 .filter(|f| farmflow_attempted.insert(*f))
                 .collect();
             if !wanted.is_empty() {
+                let listed: HashSet<FarmflowId> = farmflow.iter().map(|c| c.id).collect();
                 report.omissions += self
-                    .read_farmflow(&wanted, &mut direct, &mut reads_done)
+                    .read_farmflow(&wanted, &listed, &mut direct, &mut reads_done)
                     .await?;
                 more = true;
             }
@@ -752,11 +765,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Reads FarmFlow customers the list left out, by id: a record that reads back is present
-    /// (`sync.listing.omission`), a 404 confirms the absence. Returns how many were present.
+    /// Reads FarmFlow customers by id: one the list left out that reads back is present
+    /// (`sync.listing.omission`); a 404 confirms an absence, or shows a listed customer gone
+    /// since. Returns how many the list had left out.
     async fn read_farmflow(
         &self,
         ids: &[FarmflowId],
+        listed: &HashSet<FarmflowId>,
         direct: &mut DirectReads,
         reads: &mut FullReads,
     ) -> Result<u64, RunError> {
@@ -764,8 +779,10 @@ impl Engine {
         for &id in ids {
             match self.farmflow.get(id).await {
                 Ok(Some(record)) => {
-                    info!(side = "farmflow", id = id.0, "sync.listing.omission");
-                    present += 1;
+                    if !listed.contains(&id) {
+                        info!(side = "farmflow", id = id.0, "sync.listing.omission");
+                        present += 1;
+                    }
                     direct.farmflow.insert(id, record);
                 }
                 Ok(None) => {

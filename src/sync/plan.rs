@@ -329,7 +329,13 @@ impl<'a> World<'a> {
         for f in input.direct.farmflow.values() {
             farmflow.insert(f.id, (f, Customer::from_farmflow(&f.fields)));
         }
-        for f in input.farmflow {
+        // A list that lags can show a customer deleted since: a read by id that answered 404
+        // wins over the list.
+        for f in input
+            .farmflow
+            .iter()
+            .filter(|f| !input.direct.farmflow_gone.contains(&f.id))
+        {
             farmflow
                 .entry(f.id)
                 .or_insert_with(|| (f, Customer::from_farmflow(&f.fields)));
