@@ -62,9 +62,9 @@ impl Listings {
     }
 
     /// The listing faults of the runs after the kill, if any. FarmFlow's list lags in them
-    /// only on request: a lagging list hides a FarmFlow create whose answer the kill lost, and
-    /// journal recovery (which looks for it in that list) then finds it absent and the create
-    /// is made twice — see `a_lagging_farmflow_list_during_recovery_duplicates_a_lost_create`.
+    /// only on request: a lagging list hides a FarmFlow create whose answer the kill lost, which
+    /// journal recovery must find by asking FarmFlow by id — see
+    /// `a_lagging_farmflow_list_during_recovery_never_duplicates_a_lost_create`.
     fn recovery(self, phase: Phase) -> Option<ListingFaults> {
         match self {
             Listings::Whole => None,
@@ -694,11 +694,11 @@ async fn killing_sync_while_listings_leave_customers_out_loses_and_duplicates_no
     faulty_listing_campaign("faulty-listing crash campaign", false).await;
 }
 
-/// The campaign above with FarmFlow's list lagging in the runs after the kill too. Fails while
-/// journal recovery looks for a lost FarmFlow create only in that list.
+/// The campaign above with FarmFlow's list lagging in the runs after the kill too: journal
+/// recovery asks FarmFlow by id above the newest id it knows before it calls a lost create
+/// absent, so a create the lagging list hides is found, never made twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a lagging FarmFlow list during recovery makes a lost create twice (engine fix pending)"]
-async fn a_lagging_farmflow_list_during_recovery_duplicates_a_lost_create() {
+async fn a_lagging_farmflow_list_during_recovery_never_duplicates_a_lost_create() {
     faulty_listing_campaign("faulty-listing crash campaign, lag during recovery", true).await;
 }
 

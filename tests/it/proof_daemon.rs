@@ -50,10 +50,9 @@ const PAGE_SIZE: usize = 5;
 const DRIFTS: &[(u32, i64)] = &[(2, 2), (3, -2)];
 
 /// What the listings leave out while the killed cycle (after people's changes or not) and the
-/// runs after it read them. FarmFlow's list lags only in the killed cycle: in the runs after it
-/// a lag hides a FarmFlow create whose answer the kill lost, and journal recovery makes it
-/// twice (see the sync crash campaign's
-/// `a_lagging_farmflow_list_during_recovery_duplicates_a_lost_create`).
+/// runs after it read them. FarmFlow's list lags only in the killed cycle; the sync crash
+/// campaign's `a_lagging_farmflow_list_during_recovery_never_duplicates_a_lost_create` lags it
+/// during recovery too.
 fn listing_faults(after_changes: bool) -> ListingFaults {
     if after_changes {
         // Linked people left out: edited in the CRM (Cy0, Ray1), in FarmFlow (Cy1, Dee1), or
