@@ -44,6 +44,14 @@
 //!   recovery finds no older FarmFlow id to probe from: the lost create is made a second time.
 //! - `[New(Crm, 0, Both), Sync(Crash(Ff, 1)), Sync(FfLag(1))]`
 //!   the same after a crash mid-create with a lagging list: P0 is in FarmFlow twice.
+//! - `[Twins(2), Del(Ff, 2), Sync(FfLag(1)), Sync(FfLag(2))]`
+//!   a lagging list shows a FarmFlow customer deleted before any sync linked it (a ghost):
+//!   it is linked, or created in the CRM, and P2 ends up in the CRM twice. The same after a
+//!   lost state DB, whose tombstones named the customers deleted before:
+//!   `[New(Crm, 4, Both), New(Crm, 0, Both), New(Crm, 2, Both), Sync(Clean), Del(Crm, 2),
+//!   Sync(Cancel(Crm, 1)), LoseDb, Sync(Clean), Edit(Ff, 4, First), Sync(FfLag(2))]` leaves a
+//!   new P2 in the CRM, tagged `farmflow-deleted`. The sync reads such a customer by id only
+//!   when the same list has already proved it lags (it left out a customer the sync knows).
 //!
 //! Replay and longer runs: a failing case is shrunk and its seed saved to
 //! `tests/proptest-regressions/sync_model_{basic,omissions}.txt`, which the next run replays
@@ -751,6 +759,11 @@ struct Model {
     ff_at_clean: BTreeSet<i64>,
     /// The last run left a FarmFlow create unanswered, or its process died writing to FarmFlow.
     ff_write_lost: bool,
+    /// A person deleted in FarmFlow someone who had not been through a clean run on both
+    /// sides, or the state DB was lost: a FarmFlow list that lags can show a deleted customer
+    /// again (a ghost of a record farmsync holds no link for). For the rest of the case,
+    /// FarmFlow lag is not armed.
+    ff_ghost_possible: bool,
 }
 
 impl Model {
@@ -763,6 +776,7 @@ impl Model {
             today: chrono::Local::now().date_naive(),
             ff_at_clean: BTreeSet::new(),
             ff_write_lost: false,
+            ff_ghost_possible: false,
         }
     }
 
@@ -968,6 +982,10 @@ impl Model {
                     ff_unanchored()
                 }
             }
+            Fault::FfLag(_) | Fault::FfLagSome(_) if self.ff_ghost_possible => Some(
+                "a customer deleted in FarmFlow before a clean run linked it could show again"
+                    .to_owned(),
+            ),
             Fault::FfOmitsSome(_) | Fault::FfLag(_) | Fault::FfLagSome(_) => {
                 ff_unsynced().or_else(ff_unanchored)
             }
@@ -1289,19 +1307,30 @@ fn person_acts(case: &mut Case, op: &Op) {
             }
             model.edits += 1;
             let n = model.edits;
-            let value = match side {
+            let (before, value) = match side {
                 Side::Crm => {
                     let Some(id) = crm_id(h, p) else { return };
+                    let before = crm_canon(&h.sb.kounta().get(id).expect("listed"))[&field].clone();
                     h.sb.kounta().edit(id, |c| edit_crm(c, p, field, n));
-                    crm_canon(&h.sb.kounta().get(id).expect("just edited"))[&field].clone()
+                    let after =
+                        crm_canon(&h.sb.kounta().get(id).expect("just edited"))[&field].clone();
+                    (before, after)
                 }
                 Side::Ff => {
                     let Some(id) = ff_id(h, p) else { return };
+                    let before =
+                        ff_canon(&h.sb.farmflow().get(id).expect("listed"))[&field].clone();
                     h.sb.farmflow().edit(id, |f| edit_ff(f, p, field, n));
-                    ff_canon(&h.sb.farmflow().get(id).expect("just edited"))[&field].clone()
+                    let after =
+                        ff_canon(&h.sb.farmflow().get(id).expect("just edited"))[&field].clone();
+                    (before, after)
                 }
             };
-            model.edited(p, side, field, value);
+            // A value typed again as it was (a country picked from four) changes nothing: it
+            // is no edit, and it cannot win over a deletion.
+            if before != value {
+                model.edited(p, side, field, value);
+            }
         }
         Op::Del(Side::Crm, p) => {
             if let Some(id) = crm_id(h, p)
@@ -1315,6 +1344,9 @@ fn person_acts(case: &mut Case, op: &Op) {
             if let Some(id) = ff_id(h, p)
                 && h.sb.farmflow().delete(id).is_ok()
             {
+                if !model.people[usize::from(p)].synced {
+                    model.ff_ghost_possible = true;
+                }
                 model.deleted(p, Side::Ff);
             }
         }
@@ -1633,6 +1665,9 @@ async fn step(case: &mut Case, op: &Op) {
             let census = Census::take(&case.h);
             case.h.lose_state_db();
             case.model.state_db_lost(&census);
+            // Without its tombstones, farmsync holds no link for a FarmFlow customer it or a
+            // person deleted before: a lagging list could show it again as a new customer.
+            case.model.ff_ghost_possible = true;
             case.done.push("LoseDb".into());
         }
         _ => {
@@ -1802,6 +1837,9 @@ fn sync_model_basic() {
 ///   answer or died writing to FarmFlow, or while FarmFlow holds only customers created since
 ///   the last clean run: FarmFlow has no lookup, and the sync finds what its list hides only
 ///   by asking for the ids above an older one it knows.
+/// - FarmFlow lag for the rest of a case once a person deleted in FarmFlow someone no clean run
+///   had linked, or the state DB was lost: the lagging list could show that customer again,
+///   and the sync holds no link saying it is gone.
 ///
 /// So linked people left out of either listing, drifts over them, lag over edits and
 /// deletes, mid-listing deletes and unreadable order lists and lists all stay in.
