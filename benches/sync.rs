@@ -392,10 +392,12 @@ fn measure(urls: &[(String, String)]) -> Vec<Row> {
     assert_eq!(setup.linked as usize, LINKED, "setup links everyone");
     assert_eq!((setup.created, setup.writes), (0, 0));
     let pages = LINKED.div_ceil(PAGE_SIZE) as u64;
-    // FarmFlow's list, the company lookup and the pages; then the budget: the rate minus what
-    // the last minute held (the lookup and the pages).
+    // FarmFlow's list, the company lookup and the pages; then the budget: the rate minus the
+    // quick cycles' reserve and what the last minute held (the lookup and the pages).
     let list_calls = 1 + 1 + pages;
-    let budget = u64::from(NOOP_RATE) - (list_calls - 1);
+    let budget = u64::from(NOOP_RATE)
+        - u64::from(farmsync::sync::budget::quick_reserve(NOOP_RATE))
+        - (list_calls - 1);
     let noop = run_in_child(&RunSpec {
         budget_rate: NOOP_RATE,
         ..unlimited(&urls[0], &linked_db)
