@@ -4,7 +4,8 @@
 //! wait is bounded. The default run takes about 20 minutes; these variables shorten it:
 //!
 //! - `BENCH_SCALE_CUSTOMERS` (10000): linked customers of the daemons of parts 1 and 2 (and the
-//!   larger size of part 4);
+//!   larger size of part 4); over 1,125 (45 pages, the listing's first burst), or part 1 (a)
+//!   has no listing to time edits against;
 //! - `BENCH_SCALE_EDITS` (50): CRM edits timed during the start-up sweep, and again between
 //!   sweeps;
 //! - `BENCH_SCALE_FF_EDITS` (12): the fewest FarmFlow edits timed (more are, while part 1 runs);
@@ -964,10 +965,11 @@ async fn webhook_edits(
     (during, between, facts)
 }
 
-/// Part 2: FarmFlow edits at random moments (5–45 s after the last one showed in the CRM),
-/// each timed until the CRM shows it; at least `wanted`, and on until `part1_done`. Only
-/// `quick_cron` carries them: the farm gets no other edits, whose webhook cycles would pick
-/// them up sooner.
+/// Part 2: FarmFlow edits, each timed until the CRM shows it; at least `wanted`, and on until
+/// `part1_done`. Each is made 5–65 s after the last one showed in the CRM, which is just after
+/// a `quick_cron` tick, so it falls anywhere in the period with equal chance and waits 0–60 s
+/// for the next tick. Only `quick_cron` carries them: the farm gets no other edits, whose
+/// webhook cycles would pick them up sooner.
 async fn farmflow_edits(
     farm: &Farm,
     pool: &[(i64, i64)],
@@ -990,7 +992,7 @@ async fn farmflow_edits(
                 break;
             }
         }
-        let pause = Duration::from_secs_f64(rng.random_range(5.0..45.0));
+        let pause = Duration::from_secs_f64(rng.random_range(5.0..65.0));
         // Wake early when part 1 ends and enough were timed.
         let deadline = Instant::now() + pause;
         while Instant::now() < deadline {
