@@ -906,10 +906,48 @@ impl HttpCore {
             Call::Refresh => &self.counters.refreshes,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let _ = RUN_COUNTS.try_with(|run| run.add(self.api));
         if is_retry {
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The requests one sync run sent, counted apart from the clients' totals: the daemon's sweep
+/// and quick cycle share the clients, and each reports only its own (`sync.run.finished`).
+#[derive(Debug, Default)]
+pub struct RunCounts {
+    kounta: AtomicU64,
+    farmflow: AtomicU64,
+}
+
+impl RunCounts {
+    /// Requests sent to `api` so far by the run.
+    pub fn get(&self, api: Api) -> u64 {
+        match api {
+            Api::Kounta => self.kounta.load(Ordering::Relaxed),
+            Api::Farmflow => self.farmflow.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&self, api: Api) {
+        match api {
+            Api::Kounta => self.kounta.fetch_add(1, Ordering::Relaxed),
+            Api::Farmflow => self.farmflow.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+tokio::task_local! {
+    static RUN_COUNTS: std::sync::Arc<RunCounts>;
+}
+
+/// Runs `run`, counting into `counts` every request it sends (in its own task) to either API.
+pub async fn counting_requests<F: std::future::Future>(
+    counts: std::sync::Arc<RunCounts>,
+    run: F,
+) -> F::Output {
+    RUN_COUNTS.scope(counts, run).await
 }
 
 enum Attempt {

@@ -12,7 +12,7 @@ use tracing::{Instrument, info, warn};
 use crate::config::{KountaAuthMode, Settings};
 use crate::farmflow::client::{FarmflowClient, FarmflowOptions};
 use crate::farmflow::model::FarmflowCustomer;
-use crate::http::{Api, ApiError, RequestCounts};
+use crate::http::{Api, ApiError};
 use crate::ids::FarmflowId;
 use crate::ids::KountaId;
 use crate::kounta::client::{KountaAuth, KountaClient, KountaListing, KountaOptions};
@@ -299,10 +299,19 @@ impl Engine {
     pub async fn run_once(&self, options: RunOptions) -> RunReport {
         let run_id = new_run_id();
         let span = tracing::info_span!("sync.run", run_id = %run_id);
-        self.run_inner(run_id, options).instrument(span).await
+        // Counted per run: the daemon's sweep and quick cycle share the clients.
+        let counts = Arc::new(crate::http::RunCounts::default());
+        crate::http::counting_requests(counts.clone(), self.run_inner(run_id, options, counts))
+            .instrument(span)
+            .await
     }
 
-    async fn run_inner(&self, run_id: String, options: RunOptions) -> RunReport {
+    async fn run_inner(
+        &self,
+        run_id: String,
+        options: RunOptions,
+        counts: Arc<crate::http::RunCounts>,
+    ) -> RunReport {
         let started = Instant::now();
         // This run's token ends the clients' waits; a dry run records no requests (it writes
         // nothing to the state DB) but still counts the other processes'.
@@ -311,8 +320,6 @@ impl Engine {
         self.farmflow.cancel_waits_on(cancel);
         self.kounta.limiter().set_recording(!options.dry_run);
         self.farmflow.limiter().set_recording(!options.dry_run);
-        let kounta_before = self.kounta.counts();
-        let farmflow_before = self.farmflow.counts();
         let mut policy = self.policy.clone();
         policy.allow_mass_delete |= options.allow_mass_delete;
         info!(
@@ -336,9 +343,7 @@ impl Engine {
             let id = run_id.clone();
             if let Err(e) = self.store.call(move |s| s.start_run(&id, false)).await {
                 report.outcome = Outcome::Unavailable(e.to_string());
-                return self
-                    .finish(report, kounta_before, farmflow_before, started)
-                    .await;
+                return self.finish(report, &counts, started).await;
             }
         }
 
@@ -362,8 +367,7 @@ impl Engine {
                 report.interrupted = true;
             }
         }
-        self.finish(report, kounta_before, farmflow_before, started)
-            .await
+        self.finish(report, &counts, started).await
     }
 
     async fn reconcile(
@@ -879,15 +883,14 @@ impl Engine {
     async fn finish(
         &self,
         mut report: RunReport,
-        kounta_before: RequestCounts,
-        farmflow_before: RequestCounts,
+        counts: &crate::http::RunCounts,
         started: Instant,
     ) -> RunReport {
         // What is left of the limiters' leases is not counted against other processes.
         self.kounta.limiter().release().await;
         self.farmflow.limiter().release().await;
-        report.summary.kounta_requests = self.kounta.counts().total() - kounta_before.total();
-        report.summary.farmflow_requests = self.farmflow.counts().total() - farmflow_before.total();
+        report.summary.kounta_requests = counts.get(crate::http::Api::Kounta);
+        report.summary.farmflow_requests = counts.get(crate::http::Api::Farmflow);
         let s = report.summary;
         let exit_code = report.outcome.exit_code();
         if !report.dry_run {

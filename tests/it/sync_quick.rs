@@ -223,3 +223,47 @@ async fn a_quick_cycles_cost_does_not_grow_with_the_number_of_customers() {
     assert_eq!(costs[0], costs[1], "10 vs 80 customers: {costs:?}");
     assert_eq!(costs[0].2, 1, "one FarmFlow list");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_and_a_quick_cycle_side_by_side_each_report_their_own_requests() {
+    let h = Harness::start().await;
+    let people = linked_people(&h, 30).await;
+    let (k, f) = people[7];
+    h.sb.kounta()
+        .edit(k, |c| c.email = "q7.side@example.com".into());
+    hint(&h, k, "customers/updated").await;
+    // A slow CRM listing keeps the sweep busy while the quick cycle runs.
+    h.sb.kounta().set_page_size(5);
+    h.sb.kounta()
+        .set_latency(KountaEndpoint::List, std::time::Duration::from_millis(40));
+    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+    let before = (h.sb.kounta().stats().total, h.sb.farmflow().stats().total);
+
+    let (sweep, quick) = tokio::join!(
+        h.engine.run_once(RunOptions {
+            writer: Some(writer.clone()),
+            ..RunOptions::default()
+        }),
+        h.engine.run_once(RunOptions {
+            kind: CycleKind::Quick,
+            writer: Some(writer.clone()),
+            ..RunOptions::default()
+        }),
+    );
+
+    assert_eq!(h.sb.farmflow().get(f).unwrap().email, "q7.side@example.com");
+    assert_eq!(
+        quick.summary.kounta_requests, 1,
+        "the quick cycle's one read, not the sweep's pages"
+    );
+    assert!(sweep.summary.kounta_requests >= 6, "{:?}", sweep.summary);
+    assert_eq!(
+        sweep.summary.kounta_requests + quick.summary.kounta_requests,
+        h.sb.kounta().stats().total - before.0,
+        "every CRM request is counted once"
+    );
+    assert_eq!(
+        sweep.summary.farmflow_requests + quick.summary.farmflow_requests,
+        h.sb.farmflow().stats().total - before.1
+    );
+}
