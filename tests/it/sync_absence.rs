@@ -10,39 +10,9 @@ use farmsync::sync::action::{Action, BlockReason};
 use farmsync::sync::engine::Outcome;
 
 use crate::sync_matrix::three_linked;
-use crate::sync_support::{Harness, assert_no_duplicates, crm_person, ff_person};
-
-/// `n` people created in FarmFlow and synced to the CRM; their (CRM id, FarmFlow id), in CRM
-/// id order (the order of the CRM's listing).
-async fn linked_people(h: &Harness, n: usize) -> Vec<(i64, i64)> {
-    let ids: Vec<i64> = (0..n)
-        .map(|i| {
-            h.sb.farmflow().insert(ff_person(
-                &format!("P{i}"),
-                "Paged",
-                &format!("p{i}@example.com"),
-                &format!("0412 800 {i:03}"),
-            ))
-        })
-        .collect();
-    h.run_ok().await;
-    h.converge().await;
-    let mut pairs: Vec<(i64, i64)> = ids
-        .into_iter()
-        .map(|f| (h.crm_for(f).expect("created in the CRM").id, f))
-        .collect();
-    pairs.sort();
-    pairs
-}
-
-async fn link_state(h: &Harness, farmflow_id: i64) -> LinkState {
-    h.links()
-        .await
-        .into_iter()
-        .find(|l| l.farmflow_id.0 == farmflow_id)
-        .expect("a link row")
-        .state
-}
+use crate::sync_support::{
+    Harness, assert_no_duplicates, crm_person, ff_person, link_state, linked_people,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paging_drift_with_an_edit_on_the_drifted_twin_updates_the_existing_crm_customer() {

@@ -9,35 +9,9 @@ use farmsync::sync::engine::Outcome;
 use farmsync::sync::plan::GuardReason;
 
 use crate::sync_matrix::three_linked;
-use crate::sync_support::{Harness, assert_settled_state, crm_person, ff_person};
-
-/// `n` people created in FarmFlow and synced to the CRM; their (CRM id, FarmFlow id).
-async fn linked_people(h: &Harness, n: usize) -> Vec<(i64, i64)> {
-    let ids: Vec<i64> = (0..n)
-        .map(|i| {
-            h.sb.farmflow().insert(ff_person(
-                &format!("P{i}"),
-                "Many",
-                &format!("p{i}@example.com"),
-                &format!("0412 700 {i:03}"),
-            ))
-        })
-        .collect();
-    h.run_ok().await;
-    h.converge().await;
-    ids.into_iter()
-        .map(|f| (h.crm_for(f).expect("created in the CRM").id, f))
-        .collect()
-}
-
-async fn link_state(h: &Harness, farmflow_id: i64) -> LinkState {
-    h.links()
-        .await
-        .into_iter()
-        .find(|l| l.farmflow_id.0 == farmflow_id)
-        .expect("a link row")
-        .state
-}
+use crate::sync_support::{
+    Harness, assert_settled_state, crm_person, ff_person, link_state, linked_people,
+};
 
 fn block_reason(report: &farmsync::sync::engine::RunReport) -> Option<BlockReason> {
     report.plan.as_ref()?.actions.iter().find_map(|a| match a {

@@ -7,26 +7,7 @@ use farmsync::ids::KountaId;
 use farmsync::sandbox::{FarmflowEndpoint, KountaEndpoint};
 use farmsync::sync::engine::{CycleKind, Outcome, RunOptions, RunReport};
 
-use crate::sync_support::{Harness, assert_no_duplicates, crm_person, ff_person};
-
-/// `n` people created in FarmFlow and synced to the CRM; their (CRM id, FarmFlow id).
-async fn linked_people(h: &Harness, n: usize) -> Vec<(i64, i64)> {
-    let ids: Vec<i64> = (0..n)
-        .map(|i| {
-            h.sb.farmflow().insert(ff_person(
-                &format!("Q{i}"),
-                "Quick",
-                &format!("q{i}@example.com"),
-                &format!("0412 900 {i:03}"),
-            ))
-        })
-        .collect();
-    h.run_ok().await;
-    h.converge().await;
-    ids.into_iter()
-        .map(|f| (h.crm_for(f).expect("created in the CRM").id, f))
-        .collect()
-}
+use crate::sync_support::{Harness, assert_no_duplicates, crm_person, ff_person, linked_people};
 
 async fn quick(h: &Harness) -> RunReport {
     h.engine

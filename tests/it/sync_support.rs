@@ -508,3 +508,36 @@ pub async fn assert_settled_state(h: &Harness) {
     assert_journal_settled(h).await;
     assert_in_agreement(h);
 }
+
+/// `n` people created in FarmFlow and synced to the CRM, settled; their (CRM id, FarmFlow id)
+/// in the order they were created (the CRM's listing order too).
+pub async fn linked_people(h: &Harness, n: usize) -> Vec<(i64, i64)> {
+    let ids: Vec<i64> = (0..n)
+        .map(|i| {
+            h.sb.farmflow().insert(ff_person(
+                &format!("P{i}"),
+                "Many",
+                &format!("p{i}@example.com"),
+                &format!("0412 700 {i:03}"),
+            ))
+        })
+        .collect();
+    h.run_ok().await;
+    h.converge().await;
+    let mut pairs: Vec<(i64, i64)> = ids
+        .into_iter()
+        .map(|f| (h.crm_for(f).expect("created in the CRM").id, f))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// The state of the link of FarmFlow customer `farmflow_id`.
+pub async fn link_state(h: &Harness, farmflow_id: i64) -> LinkState {
+    h.links()
+        .await
+        .into_iter()
+        .find(|l| l.farmflow_id.0 == farmflow_id)
+        .expect("a link row")
+        .state
+}
