@@ -161,27 +161,30 @@ async fn settle_farmflow_create(
             h.reference_id
         )));
     }
-    let find = |list: &[FarmflowCustomer]| -> Vec<FarmflowCustomer> {
-        let key = [
-            Field::Email,
-            Field::Phone,
-            Field::FirstName,
-            Field::LastName,
-        ];
+    // Unlinked customers above the watermark: where the create would have landed.
+    let above = |list: &[FarmflowCustomer]| -> Vec<FarmflowCustomer> {
         let mut found: Vec<FarmflowCustomer> = list
             .iter()
             .filter(|c| c.id.0 > watermark && !linked.contains(&c.id))
-            .filter(|c| {
-                let now = Customer::from_farmflow(&c.fields).customer;
-                key.iter()
-                    .all(|&f| Customer::field_eq_normalised(&now, &sent, f))
-            })
             .cloned()
             .collect();
         found.sort_by_key(|c| c.id);
         found
     };
-    let mut candidates = find(farmflow);
+    // What was sent, to the letter (normalised): email, phone, first and last name.
+    let exact = |c: &FarmflowCustomer| {
+        let now = Customer::from_farmflow(&c.fields).customer;
+        [
+            Field::Email,
+            Field::Phone,
+            Field::FirstName,
+            Field::LastName,
+        ]
+        .iter()
+        .all(|&f| Customer::field_eq_normalised(&now, &sent, f))
+    };
+    let mut seen = above(farmflow);
+    let mut candidates: Vec<FarmflowCustomer> = seen.iter().filter(|c| exact(c)).cloned().collect();
     if candidates.is_empty() {
         // Absence from one list is a question: a list that lags the create, or leaves it out,
         // would turn a lost answer into a second customer. Ask FarmFlow by id for the customers
@@ -192,10 +195,39 @@ async fn settle_farmflow_create(
             crate::sync::engine::probe_newer(&engine.farmflow, watermark).await
         };
         match newer {
-            Ok(newer) => candidates = find(&newer),
+            Ok(newer) => {
+                for c in above(&newer) {
+                    if !seen.iter().any(|s| s.id == c.id) {
+                        seen.push(c);
+                    }
+                }
+                candidates = seen.iter().filter(|c| exact(c)).cloned().collect();
+            }
             Err(e) if e.is_auth() => return Err(RecoverError::Auth(e)),
             // Unsettled, the create must not be planned again: the run stops here.
             Err(e) => return Err(RecoverError::Unresolved(e)),
+        }
+    }
+    if candidates.is_empty() {
+        // A person may have edited the new customer before this lookup (the grower fixed the
+        // name): one unlinked customer above the watermark with the same email or phone is
+        // the create, not someone else — a second create would be the duplicate.
+        let contact = |c: &FarmflowCustomer| {
+            let now = Customer::from_farmflow(&c.fields).customer;
+            [Field::Email, Field::Phone].iter().any(|&f| {
+                !Customer::field_eq_normalised(&Customer::default(), &sent, f)
+                    && Customer::field_eq_normalised(&now, &sent, f)
+            })
+        };
+        let same_contact: Vec<FarmflowCustomer> =
+            seen.iter().filter(|c| contact(c)).cloned().collect();
+        if same_contact.len() == 1 {
+            info!(
+                kounta_id = kounta_id.0,
+                farmflow_id = same_contact[0].id.0,
+                "sync.journal.found_edited"
+            );
+            candidates = same_contact;
         }
     }
     let Some(created) = candidates.first() else {

@@ -259,3 +259,45 @@ async fn an_empty_200_or_a_204_order_list_blocks_the_delete() {
         assert!(h.sb.farmflow().get(ana_f).is_none(), "{status}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_farmflow_recreation_the_grower_edits_before_the_lookup_is_found_not_made_twice() {
+    let h = Harness::start().await;
+    let [_, _, (cleo_k, cleo_f)] = three_linked(&h).await;
+    // The grower deletes Cleo while staff edit her: the change wins, she is recreated in
+    // FarmFlow — and that create's answer is lost.
+    h.sb.farmflow().delete(cleo_f).unwrap();
+    h.sb.kounta()
+        .edit(cleo_k, |c| c.last_name = "Cruz-Lane".into());
+    let lost = h.sb.farmflow().inject(Fault::new(
+        FarmflowEndpoint::Create,
+        When::Nth(1),
+        FaultAction::ApplyThen500,
+    ));
+    assert_eq!(h.run().await.outcome, Outcome::Partial);
+    h.sb.farmflow().remove_fault(lost);
+    assert_eq!(h.unsettled().await.len(), 1);
+    let again = h.ff_named("Cleo").expect("the recreation happened").id;
+    // The grower corrects the new customer's first name before farmsync looks the create up.
+    h.sb.farmflow()
+        .edit(again, |c| c.firstname = "Cleopatra".into());
+
+    h.run().await;
+    h.converge().await;
+
+    assert!(h.unsettled().await.is_empty());
+    assert_no_duplicates(&h.sb);
+    let in_farmflow =
+        h.sb.farmflow()
+            .customers()
+            .iter()
+            .filter(|c| c.lastname.starts_with("Cruz"))
+            .count();
+    let in_crm =
+        h.sb.kounta()
+            .customers()
+            .iter()
+            .filter(|c| c.last_name.starts_with("Cruz"))
+            .count();
+    assert_eq!((in_farmflow, in_crm), (1, 1), "Cleo once on each side");
+}
