@@ -587,12 +587,9 @@ impl Engine {
                         }
                         direct.farmflow_probed = Some(true);
                     }
-                    Err(e) if e.is_auth() => return Err(RunError::Unavailable(e.to_string())),
                     Err(e) => {
-                        let error = mask_contacts(&e.to_string());
-                        warn!(error = %error, "sync.read.failed");
+                        read_failed(e, None, &mut reads_done)?;
                         // Nothing is created into FarmFlow this run: its twin may be there.
-                        reads_done.failed += 1;
                         direct.farmflow_probed = Some(false);
                     }
                 }
@@ -755,15 +752,7 @@ impl Engine {
                     reads.answered.insert(id);
                     reads.gone.insert(id);
                 }
-                Err(e) if e.is_auth() || e.is_cancelled() => {
-                    return Err(RunError::api(e, |e| e.to_string()));
-                }
-                Err(e) => {
-                    let error = mask_contacts(&e.to_string());
-                    warn!(kounta_id = id.0, error = %error, "sync.read.failed");
-                    // The record waits for the next run; the run reports it as failed.
-                    reads.failed += 1;
-                }
+                Err(e) => read_failed(e, Some(id.0), reads)?,
             }
         }
         Ok(())
@@ -792,15 +781,7 @@ impl Engine {
                 Ok(None) => {
                     direct.farmflow_gone.insert(id);
                 }
-                Err(e) if e.is_auth() || e.is_cancelled() => {
-                    return Err(RunError::api(e, |e| e.to_string()));
-                }
-                Err(e) => {
-                    let error = mask_contacts(&e.to_string());
-                    warn!(farmflow_id = id.0, error = %error, "sync.read.failed");
-                    // The action waits for a run whose read answers.
-                    reads.failed += 1;
-                }
+                Err(e) => read_failed(e, Some(id.0), reads)?,
             }
         }
         Ok(present)
@@ -936,6 +917,18 @@ fn attention_kind(a: &Attention) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_else(|| "other".to_owned())
+}
+
+/// A read by id that failed: refused credentials or a shutdown stop the run; anything else
+/// leaves what waited on the read for a later run, and the run reports a failure.
+fn read_failed(e: ApiError, id: Option<i64>, reads: &mut FullReads) -> Result<(), RunError> {
+    if e.is_auth() || e.is_cancelled() {
+        return Err(RunError::api(e, |e| e.to_string()));
+    }
+    let error = mask_contacts(&e.to_string());
+    warn!(api = ?e.api(), id, error = %error, "sync.read.failed");
+    reads.failed += 1;
+    Ok(())
 }
 
 /// How many ids in a row that FarmFlow answers 404 for end a probe for newer customers.
