@@ -335,6 +335,7 @@ fn unthrottled_engine(settings: &Settings, budget_rate: u32) -> Engine {
         policy: settings.policy(false),
         kounta_rate: budget_rate,
         max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+        history_keep_days: 90,
         today: None,
     }
 }

@@ -325,6 +325,7 @@ fn engine(spec: &RunSpec<'_>) -> Engine {
         policy: settings.policy(false),
         kounta_rate: spec.budget_rate,
         max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+        history_keep_days: 90,
         today: None,
     }
 }

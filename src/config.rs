@@ -11,8 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use crate::customer::Field;
 use crate::sync::policy::{
-    ConflictWinner, CountryFormat, FarmflowDelete, KountaOnFarmflowDelete, Policy,
+    ConflictWinner, CountryFormat, DeleteMode, Direction, FarmflowDelete, FieldDirections,
+    KountaOnFarmflowDelete, Policy,
 };
 
 /// The built-in defaults, compiled in.
@@ -149,6 +151,23 @@ pub struct SyncSettings {
     pub farmflow_delete: FarmflowDelete,
     pub kounta_on_farmflow_delete: KountaOnFarmflowDelete,
     pub deleted_tag: String,
+    /// Apply confirmed deletions, or queue them for a person.
+    pub deletes: DeleteMode,
+    /// When not empty, only CRM customers carrying this tag sync.
+    pub kounta_tag: String,
+    /// A CRM customer carrying this tag is left alone both ways (empty: off).
+    pub pause_tag: String,
+    /// False: FarmFlow customers are never created in the CRM.
+    pub create_in_kounta: bool,
+    /// False: CRM customers are never created in FarmFlow.
+    pub create_in_farmflow: bool,
+}
+
+/// `[history]`.
+#[derive(Debug, Clone)]
+pub struct HistorySettings {
+    /// History rows older than this many days are pruned after each run.
+    pub keep_days: u32,
 }
 
 /// The webhook listener's settings.
@@ -171,6 +190,9 @@ pub struct Settings {
     pub kounta: KountaSettings,
     pub farmflow: FarmflowSettings,
     pub sync: SyncSettings,
+    /// `[fields]`: which way each canonical field may be copied.
+    pub fields: FieldDirections,
+    pub history: HistorySettings,
     pub webhooks: WebhookSettings,
     /// Where each key's value came from, for error messages.
     origins: BTreeMap<String, Origin>,
@@ -334,6 +356,12 @@ impl Settings {
             kounta_on_farmflow_delete: self.sync.kounta_on_farmflow_delete,
             deleted_tag: self.sync.deleted_tag.clone(),
             max_delete_fraction: self.sync.max_delete_fraction,
+            deletes: self.sync.deletes,
+            kounta_tag: self.sync.kounta_tag.clone(),
+            pause_tag: self.sync.pause_tag.clone(),
+            create_in_kounta: self.sync.create_in_kounta,
+            create_in_farmflow: self.sync.create_in_farmflow,
+            fields: self.fields,
             allow_mass_delete,
             country_format: self.farmflow.country_format,
         }
@@ -622,6 +650,8 @@ struct RawSettings {
     kounta: RawKounta,
     farmflow: RawFarmflow,
     sync: RawSync,
+    fields: RawFields,
+    history: RawHistory,
     webhooks: RawWebhooks,
 }
 
@@ -671,6 +701,30 @@ struct RawSync {
     farmflow_delete: FarmflowDelete,
     kounta_on_farmflow_delete: KountaOnFarmflowDelete,
     deleted_tag: String,
+    deletes: DeleteMode,
+    kounta_tag: String,
+    pause_tag: String,
+    create_in_kounta: bool,
+    create_in_farmflow: bool,
+}
+
+#[derive(Deserialize)]
+struct RawFields {
+    first_name: Direction,
+    last_name: Direction,
+    email: Direction,
+    phone: Direction,
+    line1: Direction,
+    line2: Direction,
+    city: Direction,
+    state: Direction,
+    postal_code: Direction,
+    country: Direction,
+}
+
+#[derive(Deserialize)]
+struct RawHistory {
+    keep_days: i64,
 }
 
 #[derive(Deserialize)]
@@ -759,6 +813,45 @@ impl RawSettings {
         if self.sync.deleted_tag.trim().is_empty() {
             return Err(bad("sync.deleted_tag", "must not be empty".into()));
         }
+        let kounta_tag = self.sync.kounta_tag.trim().to_owned();
+        let pause_tag = self.sync.pause_tag.trim().to_owned();
+        if !kounta_tag.is_empty() && kounta_tag.eq_ignore_ascii_case(&pause_tag) {
+            return Err(bad(
+                "sync.pause_tag",
+                format!("must differ from sync.kounta_tag (both are {kounta_tag:?})"),
+            ));
+        }
+        if !kounta_tag.is_empty() && kounta_tag.eq_ignore_ascii_case(self.sync.deleted_tag.trim())
+        {
+            return Err(bad(
+                "sync.kounta_tag",
+                format!("must differ from sync.deleted_tag (both are {kounta_tag:?})"),
+            ));
+        }
+        let keep_days = u32::try_from(self.history.keep_days)
+            .ok()
+            .filter(|d| *d > 0)
+            .ok_or_else(|| {
+                bad(
+                    "history.keep_days",
+                    format!("must be a positive number of days, got {}", self.history.keep_days),
+                )
+            })?;
+        let mut fields = FieldDirections::default();
+        for (field, direction) in [
+            (Field::FirstName, self.fields.first_name),
+            (Field::LastName, self.fields.last_name),
+            (Field::Email, self.fields.email),
+            (Field::Phone, self.fields.phone),
+            (Field::Line1, self.fields.line1),
+            (Field::Line2, self.fields.line2),
+            (Field::City, self.fields.city),
+            (Field::State, self.fields.state),
+            (Field::PostalCode, self.fields.postal_code),
+            (Field::Country, self.fields.country),
+        ] {
+            fields.set(field, direction);
+        }
 
         let listen: SocketAddr = self.webhooks.listen.parse().map_err(|_| {
             bad(
@@ -812,7 +905,14 @@ impl RawSettings {
                 farmflow_delete: self.sync.farmflow_delete,
                 kounta_on_farmflow_delete: self.sync.kounta_on_farmflow_delete,
                 deleted_tag: self.sync.deleted_tag,
+                deletes: self.sync.deletes,
+                kounta_tag,
+                pause_tag,
+                create_in_kounta: self.sync.create_in_kounta,
+                create_in_farmflow: self.sync.create_in_farmflow,
             },
+            fields,
+            history: HistorySettings { keep_days },
             webhooks: WebhookSettings {
                 enabled: self.webhooks.enabled,
                 listen,

@@ -5,6 +5,7 @@
 //! No SQL lives outside this module. rusqlite is blocking: callers on the async side keep
 //! calls short and run them off the reactor (`spawn_blocking`).
 
+mod decisions;
 mod ledger;
 mod model;
 mod schema;
@@ -18,7 +19,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
 pub use ledger::RequestLedger;
-pub use model::{Link, LinkState};
+pub use decisions::{
+    ConflictDecision, DeleteDecision, HistoryEntry, HistoryFilter, PendingResolution, QueuedDelete,
+};
+pub use model::{FieldChange, Link, LinkState, Parked};
 pub use shared::{KOUNTA_TOKENS, SharedStore};
 
 use crate::customer::Customer;
@@ -101,6 +105,22 @@ pub struct NewIntent {
     pub payload: String,
     /// FarmFlow creates: the highest FarmFlow id seen before the create.
     pub watermark: Option<i64>,
+    /// The kind of cycle that makes the write (`sweep`, `quick`), for history.
+    pub cycle: String,
+    /// The fields the write changes, before and after; history takes them once it is settled.
+    pub changes: Vec<FieldChange>,
+}
+
+/// Whether a settled write happened, for history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// The API took it (or a lookup found it).
+    Applied,
+    /// Its answer was lost and it was not looked up (an idempotent write re-planned from what
+    /// the next run reads): it may or may not have happened.
+    Unconfirmed,
+    /// It failed, was refused, blocked or abandoned: nothing changed.
+    No,
 }
 
 /// A journalled write.
@@ -354,7 +374,8 @@ impl Store {
     pub fn begin_intent(&self, intent: &NewIntent) -> Result<i64, StoreError> {
         self.conn.execute(
             "INSERT INTO journal (run_id, created_at, side, op, reference_id, kounta_id, \
-             farmflow_id, payload, watermark) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             farmflow_id, payload, watermark, cycle, changes) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 intent.run_id,
                 now(),
@@ -365,18 +386,23 @@ impl Store {
                 intent.farmflow_id.map(|f| f.0),
                 intent.payload,
                 intent.watermark,
+                intent.cycle,
+                serde_json::to_string(&intent.changes)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
             ],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
 
     /// Settles an intent; with `link`, stores the link in the same transaction, so a crash can
-    /// never leave a settled write without its link (or the other way round).
+    /// never leave a settled write without its link (or the other way round). A write that
+    /// `written` says happened (or may have) goes into history in that transaction too.
     pub fn settle_intent(
         &mut self,
         id: i64,
         outcome: &str,
         link: Option<&Link>,
+        written: Written,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -386,6 +412,7 @@ impl Store {
         if let Some(link) = link {
             upsert_link(&tx, link)?;
         }
+        decisions::record_history(&tx, id, written, link)?;
         tx.commit()?;
         Ok(())
     }
@@ -409,6 +436,7 @@ impl Store {
             [old.as_str()],
         )?;
         upsert_link(&tx, link)?;
+        decisions::record_history(&tx, id, Written::Applied, Some(link))?;
         tx.commit()?;
         Ok(())
     }
@@ -431,7 +459,7 @@ impl Store {
     pub fn unsettled_intents(&self) -> Result<Vec<Intent>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, created_at, settled_at, outcome, run_id, side, op, reference_id, \
-             kounta_id, farmflow_id, payload, watermark FROM journal \
+             kounta_id, farmflow_id, payload, watermark, cycle, changes FROM journal \
              WHERE settled_at IS NULL ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -448,11 +476,27 @@ impl Store {
                 r.get::<_, Option<i64>>(9)?,
                 r.get::<_, String>(10)?,
                 r.get::<_, Option<i64>>(11)?,
+                r.get::<_, Option<String>>(12)?,
+                r.get::<_, Option<String>>(13)?,
             ))
         })?;
         rows.map(|r| {
-            let (id, created_at, settled_at, outcome, run_id, side, op, rid, kid, fid, payload, wm) =
-                r?;
+            let (
+                id,
+                created_at,
+                settled_at,
+                outcome,
+                run_id,
+                side,
+                op,
+                rid,
+                kid,
+                fid,
+                payload,
+                wm,
+                cycle,
+                changes,
+            ) = r?;
             Ok(Intent {
                 id,
                 created_at,
@@ -467,6 +511,8 @@ impl Store {
                     farmflow_id: fid.map(FarmflowId),
                     payload,
                     watermark: wm,
+                    cycle: cycle.unwrap_or_else(|| "sweep".to_owned()),
+                    changes: decisions::parse_changes(changes.as_deref())?,
                 },
             })
         })
@@ -550,7 +596,7 @@ impl Store {
     pub fn open_conflicts(&self) -> Result<Vec<ConflictRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, run_id, created_at, reference_id, field, kounta_value, farmflow_value, \
-             winner FROM conflicts WHERE acknowledged = 0 ORDER BY id DESC",
+             winner FROM conflicts WHERE acknowledged = 0 AND resolution IS NULL ORDER BY id DESC",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(ConflictRecord {
@@ -715,13 +761,14 @@ impl Store {
 
 const LINK_COLUMNS: &str = "reference_id, farmflow_id, kounta_id, kounta_snapshot, \
     farmflow_snapshot, kounta_verified, state, last_verified_at, last_synced_at, last_error, \
-    consecutive_failures";
+    consecutive_failures, parked";
 
 fn read_link(r: &Row<'_>) -> rusqlite::Result<Result<Link, StoreError>> {
     let reference_id: String = r.get(0)?;
     let kounta_snapshot: Option<String> = r.get(3)?;
     let farmflow_snapshot: Option<String> = r.get(4)?;
     let state: String = r.get(6)?;
+    let parked: Option<String> = r.get(11)?;
     let link = (|| {
         Ok(Link {
             reference_id: parse_reference(&reference_id)?,
@@ -736,6 +783,11 @@ fn read_link(r: &Row<'_>) -> rusqlite::Result<Result<Link, StoreError>> {
             last_synced_at: r.get(8)?,
             last_error: r.get(9)?,
             consecutive_failures: r.get(10)?,
+            parked: parked
+                .map(|p| {
+                    Parked::parse(&p).ok_or_else(|| StoreError::Corrupt(format!("parked {p:?}")))
+                })
+                .transpose()?,
         })
     })();
     match link {
@@ -780,13 +832,13 @@ fn upsert_link(conn: &Connection, link: &Link) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO links (reference_id, farmflow_id, kounta_id, kounta_snapshot, \
          farmflow_snapshot, kounta_verified, state, last_verified_at, last_synced_at, last_error, \
-         consecutive_failures) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         consecutive_failures, parked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
          ON CONFLICT (reference_id) DO UPDATE SET farmflow_id = excluded.farmflow_id, \
          kounta_id = excluded.kounta_id, kounta_snapshot = excluded.kounta_snapshot, \
          farmflow_snapshot = excluded.farmflow_snapshot, kounta_verified = excluded.kounta_verified, \
          state = excluded.state, last_verified_at = excluded.last_verified_at, \
          last_synced_at = excluded.last_synced_at, last_error = excluded.last_error, \
-         consecutive_failures = excluded.consecutive_failures",
+         consecutive_failures = excluded.consecutive_failures, parked = excluded.parked",
     )?
     .execute(params![
         link.reference_id.as_str(),
@@ -800,6 +852,7 @@ fn upsert_link(conn: &Connection, link: &Link) -> Result<(), StoreError> {
         link.last_synced_at,
         link.last_error,
         link.consecutive_failures,
+        link.parked.map(Parked::as_str),
     ])?;
     Ok(())
 }

@@ -40,6 +40,56 @@ impl LinkState {
     }
 }
 
+/// Why a linked customer is left alone (DESIGN.md, "Operator control": scope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parked {
+    /// `[sync] kounta_tag` is set and the CRM customer no longer carries it: nothing is written
+    /// either way and nothing deleted until the tag returns.
+    Untagged,
+    /// The CRM customer carries `[sync] pause_tag`: left alone both ways until the tag goes.
+    Paused,
+}
+
+impl Parked {
+    /// The name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Parked::Untagged => "untagged",
+            Parked::Paused => "paused",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "untagged" => Some(Parked::Untagged),
+            "paused" => Some(Parked::Paused),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Parked::Untagged => "the crm customer lacks sync.kounta_tag",
+            Parked::Paused => "the crm customer carries sync.pause_tag",
+        })
+    }
+}
+
+/// One field of a write, before and after (canonical spelling), as history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// The canonical field name, or `reference_id` / `tags` for the CRM's own fields.
+    pub field: String,
+    /// The value before the write ("" when there was none).
+    pub before: String,
+    /// The value after the write ("" for a delete).
+    pub after: String,
+}
+
 /// One linked customer: both ids and the canonical record as last seen on each side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -63,4 +113,6 @@ pub struct Link {
     pub last_error: Option<String>,
     /// Consecutive failed writes; two or more needs attention.
     pub consecutive_failures: u32,
+    /// Set while the customer is out of scope (untagged or paused): nothing is written.
+    pub parked: Option<Parked>,
 }

@@ -97,6 +97,49 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX request_grants_by_time ON request_grants (api, at_ms);
     "#,
+    // 3: operator control. History of every settled write (per field before → after, taken
+    // from the intent when it settles); conflicts a person settles; deletions waiting for a
+    // person; links parked out of scope.
+    r#"
+    ALTER TABLE links ADD COLUMN parked TEXT CHECK (parked IN ('untagged', 'paused'));
+
+    ALTER TABLE journal ADD COLUMN cycle TEXT;
+    ALTER TABLE journal ADD COLUMN changes TEXT;
+
+    CREATE TABLE history (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        at           INTEGER NOT NULL,
+        run_id       TEXT NOT NULL,
+        cycle        TEXT NOT NULL,
+        side         TEXT NOT NULL CHECK (side IN ('kounta', 'farmflow')),
+        action       TEXT NOT NULL,
+        reference_id TEXT,
+        kounta_id    INTEGER,
+        farmflow_id  INTEGER,
+        outcome      TEXT NOT NULL CHECK (outcome IN ('applied', 'unconfirmed')),
+        changes      TEXT NOT NULL
+    );
+    CREATE INDEX history_by_time ON history (at);
+    CREATE INDEX history_by_reference ON history (reference_id, at);
+
+    ALTER TABLE conflicts ADD COLUMN resolution TEXT
+        CHECK (resolution IN ('kounta', 'farmflow', 'dismissed'));
+    ALTER TABLE conflicts ADD COLUMN resolved_at INTEGER;
+    ALTER TABLE conflicts ADD COLUMN applied_at INTEGER;
+
+    CREATE TABLE delete_queue (
+        reference_id TEXT PRIMARY KEY,
+        action       TEXT NOT NULL
+                     CHECK (action IN ('delete_farmflow', 'tag_kounta', 'unlink_kounta')),
+        kounta_id    INTEGER,
+        farmflow_id  INTEGER NOT NULL,
+        detail       TEXT NOT NULL,
+        queued_at    INTEGER NOT NULL,
+        last_seen    INTEGER NOT NULL,
+        decision     TEXT CHECK (decision IN ('approved', 'rejected')),
+        decided_at   INTEGER
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

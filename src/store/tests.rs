@@ -25,6 +25,7 @@ fn sample_link(ff: i64, k: Option<i64>) -> Link {
         last_synced_at: None,
         last_error: None,
         consecutive_failures: 0,
+        parked: None,
     }
 }
 
@@ -152,6 +153,12 @@ fn intents_stay_unsettled_until_settled_with_their_link() {
         farmflow_id: None,
         payload: "{\"firstname\":\"A\"}".into(),
         watermark: Some(41),
+        cycle: "sweep".into(),
+        changes: vec![FieldChange {
+            field: "first_name".into(),
+            before: String::new(),
+            after: "A".into(),
+        }],
     };
     let id = store.begin_intent(&intent).unwrap();
     let pending = store.unsettled_intents().unwrap();
@@ -160,9 +167,18 @@ fn intents_stay_unsettled_until_settled_with_their_link() {
     assert_eq!(pending[0].intent, intent);
 
     let link = sample_link(42, Some(5));
-    store.settle_intent(id, "created 42", Some(&link)).unwrap();
+    assert!(store.history(&HistoryFilter::default()).unwrap().is_empty());
+    store
+        .settle_intent(id, "created 42", Some(&link), Written::Applied)
+        .unwrap();
     assert!(store.unsettled_intents().unwrap().is_empty());
     assert_eq!(store.link(&link.reference_id).unwrap(), Some(link));
+    // The history row is written with the settle, and learns the link from it.
+    let history = store.history(&HistoryFilter::default()).unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].reference_id.as_deref(), Some("farmflow:42"));
+    assert_eq!(history[0].action, "create");
+    assert_eq!(history[0].changes, intent.changes);
 }
 
 #[test]
@@ -179,12 +195,14 @@ fn a_failed_link_write_leaves_the_intent_unsettled() {
             farmflow_id: Some(FarmflowId(2)),
             payload: "{}".into(),
             watermark: None,
+            cycle: "sweep".into(),
+            changes: Vec::new(),
         })
         .unwrap();
     // kounta id 10 is taken: the transaction must roll back as a whole.
     assert!(
         store
-            .settle_intent(id, "created", Some(&sample_link(2, Some(10))))
+            .settle_intent(id, "created", Some(&sample_link(2, Some(10))), Written::Applied)
             .is_err()
     );
     assert_eq!(store.unsettled_intents().unwrap().len(), 1);

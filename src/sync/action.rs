@@ -15,7 +15,7 @@ use crate::customer::{Customer, Field};
 use crate::farmflow::model::FarmflowFields;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaCustomerWrite;
-use crate::store::{Link, LinkState};
+use crate::store::{FieldChange, Link, LinkState, Parked};
 use crate::sync::policy::ConflictWinner;
 
 /// The rule that matched two unlinked records.
@@ -63,6 +63,8 @@ pub struct LinkAfter {
     pub kounta_verified: bool,
     /// The CRM record was read in full this run: `last_verified_at` moves to now.
     pub kounta_read: bool,
+    /// Set while the customer is out of scope (see [`Action::Park`]).
+    pub parked: Option<Parked>,
 }
 
 impl LinkAfter {
@@ -84,6 +86,7 @@ impl LinkAfter {
             last_synced_at: Some(now),
             last_error: None,
             consecutive_failures: 0,
+            parked: self.parked,
         }
     }
 }
@@ -115,8 +118,53 @@ impl KountaCreate {
             farmflow_snapshot: Some(self.farmflow_snapshot.clone()),
             kounta_verified: false,
             kounta_read: false,
+            parked: None,
         }
     }
+
+    /// The create's fields, before (none) → after.
+    pub fn changes(&self) -> Vec<FieldChange> {
+        let mut changes = created(&self.kounta_snapshot);
+        changes.push(FieldChange {
+            field: "reference_id".to_owned(),
+            before: String::new(),
+            after: self.reference_id.as_str().to_owned(),
+        });
+        if let Some(tags) = &self.write.tags {
+            changes.push(FieldChange {
+                field: "tags".to_owned(),
+                before: String::new(),
+                after: tags.join(", "),
+            });
+        }
+        changes
+    }
+}
+
+/// Every non-empty field of a record being created: "" → value.
+fn created(c: &Customer) -> Vec<FieldChange> {
+    Field::ALL
+        .into_iter()
+        .filter(|f| !c.get(*f).is_empty())
+        .map(|f| FieldChange {
+            field: f.name().to_owned(),
+            before: String::new(),
+            after: c.get(f).to_owned(),
+        })
+        .collect()
+}
+
+/// Every non-empty field of a record being deleted: value → "".
+fn deleted(c: &Customer) -> Vec<FieldChange> {
+    Field::ALL
+        .into_iter()
+        .filter(|f| !c.get(*f).is_empty())
+        .map(|f| FieldChange {
+            field: f.name().to_owned(),
+            before: c.get(f).to_owned(),
+            after: String::new(),
+        })
+        .collect()
 }
 
 /// A customer to create in FarmFlow. The link key is only known once FarmFlow answers with the
@@ -146,7 +194,13 @@ impl FarmflowCreate {
             farmflow_snapshot: Some(self.farmflow_snapshot.clone()),
             kounta_verified: false,
             kounta_read: true,
+            parked: None,
         }
+    }
+
+    /// The create's fields, before (none) → after.
+    pub fn changes(&self) -> Vec<FieldChange> {
+        created(&self.farmflow_snapshot)
     }
 
     /// The CRM write that records the link in the CRM customer's `reference_id`.
@@ -292,6 +346,15 @@ pub enum SkipReason {
     /// A record is missing from a listing and has not been read by id yet: absence is a
     /// question, never an answer (DESIGN.md step 5). The read comes before anything is done.
     AbsenceUnconfirmed,
+    /// Out of scope (DESIGN.md, "Operator control"): left alone until that changes.
+    Parked {
+        /// Why.
+        reason: Parked,
+    },
+    /// `[sync] create_in_kounta = false`: never created in the CRM.
+    CreateInKountaOff,
+    /// `[sync] create_in_farmflow = false`: never created in FarmFlow.
+    CreateInFarmflowOff,
 }
 
 impl fmt::Display for SkipReason {
@@ -327,6 +390,9 @@ impl fmt::Display for SkipReason {
             SkipReason::AbsenceUnconfirmed => {
                 f.write_str("missing from a listing; waiting for a read by id to confirm it")
             }
+            SkipReason::Parked { reason } => write!(f, "out of scope: {reason}"),
+            SkipReason::CreateInKountaOff => f.write_str("sync.create_in_kounta is false"),
+            SkipReason::CreateInFarmflowOff => f.write_str("sync.create_in_farmflow is false"),
         }
     }
 }
@@ -376,6 +442,8 @@ pub enum Action {
         fields: Vec<Field>,
         /// The partial update body.
         write: KountaCustomerWrite,
+        /// Per field, the CRM's value before → after (for history and `--dry-run`).
+        changes: Vec<FieldChange>,
         /// The link row once written.
         link: LinkAfter,
     },
@@ -387,6 +455,8 @@ pub enum Action {
         fields: Vec<Field>,
         /// The whole record to send (apply adds the id).
         body: FarmflowFields,
+        /// Per field, FarmFlow's value before → after (for history and `--dry-run`).
+        changes: Vec<FieldChange>,
         /// The link row once written.
         link: LinkAfter,
     },
@@ -421,6 +491,8 @@ pub enum Action {
         kounta_id: KountaId,
         /// The body: the customer's tags plus `deleted_tag`.
         write: KountaCustomerWrite,
+        /// The tags before → after.
+        changes: Vec<FieldChange>,
         /// The link row once tagged (a tombstone).
         link: LinkAfter,
     },
@@ -430,6 +502,8 @@ pub enum Action {
         kounta_id: KountaId,
         /// The body: an empty `reference_id`.
         write: KountaCustomerWrite,
+        /// The `reference_id` before → after.
+        changes: Vec<FieldChange>,
         /// The link row once unlinked (a tombstone).
         link: LinkAfter,
     },
@@ -457,6 +531,45 @@ pub enum Action {
         /// The create.
         create: FarmflowCreate,
     },
+    /// `[sync] deletes = "approve"`: a confirmed deletion waits for a person instead of being
+    /// applied (no remote write; the link stays as it is).
+    QueueDelete {
+        /// The link.
+        reference_id: ReferenceId,
+        /// What approving it does: `delete_farmflow`, `tag_kounta` or `unlink_kounta`.
+        would: &'static str,
+        /// The CRM customer.
+        kounta_id: Option<KountaId>,
+        /// The FarmFlow customer.
+        farmflow_id: FarmflowId,
+        /// Why, operator-facing.
+        detail: String,
+    },
+    /// Take a link off the deletion queue: its deletion was applied, it was rejected and the
+    /// twin recreated, or the record read back (it reappeared). Follows the subject's writes,
+    /// so a failed write leaves the entry queued.
+    Unqueue {
+        /// The link.
+        reference_id: ReferenceId,
+        /// Why, for the log.
+        why: &'static str,
+    },
+    /// A person's conflict decision was carried out (the field now holds the chosen value on
+    /// both sides). Follows the subject's writes, so a failed write leaves it pending.
+    ResolutionApplied {
+        /// The link.
+        reference_id: ReferenceId,
+        /// The field decided.
+        field: Field,
+    },
+    /// The customer is out of scope (`kounta_tag` lost, or `pause_tag` carried): the link is
+    /// kept and marked, nothing is written either way and nothing deleted.
+    Park {
+        /// Why.
+        reason: Parked,
+        /// The link row (marked parked; snapshots unchanged).
+        link: LinkAfter,
+    },
     /// Store new snapshots or a verification (no remote write).
     Refresh {
         /// The link row with its new snapshots.
@@ -483,7 +596,13 @@ impl Action {
             | Action::TagKounta { link, .. }
             | Action::UnlinkKounta { link, .. }
             | Action::Tombstone { link, .. }
+            | Action::Park { link, .. }
             | Action::Refresh { link } => Subject::Link(link.reference_id.clone()),
+            Action::QueueDelete { reference_id, .. }
+            | Action::Unqueue { reference_id, .. }
+            | Action::ResolutionApplied { reference_id, .. } => {
+                Subject::Link(reference_id.clone())
+            }
             Action::CreateKounta(c) => Subject::Farmflow(c.farmflow_id),
             Action::CreateFarmflow(c) => Subject::Kounta(c.kounta_id),
             Action::Conflict(c) => Subject::Link(c.reference_id.clone()),
@@ -508,6 +627,7 @@ impl Action {
             | Action::TagKounta { link, .. }
             | Action::UnlinkKounta { link, .. }
             | Action::Tombstone { link, .. }
+            | Action::Park { link, .. }
             | Action::Refresh { link } => Some(link),
             _ => None,
         }
@@ -558,8 +678,33 @@ impl Action {
             Action::Tombstone { .. } => "tombstone",
             Action::RecreateKounta { .. } => "recreate_kounta",
             Action::RecreateFarmflow { .. } => "recreate_farmflow",
+            Action::QueueDelete { .. } => "queue_delete",
+            Action::Unqueue { .. } => "unqueue",
+            Action::ResolutionApplied { .. } => "resolution_applied",
+            Action::Park { .. } => "park",
             Action::Refresh { .. } => "refresh",
             Action::Skip { .. } => "skip",
+        }
+    }
+
+    /// Per field, before → after, for every action that writes to either API (empty for the
+    /// others): what history keeps and `--dry-run` shows.
+    pub fn changes(&self) -> Vec<FieldChange> {
+        match self {
+            Action::UpdateKounta { changes, .. }
+            | Action::UpdateFarmflow { changes, .. }
+            | Action::TagKounta { changes, .. }
+            | Action::UnlinkKounta { changes, .. } => changes.clone(),
+            Action::CreateKounta(c) | Action::RecreateKounta { create: c, .. } => c.changes(),
+            Action::CreateFarmflow(c) | Action::RecreateFarmflow { create: c, .. } => {
+                c.changes()
+            }
+            Action::DeleteFarmflow { link, .. } => link
+                .farmflow_snapshot
+                .as_ref()
+                .map(deleted)
+                .unwrap_or_default(),
+            _ => Vec::new(),
         }
     }
 
@@ -582,13 +727,19 @@ impl Action {
                 fields: fs,
                 write,
                 link,
+                ..
             } => {
                 let mut what = fields(fs);
-                if write.reference_id.is_some() {
-                    if !what.is_empty() {
-                        what.push_str(", ");
+                for (extra, set) in [
+                    ("reference_id", write.reference_id.is_some()),
+                    ("tags", write.tags.is_some()),
+                ] {
+                    if set {
+                        if !what.is_empty() {
+                            what.push_str(", ");
+                        }
+                        what.push_str(extra);
                     }
-                    what.push_str("reference_id");
                 }
                 format!("update crm {kounta_id} ({}): {what}", link.reference_id)
             }
@@ -652,6 +803,25 @@ impl Action {
                 "recreate in farmflow from crm {} ({old_reference_id} was deleted, crm changed since)",
                 create.kounta_id
             ),
+            Action::QueueDelete {
+                reference_id,
+                would,
+                detail,
+                ..
+            } => format!(
+                "queue for approval: {} of {reference_id} ({detail})",
+                would.replace('_', " ")
+            ),
+            Action::Unqueue { reference_id, why } => {
+                format!("take {reference_id} off the deletion queue: {why}")
+            }
+            Action::ResolutionApplied {
+                reference_id,
+                field,
+            } => format!("conflict decision on {field} of {reference_id} carried out"),
+            Action::Park { reason, link } => {
+                format!("park {}: {reason}", link.reference_id)
+            }
             Action::Refresh { link } => format!("refresh snapshots of {}", link.reference_id),
             Action::Skip { subject, reason } => format!("skip {subject}: {reason}"),
         }

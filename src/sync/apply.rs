@@ -12,7 +12,9 @@ use crate::farmflow::model::{FarmflowCustomer, FarmflowFields};
 use crate::http::ApiError;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaCustomerWrite;
-use crate::store::{Link, LinkState, NewIntent, Side, StoreError, now};
+use crate::store::{
+    FieldChange, Link, LinkState, NewIntent, QueuedDelete, Side, StoreError, Written, now,
+};
 use crate::sync::action::{Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject};
 use crate::sync::engine::{Engine, RunOptions, Summary, mask_contacts};
 use crate::sync::plan::Plan;
@@ -54,6 +56,8 @@ impl std::fmt::Display for Failure {
 pub(super) struct Applier<'a> {
     engine: &'a Engine,
     run_id: &'a str,
+    /// `sweep` or `quick`, for history.
+    cycle: &'static str,
     /// The link rows as read at the start of the run, updated as actions land.
     links: HashMap<ReferenceId, Link>,
     /// The highest FarmFlow id seen: the watermark of FarmFlow creates.
@@ -80,12 +84,14 @@ impl<'a> Applier<'a> {
     pub(super) fn new(
         engine: &'a Engine,
         run_id: &'a str,
+        cycle: &'static str,
         links: &[Link],
         farmflow: &[FarmflowCustomer],
     ) -> Self {
         Applier {
             engine,
             run_id,
+            cycle,
             links: links
                 .iter()
                 .map(|l| (l.reference_id.clone(), l.clone()))
@@ -254,16 +260,18 @@ impl<'a> Applier<'a> {
             Action::UpdateKounta {
                 kounta_id,
                 write,
+                changes,
                 link,
                 ..
             } => {
-                self.kounta_update(*kounta_id, write, link, "update")
+                self.kounta_update(*kounta_id, write, changes, link, "update")
                     .await?;
                 self.summary.updated += 1;
             }
             Action::UpdateFarmflow {
                 farmflow_id,
                 body,
+                changes,
                 link,
                 ..
             } => {
@@ -276,6 +284,7 @@ impl<'a> Applier<'a> {
                         Some(*farmflow_id),
                         json(body),
                         None,
+                        changes.clone(),
                     )
                     .await?;
                 let customer = FarmflowCustomer {
@@ -357,19 +366,83 @@ impl<'a> Applier<'a> {
             Action::TagKounta {
                 kounta_id,
                 write,
+                changes,
                 link,
             } => {
-                self.kounta_update(*kounta_id, write, link, "tag").await?;
+                self.kounta_update(*kounta_id, write, changes, link, "tag")
+                    .await?;
                 self.summary.deleted += 1;
             }
             Action::UnlinkKounta {
                 kounta_id,
                 write,
+                changes,
                 link,
             } => {
-                self.kounta_update(*kounta_id, write, link, "unlink")
+                self.kounta_update(*kounta_id, write, changes, link, "unlink")
                     .await?;
                 self.summary.deleted += 1;
+            }
+            Action::QueueDelete {
+                reference_id,
+                would,
+                kounta_id,
+                farmflow_id,
+                detail,
+            } => {
+                let entry = QueuedDelete {
+                    reference_id: reference_id.as_str().to_owned(),
+                    action: (*would).to_owned(),
+                    kounta_id: kounta_id.map(|k| k.0),
+                    farmflow_id: farmflow_id.0,
+                    detail: detail.clone(),
+                    queued_at: 0,
+                    last_seen: 0,
+                    decision: None,
+                };
+                self.engine
+                    .store
+                    .call(move |s| s.queue_delete(&entry))
+                    .await?;
+                self.summary.queued += 1;
+                warn!(
+                    reference_id = %reference_id,
+                    would = *would,
+                    "sync.delete.queued"
+                );
+            }
+            Action::Unqueue { reference_id, why } => {
+                let reference = reference_id.as_str().to_owned();
+                self.engine
+                    .store
+                    .call(move |s| s.unqueue_delete(&reference))
+                    .await?;
+                info!(reference_id = %reference_id, why = *why, "sync.delete.unqueued");
+            }
+            Action::ResolutionApplied {
+                reference_id,
+                field,
+            } => {
+                let (reference, name) = (reference_id.as_str().to_owned(), field.name());
+                self.engine
+                    .store
+                    .call(move |s| s.resolution_applied(&reference, name))
+                    .await?;
+                info!(reference_id = %reference_id, field = name, "sync.conflict.resolved");
+            }
+            Action::Park { reason, link } => {
+                let newly = self
+                    .links
+                    .get(&link.reference_id)
+                    .is_none_or(|l| l.parked != Some(*reason));
+                self.save(link, None).await?;
+                if newly {
+                    info!(
+                        reference_id = %link.reference_id,
+                        reason = reason.as_str(),
+                        "sync.record.parked"
+                    );
+                }
             }
             Action::Tombstone { reason, link } => {
                 self.save(link, None).await?;
@@ -389,6 +462,7 @@ impl<'a> Applier<'a> {
         &mut self,
         kounta_id: KountaId,
         write: &KountaCustomerWrite,
+        changes: &[FieldChange],
         link: &LinkAfter,
         op: &str,
     ) -> Result<(), Failure> {
@@ -401,6 +475,7 @@ impl<'a> Applier<'a> {
                 Some(link.farmflow_id),
                 json(write),
                 None,
+                changes.to_vec(),
             )
             .await?;
         let answer = self.engine.kounta.update(kounta_id, write).await;
@@ -418,6 +493,7 @@ impl<'a> Applier<'a> {
                 Some(create.farmflow_id),
                 json(&create.write),
                 None,
+                create.changes(),
             )
             .await?;
         let answer = self.engine.kounta.create(&create.write).await;
@@ -446,6 +522,7 @@ impl<'a> Applier<'a> {
                 None,
                 json(&create.fields),
                 Some(self.watermark),
+                create.changes(),
             )
             .await?;
         let answer = self.engine.farmflow.create(&create.fields).await;
@@ -459,7 +536,7 @@ impl<'a> Applier<'a> {
             None => {
                 self.engine
                     .store
-                    .call(move |s| s.settle_intent(intent, &outcome, Some(&link)))
+                    .call(move |s| s.settle_intent(intent, &outcome, Some(&link), Written::Applied))
                     .await?
             }
             Some(old) => {
@@ -481,8 +558,19 @@ impl<'a> Applier<'a> {
         let write = create.reference_write(created.id);
         let mut with_reference = create.link_after_reference(created.id);
         with_reference.farmflow_snapshot = after.farmflow_snapshot.clone();
-        self.kounta_update(create.kounta_id, &write, &with_reference, "reference")
-            .await
+        let changes = [FieldChange {
+            field: "reference_id".to_owned(),
+            before: String::new(),
+            after: with_reference.reference_id.as_str().to_owned(),
+        }];
+        self.kounta_update(
+            create.kounta_id,
+            &write,
+            &changes,
+            &with_reference,
+            "reference",
+        )
+        .await
     }
 
     async fn delete_farmflow(
@@ -493,6 +581,12 @@ impl<'a> Applier<'a> {
     ) -> Result<(), Failure> {
         // The plan emits a delete only once a read by id answered 404 for the CRM customer
         // this run (DESIGN.md step 5): the confirmation is already made.
+        let changes = Action::DeleteFarmflow {
+            farmflow_id,
+            kounta_id,
+            link: link.clone(),
+        }
+        .changes();
         let intent = self
             .begin(
                 Side::Farmflow,
@@ -502,6 +596,7 @@ impl<'a> Applier<'a> {
                 Some(farmflow_id),
                 format!("{{\"id\":\"{farmflow_id}\"}}"),
                 None,
+                changes,
             )
             .await?;
         let answer = self.engine.farmflow.delete(farmflow_id).await;
@@ -520,7 +615,7 @@ impl<'a> Applier<'a> {
                 let row = self.to_link(&blocked, Some(reason.to_string()));
                 self.engine
                     .store
-                    .call(move |s| s.settle_intent(intent, "blocked", Some(&row)))
+                    .call(move |s| s.settle_intent(intent, "blocked", Some(&row), Written::No))
                     .await?;
                 self.remember(&blocked);
                 self.summary.blocked += 1;
@@ -556,10 +651,13 @@ impl<'a> Applier<'a> {
         farmflow_id: Option<FarmflowId>,
         payload: String,
         watermark: Option<i64>,
+        changes: Vec<FieldChange>,
     ) -> Result<i64, Failure> {
         self.flush().await?;
         let intent = NewIntent {
             run_id: self.run_id.to_owned(),
+            cycle: self.cycle.to_owned(),
+            changes,
             side,
             op: op.to_owned(),
             reference_id: reference_id.cloned(),
@@ -595,7 +693,7 @@ impl<'a> Applier<'a> {
                     };
                     self.engine
                         .store
-                        .call(move |s| s.settle_intent(intent, &outcome, None))
+                        .call(move |s| s.settle_intent(intent, &outcome, None, Written::No))
                         .await?;
                 }
                 Err(Failure::Api(e))
@@ -613,7 +711,7 @@ impl<'a> Applier<'a> {
         let outcome = outcome.to_owned();
         self.engine
             .store
-            .call(move |s| s.settle_intent(intent, &outcome, Some(&row)))
+            .call(move |s| s.settle_intent(intent, &outcome, Some(&row), Written::Applied))
             .await?;
         self.remember(after);
         Ok(())

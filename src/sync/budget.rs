@@ -210,6 +210,7 @@ mod tests {
             last_synced_at: None,
             last_error: None,
             consecutive_failures: 0,
+            parked: None,
         }
     }
 

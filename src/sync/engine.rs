@@ -77,6 +77,8 @@ pub struct Summary {
     pub kounta_requests: u64,
     /// Requests sent to FarmFlow (retries included).
     pub farmflow_requests: u64,
+    /// Confirmed deletions waiting for a person (`[sync] deletes = "approve"`).
+    pub queued: u64,
 }
 
 /// What one run did.
@@ -167,6 +169,8 @@ pub struct Engine {
     pub kounta_rate: u32,
     /// A link not verified for this long is read whatever the budget says.
     pub max_verify_age_secs: i64,
+    /// `[history] keep_days`: sweeps prune older history rows.
+    pub history_keep_days: u32,
     /// The date one-time orders are judged against; `None` is the local date (set it to replay
     /// a day, or to let a test's order come due).
     pub today: Option<chrono::NaiveDate>,
@@ -291,6 +295,7 @@ impl Engine {
             policy: settings.policy(allow_mass_delete),
             kounta_rate: settings.kounta.requests_per_minute,
             max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+            history_keep_days: settings.history.keep_days,
             today: None,
         })
     }
@@ -534,6 +539,12 @@ impl Engine {
         let mut orders_tried = false;
         let mut direct = DirectReads::default();
         let mut farmflow_attempted: HashSet<FarmflowId> = HashSet::new();
+        let decisions = self
+            .store
+            .call(|s| Ok((s.pending_resolutions()?, s.delete_queue()?)))
+            .await
+            .map_err(store_down)?;
+        let decisions = to_decisions(decisions.0, decisions.1);
         let mut current = loop {
             direct.kounta_gone.clone_from(&reads_done.gone);
             let input = PlanInput {
@@ -544,6 +555,7 @@ impl Engine {
                 links: &links,
                 orders: orders.as_ref(),
                 direct: &direct,
+                decisions: &decisions,
                 today,
             };
             let planned = plan(&input, policy);
@@ -658,7 +670,7 @@ impl Engine {
         // 5. Apply (a dry run stops here).
         if !options.dry_run {
             let seen: Vec<FarmflowCustomer> = with_direct_reads(&farmflow, &direct);
-            let mut applier = super::apply::Applier::new(self, run_id, &links, &seen);
+            let mut applier = super::apply::Applier::new(self, run_id, options.kind.as_str(), &links, &seen);
             applier.apply(&current, options).await;
             // A FarmFlow update found its customer changed since the list was read (the
             // grower typed meanwhile): re-plan those links on the fresh read, once.
@@ -686,6 +698,7 @@ impl Engine {
                     links: &links,
                     orders: orders.as_ref(),
                     direct: &direct,
+                    decisions: &decisions,
                     today,
                 };
                 let mut replanned = plan(&input, policy);
@@ -709,6 +722,12 @@ impl Engine {
                 // A quick cycle sees part of the world: the list of records needing a person
                 // is kept by sweeps, which see all of it.
                 self.note_attention(&current.attention).await;
+                let before = crate::store::now() - i64::from(self.history_keep_days) * 86_400;
+                match self.store.call(move |s| s.prune_history(before)).await {
+                    Ok(0) => {}
+                    Ok(pruned) => info!(pruned, "sync.history.pruned"),
+                    Err(e) => warn!(error = %e, "sync.store.failed"),
+                }
             }
             // A hint is spent once its record was read (or found gone), not when the read failed.
             let spent: Vec<_> = hints
@@ -896,6 +915,7 @@ impl Engine {
             conflicts = s.conflicts,
             failed = s.failed,
             skipped = s.skipped,
+            queued = s.queued,
             kounta_requests = s.kounta_requests,
             farmflow_requests = s.farmflow_requests,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -989,14 +1009,14 @@ fn quick_listing(
 }
 
 /// Keeps what a quick cycle may do: the actions of existing links, but no creates (a
-/// recreation waits for the sweep) and no new links.
+/// recreation waits for the sweep, and so does whatever follows it for that link, such as
+/// taking a rejected deletion off the queue) and no new links.
 fn quick_only(plan: &mut Plan, links: &[crate::store::Link]) {
     use crate::sync::action::{Action, Subject};
     let existing: HashSet<&crate::ids::ReferenceId> =
         links.iter().map(|l| &l.reference_id).collect();
-    plan.actions.retain(|a| {
-        let ours = matches!(a.subject(), Subject::Link(ref r) if existing.contains(r));
-        ours && !matches!(
+    let creates = |a: &Action| {
+        matches!(
             a,
             Action::Link { .. }
                 | Action::CreateKounta(_)
@@ -1004,6 +1024,17 @@ fn quick_only(plan: &mut Plan, links: &[crate::store::Link]) {
                 | Action::RecreateKounta { .. }
                 | Action::RecreateFarmflow { .. }
         )
+    };
+    let waiting: HashSet<Subject> = plan
+        .actions
+        .iter()
+        .filter(|a| creates(a))
+        .map(|a| a.subject())
+        .collect();
+    plan.actions.retain(|a| {
+        let subject = a.subject();
+        let ours = matches!(subject, Subject::Link(ref r) if existing.contains(r));
+        ours && !waiting.contains(&subject)
     });
     plan.counts = crate::sync::plan::PlanCounts::of(&plan.actions);
 }
@@ -1019,6 +1050,32 @@ fn with_direct_reads(list: &[FarmflowCustomer], direct: &DirectReads) -> Vec<Far
     out
 }
 
+/// The decisions people made, as the plan takes them. A row naming a link or field this
+/// farmsync cannot read is left out (and stays in the DB for a person to see).
+fn to_decisions(
+    resolutions: Vec<crate::store::PendingResolution>,
+    queue: Vec<crate::store::QueuedDelete>,
+) -> crate::sync::plan::Decisions {
+    let mut out = crate::sync::plan::Decisions::default();
+    for r in resolutions {
+        if let (Some(reference), Some(field)) = (
+            crate::ids::ReferenceId::parse(&r.reference_id),
+            crate::customer::Field::parse(&r.field),
+        ) {
+            out.resolutions
+                .entry(reference)
+                .or_default()
+                .insert(field, r.value);
+        }
+    }
+    for q in queue {
+        if let Some(reference) = crate::ids::ReferenceId::parse(&q.reference_id) {
+            out.queued.insert(reference, q.decision);
+        }
+    }
+    out
+}
+
 /// What a dry run would do, counted from the plan.
 fn dry_run_summary(plan: &Plan) -> Summary {
     let c = plan.counts;
@@ -1029,6 +1086,7 @@ fn dry_run_summary(plan: &Plan) -> Summary {
         linked: c.linked as u64,
         blocked: c.blocked as u64,
         conflicts: c.conflicts as u64,
+        queued: c.queued as u64,
         ..Summary::default()
     }
 }

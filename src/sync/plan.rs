@@ -50,13 +50,15 @@ use crate::customer::{self, Customer, Field, FromFarmflow};
 use crate::farmflow::model::{FarmflowCustomer, OneTimeOrder, RecurringOrder};
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::{KountaCustomer, KountaCustomerWrite, KountaListItem};
-use crate::store::{Link, LinkState};
+use crate::store::{DeleteDecision, FieldChange, Link, LinkState, Parked};
 use crate::sync::action::{
     Action, Attention, AttentionKind, BlockReason, ConflictRecord, FarmflowCreate, KountaCreate,
     LinkAfter, SkipReason, Subject, TombstoneReason,
 };
 use crate::sync::matching::{self, CrmCandidate, FfCandidate, KnownIds};
-use crate::sync::policy::{ConflictWinner, FarmflowDelete, KountaOnFarmflowDelete, Policy};
+use crate::sync::policy::{
+    ConflictWinner, DeleteMode, Direction, FarmflowDelete, KountaOnFarmflowDelete, Policy,
+};
 
 /// FarmFlow's orders, read only to respect its delete restrictions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -127,6 +129,8 @@ pub struct PlanInput<'a> {
     pub orders: Option<&'a OrderBook>,
     /// What reads by id said this run: records a listing left out, and confirmed absences.
     pub direct: &'a DirectReads,
+    /// What people decided: conflicts settled by hand, deletions approved or rejected.
+    pub decisions: &'a Decisions,
     /// The local date, for "due today or later".
     pub today: NaiveDate,
 }
@@ -149,6 +153,17 @@ pub struct DirectReads {
     /// [`Plan::needs_farmflow_probe`]): `Some(true)` when that probe answered, `Some(false)`
     /// when it failed; what it found is in `farmflow`.
     pub farmflow_probed: Option<bool>,
+}
+
+/// What people decided (DESIGN.md, "Operator control"), as the plan carries it out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decisions {
+    /// Conflicts settled with `--take`: per link and field, the value both sides must hold
+    /// (canonical spelling). Written wherever it differs, then reported carried out.
+    pub resolutions: BTreeMap<ReferenceId, BTreeMap<Field, String>>,
+    /// Deletions waiting for a person (`[sync] deletes = "approve"`), with the decision made
+    /// so far (`None`: still waiting).
+    pub queued: BTreeMap<ReferenceId, Option<DeleteDecision>>,
 }
 
 /// Why the safety guard stopped destructive actions.
@@ -207,6 +222,10 @@ pub struct PlanCounts {
     pub refreshed: usize,
     /// Records skipped.
     pub skipped: usize,
+    /// Confirmed deletions queued for a person.
+    pub queued: usize,
+    /// Links parked out of scope.
+    pub parked: usize,
 }
 
 impl PlanCounts {
@@ -229,6 +248,9 @@ impl PlanCounts {
                 Action::RecreateKounta { .. } | Action::RecreateFarmflow { .. } => &mut c.recreated,
                 Action::Refresh { .. } => &mut c.refreshed,
                 Action::Skip { .. } => &mut c.skipped,
+                Action::QueueDelete { .. } => &mut c.queued,
+                Action::Park { .. } => &mut c.parked,
+                Action::Unqueue { .. } | Action::ResolutionApplied { .. } => continue,
             };
             *slot += 1;
         }
@@ -569,7 +591,8 @@ impl<'a> Planner<'a> {
                 continue;
             }
             live += 1;
-            if link.state != LinkState::Active {
+            // A parked link is never deleted (DESIGN.md, "Operator control": scope).
+            if link.state != LinkState::Active || link.parked.is_some() {
                 continue;
             }
             // Absence from the lists themselves: counted before any read by id confirms it.
@@ -658,6 +681,9 @@ impl<'a> Planner<'a> {
             return;
         };
         let crm = self.crm_view(link);
+        if self.plan_parked(link, kounta_id, &crm) {
+            return;
+        }
         let ff_view = self.ff_view(link.farmflow_id);
         let crm_missing = matches!(crm, CrmView::Missing);
         let ff_missing = matches!(ff_view, FfView::Missing);
@@ -712,9 +738,47 @@ impl<'a> Planner<'a> {
             (CrmView::Gone, Some((record, f))) => self.crm_gone(link, record, f),
             (crm, None) => self.farmflow_gone(link, kounta_id, crm),
             (crm, Some((record, f))) => {
+                if self.w.input.decisions.queued.contains_key(&link.reference_id) {
+                    // The record a deletion was queued for reads back: it reappeared.
+                    self.actions.push(Action::Unqueue {
+                        reference_id: link.reference_id.clone(),
+                        why: "the record reappeared",
+                    });
+                }
                 self.plan_merge(link, kounta_id, crm, record, f);
             }
         }
+    }
+
+    /// Scope (DESIGN.md, "Operator control"): a CRM customer that carries `pause_tag`, or lacks
+    /// a set `kounta_tag`, is parked — the link is kept and marked, nothing is written either
+    /// way and nothing deleted, whatever either side does meanwhile. Only a full read can show
+    /// tags; until one does, the stored mark stands. Returns whether the link is parked.
+    fn plan_parked(&mut self, link: &Link, kounta_id: KountaId, crm: &CrmView<'a>) -> bool {
+        let (parked, read) = match crm {
+            CrmView::Full(full, _) => (self.w.policy.parked_by(&full.tags), true),
+            _ => (link.parked, false),
+        };
+        let Some(reason) = parked else {
+            return false;
+        };
+        if matches!(crm, CrmView::ListedChanged) {
+            // Edited in the CRM: its tags may have changed too.
+            self.needs_reads.insert(kounta_id);
+        }
+        if read || link.parked != Some(reason) {
+            self.actions.push(Action::Park {
+                reason,
+                link: LinkAfter {
+                    parked: Some(reason),
+                    kounta_read: read,
+                    ..keep(link)
+                },
+            });
+        } else {
+            self.skip_link(link, SkipReason::Parked { reason });
+        }
+        true
     }
 
     fn skip_link(&mut self, link: &Link, reason: SkipReason) {
@@ -746,7 +810,13 @@ impl<'a> Planner<'a> {
             // The common no-op: neither side moved (FarmFlow's text is exactly its snapshot).
             CrmView::Unchanged(_)
                 if link.state == LinkState::Active
-                    && link.farmflow_snapshot.as_ref() == Some(&f.customer) => {}
+                    && link.farmflow_snapshot.as_ref() == Some(&f.customer)
+                    && !self
+                        .w
+                        .input
+                        .decisions
+                        .resolutions
+                        .contains_key(&link.reference_id) => {}
             CrmView::Unchanged(k) => self.merge(MergeInput {
                 reference_id: link.reference_id.clone(),
                 farmflow_id: link.farmflow_id,
@@ -777,6 +847,20 @@ impl<'a> Planner<'a> {
             let Some(old_kounta_id) = link.kounta_id else {
                 return;
             };
+            if !self.w.policy.create_in_kounta {
+                // The change must not be lost, and nothing may be created: a person decides.
+                self.skip_link(link, SkipReason::CreateInKountaOff);
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: link.kounta_id,
+                    farmflow_id: Some(record.id),
+                    detail: format!(
+                        "crm {old_kounta_id} was deleted but farmflow {} changed since; sync.create_in_kounta is false, so it is neither recreated nor deleted",
+                        record.id
+                    ),
+                });
+                return;
+            }
             if let Err(reason) = kounta_can_hold(&f.customer) {
                 self.skip_link(link, reason.clone());
                 self.attention.push(Attention {
@@ -835,7 +919,7 @@ impl<'a> Planner<'a> {
                     ..keep(link)
                 },
             }),
-            None => self.actions.push(Action::DeleteFarmflow {
+            None => self.confirmed_deletion(Action::DeleteFarmflow {
                 farmflow_id,
                 kounta_id,
                 link: LinkAfter {
@@ -867,6 +951,19 @@ impl<'a> Planner<'a> {
                 .is_some_and(|s| !k.eq_normalised(s));
         // A blocked delete was seen before: changed-beats-deleted applies only at first sight.
         if crm_changed && link.state == LinkState::Active {
+            if !self.w.policy.create_in_farmflow {
+                self.skip_link(link, SkipReason::CreateInFarmflowOff);
+                self.attention.push(Attention {
+                    kind: AttentionKind::Skipped,
+                    kounta_id: Some(kounta_id),
+                    farmflow_id: Some(link.farmflow_id),
+                    detail: format!(
+                        "farmflow {} was deleted but crm {kounta_id} changed since; sync.create_in_farmflow is false, so it is neither recreated nor tagged",
+                        link.farmflow_id
+                    ),
+                });
+                return;
+            }
             if k.first_name.trim().is_empty() {
                 self.skip_link(link, SkipReason::NoFirstName);
                 self.attention.push(Attention {
@@ -912,12 +1009,18 @@ impl<'a> Planner<'a> {
                 if !tagged && !tag.is_empty() {
                     let mut tags = full.tags.clone();
                     tags.push(tag.to_owned());
-                    self.actions.push(Action::TagKounta {
+                    let changes = vec![FieldChange {
+                        field: "tags".to_owned(),
+                        before: full.tags.join(", "),
+                        after: tags.join(", "),
+                    }];
+                    self.confirmed_deletion(Action::TagKounta {
                         kounta_id,
                         write: KountaCustomerWrite {
                             tags: Some(tags),
                             ..KountaCustomerWrite::default()
                         },
+                        changes,
                         link: tombstone,
                     });
                     return;
@@ -925,12 +1028,18 @@ impl<'a> Planner<'a> {
             }
             KountaOnFarmflowDelete::Unlink => {
                 if !full.reference_id.trim().is_empty() {
-                    self.actions.push(Action::UnlinkKounta {
+                    let changes = vec![FieldChange {
+                        field: "reference_id".to_owned(),
+                        before: full.reference_id.clone(),
+                        after: String::new(),
+                    }];
+                    self.confirmed_deletion(Action::UnlinkKounta {
                         kounta_id,
                         write: KountaCustomerWrite {
                             reference_id: Some(String::new()),
                             ..KountaCustomerWrite::default()
                         },
+                        changes,
                         link: tombstone,
                     });
                     return;
@@ -942,6 +1051,131 @@ impl<'a> Planner<'a> {
             reason,
             link: tombstone,
         });
+    }
+
+    /// A confirmed deletion (a FarmFlow delete, a CRM tag or unlink): applied at once, or with
+    /// `[sync] deletes = "approve"` queued until a person decides. Approved: applied, then off
+    /// the queue. Rejected: the deleted side's twin is recreated from the other side, then off
+    /// the queue.
+    fn confirmed_deletion(&mut self, action: Action) {
+        if self.w.policy.deletes == DeleteMode::Auto {
+            self.actions.push(action);
+            return;
+        }
+        let Subject::Link(reference_id) = action.subject() else {
+            self.actions.push(action);
+            return;
+        };
+        let (kounta_id, farmflow_id, detail) = match &action {
+            Action::DeleteFarmflow {
+                farmflow_id,
+                kounta_id,
+                ..
+            } => (
+                *kounta_id,
+                *farmflow_id,
+                "deleted in the crm; farmflow's customer would be deleted".to_owned(),
+            ),
+            Action::TagKounta {
+                kounta_id, link, ..
+            } => (
+                Some(*kounta_id),
+                link.farmflow_id,
+                "deleted in farmflow; the crm customer would be tagged".to_owned(),
+            ),
+            Action::UnlinkKounta {
+                kounta_id, link, ..
+            } => (
+                Some(*kounta_id),
+                link.farmflow_id,
+                "deleted in farmflow; the crm customer would be unlinked".to_owned(),
+            ),
+            _ => {
+                self.actions.push(action);
+                return;
+            }
+        };
+        match self.w.input.decisions.queued.get(&reference_id) {
+            Some(Some(DeleteDecision::Approved)) => {
+                self.actions.push(action);
+                self.actions.push(Action::Unqueue {
+                    reference_id,
+                    why: "approved and applied",
+                });
+            }
+            Some(Some(DeleteDecision::Rejected)) => {
+                if self.recreate_rejected(&action, &reference_id) {
+                    self.actions.push(Action::Unqueue {
+                        reference_id,
+                        why: "rejected; the deleted side was recreated",
+                    });
+                }
+            }
+            _ => self.actions.push(Action::QueueDelete {
+                reference_id,
+                would: action.kind(),
+                kounta_id,
+                farmflow_id,
+                detail,
+            }),
+        }
+    }
+
+    /// A rejected deletion: the side that was deleted gets the customer back, made from the
+    /// other side. Returns whether a recreation was planned (else it is reported and waits).
+    fn recreate_rejected(&mut self, action: &Action, reference_id: &ReferenceId) -> bool {
+        match action {
+            Action::DeleteFarmflow {
+                farmflow_id,
+                kounta_id: Some(old_kounta_id),
+                ..
+            } => {
+                let Some((_, f)) = self.w.farmflow.get(farmflow_id) else {
+                    return false;
+                };
+                let customer = f.customer.clone();
+                if let Err(reason) = kounta_can_hold(&customer) {
+                    self.attention.push(Attention {
+                        kind: AttentionKind::Skipped,
+                        kounta_id: Some(*old_kounta_id),
+                        farmflow_id: Some(*farmflow_id),
+                        detail: format!(
+                            "the deletion of farmflow {farmflow_id} was rejected, but it cannot be recreated in the crm: {reason}"
+                        ),
+                    });
+                    self.actions.push(Action::Skip {
+                        subject: Subject::Link(reference_id.clone()),
+                        reason,
+                    });
+                    return false;
+                }
+                let create = self.kounta_create(reference_id.clone(), *farmflow_id, &customer);
+                self.actions.push(Action::RecreateKounta {
+                    old_kounta_id: *old_kounta_id,
+                    create,
+                });
+                true
+            }
+            Action::TagKounta { kounta_id, .. } | Action::UnlinkKounta { kounta_id, .. } => {
+                let Some(k) = self.w.full_mapped.get(kounta_id).cloned() else {
+                    return false;
+                };
+                if k.first_name.trim().is_empty() {
+                    self.actions.push(Action::Skip {
+                        subject: Subject::Link(reference_id.clone()),
+                        reason: SkipReason::NoFirstName,
+                    });
+                    return false;
+                }
+                let create = self.farmflow_create(*kounta_id, &k);
+                self.actions.push(Action::RecreateFarmflow {
+                    old_reference_id: reference_id.clone(),
+                    create,
+                });
+                true
+            }
+            _ => false,
+        }
     }
 
     /// A CRM customer whose `reference_id` names a FarmFlow customer that no longer exists.
@@ -979,6 +1213,7 @@ impl<'a> Planner<'a> {
             farmflow_snapshot: previous.and_then(|l| l.farmflow_snapshot.clone()),
             kounta_verified: true,
             kounta_read: true,
+            parked: None,
         };
         self.show_farmflow_deletion(full, tombstone, TombstoneReason::DanglingReference);
     }
@@ -995,6 +1230,17 @@ impl<'a> Planner<'a> {
         let Some((record, f)) = self.w.farmflow.get(&pair.farmflow_id) else {
             return;
         };
+        if self.w.policy.parked_by(&full.tags) == Some(Parked::Paused) {
+            // Left alone both ways, not even linked; matched all the same, so its FarmFlow
+            // twin is not created in the CRM either.
+            self.actions.push(Action::Skip {
+                subject: Subject::Kounta(pair.kounta_id),
+                reason: SkipReason::Parked {
+                    reason: Parked::Paused,
+                },
+            });
+            return;
+        }
         let reference_id = ReferenceId::for_farmflow(pair.farmflow_id);
         self.actions.push(Action::Link {
             rule: pair.rule,
@@ -1009,6 +1255,7 @@ impl<'a> Planner<'a> {
                 farmflow_snapshot: None,
                 kounta_verified: false,
                 kounta_read: false,
+                parked: None,
             },
         });
         self.merge(MergeInput {
@@ -1030,12 +1277,46 @@ impl<'a> Planner<'a> {
         let base_k = stored_k.cloned().unwrap_or_default();
         let base_f = stored_f.cloned().unwrap_or_default();
         let fc = &m.f.customer;
+        let decided = self
+            .w
+            .input
+            .decisions
+            .resolutions
+            .get(&m.reference_id)
+            .cloned()
+            .unwrap_or_default();
 
         let mut agree = Vec::new();
         let mut to_kounta = Vec::new();
         let mut to_farmflow = Vec::new();
         let mut conflicts = Vec::new();
+        let mut chosen: Vec<(Field, String)> = Vec::new();
         for field in Field::ALL {
+            if let Some(value) = decided.get(&field) {
+                // A person settled a conflict on this field: the chosen value goes wherever it
+                // is not held yet, whatever changed since.
+                let mut target = Customer::default();
+                target.set(field, value.clone());
+                let k_holds = Customer::field_eq_normalised(&m.k, &target, field);
+                let f_holds = Customer::field_eq_normalised(fc, &target, field);
+                if !k_holds {
+                    to_kounta.push(field);
+                }
+                if !f_holds {
+                    to_farmflow.push(field);
+                }
+                if k_holds && f_holds {
+                    agree.push(field);
+                }
+                chosen.push((field, value.clone()));
+                continue;
+            }
+            let direction = self.w.policy.fields.get(field);
+            if direction == Direction::None {
+                // Never copied: each side keeps its own, and its snapshot follows it.
+                agree.push(field);
+                continue;
+            }
             if field == Field::Country && m.f.unmapped_country.is_some() {
                 // FarmFlow's text names no country: it is never copied to the CRM, and only a
                 // country change made in the CRM since a known snapshot overwrites it.
@@ -1067,6 +1348,27 @@ impl<'a> Planner<'a> {
                 });
                 continue;
             }
+            match direction {
+                // One way only: the source side's change is copied (it is the authority, so
+                // there is no conflict); the other side's own change is taken as seen.
+                Direction::ToFarmflow => {
+                    if k_changed {
+                        to_farmflow.push(field);
+                    } else {
+                        agree.push(field);
+                    }
+                    continue;
+                }
+                Direction::ToKounta => {
+                    if f_changed {
+                        to_kounta.push(field);
+                    } else {
+                        agree.push(field);
+                    }
+                    continue;
+                }
+                Direction::Both | Direction::None => {}
+            }
             match (k_changed, f_changed) {
                 (true, false) => to_farmflow.push(field),
                 (false, true) => to_kounta.push(field),
@@ -1093,21 +1395,38 @@ impl<'a> Planner<'a> {
             });
             return;
         }
-        self.merge_writes(&m, agree, to_kounta, to_farmflow, conflicts);
+        self.merge_writes(
+            &m,
+            Flows {
+                agree,
+                to_kounta,
+                to_farmflow,
+                conflicts,
+                chosen,
+            },
+        );
     }
 
     /// Emits a link's writes, each carrying the snapshots as they will be once it and the
     /// link's earlier actions succeeded: a side's snapshot of a field moves only when the
     /// other side holds the value too.
-    fn merge_writes(
-        &mut self,
-        m: &MergeInput<'_>,
-        agree: Vec<Field>,
-        to_kounta: Vec<Field>,
-        to_farmflow: Vec<Field>,
-        conflicts: Vec<Field>,
-    ) {
-        let fc = &m.f.customer;
+    fn merge_writes(&mut self, m: &MergeInput<'_>, flows: Flows) {
+        let Flows {
+            agree,
+            to_kounta,
+            to_farmflow,
+            conflicts,
+            chosen,
+        } = flows;
+        let f_now = &m.f.customer;
+        // What each side is written from: the other side's record, with a person's chosen
+        // values in place.
+        let mut fc_source = f_now.clone();
+        let mut k_source = m.k.clone();
+        for (field, value) in &chosen {
+            fc_source.set(*field, value.clone());
+            k_source.set(*field, value.clone());
+        }
         let full = m.full;
         let mut snap_k = m
             .stored
@@ -1119,7 +1438,7 @@ impl<'a> Planner<'a> {
             .unwrap_or_default();
         for &field in &agree {
             snap_k.set(field, m.k.get(field));
-            snap_f.set(field, fc.get(field));
+            snap_f.set(field, f_now.get(field));
         }
         let read = full.is_some();
         let stored_verified = m.stored.is_some_and(|l| l.kounta_verified);
@@ -1133,18 +1452,38 @@ impl<'a> Planner<'a> {
             farmflow_snapshot: Some(snap_f.clone()),
             kounta_verified: verified,
             kounta_read: read,
+            parked: None,
         };
         let mut wrote = false;
 
         if let Some(full) = full {
-            let mut write = customer::kounta_update(full, fc, &to_kounta);
+            let mut write = customer::kounta_update(full, &fc_source, &to_kounta);
+            let k_after = Customer::from_kounta(&customer::kounta_after_write(full, &write));
+            let mut changes = field_changes(&m.k, &k_after, &to_kounta);
             if ReferenceId::parse(&full.reference_id).as_ref() != Some(&m.reference_id) {
                 write.reference_id = Some(m.reference_id.as_str().to_owned());
+                changes.push(FieldChange {
+                    field: "reference_id".to_owned(),
+                    before: full.reference_id.clone(),
+                    after: m.reference_id.as_str().to_owned(),
+                });
             }
-            let k_after = Customer::from_kounta(&customer::kounta_after_write(full, &write));
+            if m.stored.is_none()
+                && let Some(tags) = self.with_scope_tag(&full.tags)
+            {
+                // A twin matched in the CRM joins the synced set: it gets the tag.
+                changes.push(FieldChange {
+                    field: "tags".to_owned(),
+                    before: full.tags.join(", "),
+                    after: tags.join(", "),
+                });
+                write.tags = Some(tags);
+            }
             for &field in &to_kounta {
                 snap_k.set(field, k_after.get(field));
-                snap_f.set(field, fc.get(field));
+                if !to_farmflow.contains(&field) {
+                    snap_f.set(field, f_now.get(field));
+                }
             }
             if !customer::kounta_write_is_empty(&write) {
                 // A reference-only write changes nothing the snapshot holds.
@@ -1156,6 +1495,7 @@ impl<'a> Planner<'a> {
                     kounta_id: m.kounta_id,
                     fields: to_kounta.clone(),
                     write,
+                    changes,
                     link: after(&snap_k, &snap_f, verified),
                 });
             }
@@ -1165,7 +1505,7 @@ impl<'a> Planner<'a> {
         if !to_farmflow.is_empty() {
             let body = customer::farmflow_update(
                 &m.farmflow.fields,
-                &m.k,
+                &k_source,
                 &to_farmflow,
                 self.w.policy.country_format,
             );
@@ -1191,13 +1531,16 @@ impl<'a> Planner<'a> {
                 let f_after = Customer::from_farmflow(&body).customer;
                 for &field in &to_farmflow {
                     snap_f.set(field, f_after.get(field));
-                    snap_k.set(field, m.k.get(field));
+                    if !to_kounta.contains(&field) {
+                        snap_k.set(field, m.k.get(field));
+                    }
                 }
                 if body != m.farmflow.fields {
                     wrote = true;
                     self.actions.push(Action::UpdateFarmflow {
                         farmflow_id: m.farmflow_id,
                         fields: to_farmflow.clone(),
+                        changes: field_changes(f_now, &f_after, &to_farmflow),
                         body,
                         link: after(&snap_k, &snap_f, verified),
                     });
@@ -1214,7 +1557,7 @@ impl<'a> Planner<'a> {
                 reference_id: m.reference_id.clone(),
                 field,
                 kounta_value: m.k.get(field).to_owned(),
-                farmflow_value: fc.get(field).to_owned(),
+                farmflow_value: f_now.get(field).to_owned(),
                 winner: self.w.policy.conflict_winner,
             }));
         }
@@ -1223,6 +1566,7 @@ impl<'a> Planner<'a> {
             let link = after(&snap_k, &snap_f, verified);
             let unchanged = m.stored.is_some_and(|l| {
                 l.state == LinkState::Active
+                    && l.parked.is_none()
                     && l.kounta_snapshot.as_ref() == link.kounta_snapshot.as_ref()
                     && l.farmflow_snapshot.as_ref() == link.farmflow_snapshot.as_ref()
                     && l.kounta_verified == link.kounta_verified
@@ -1232,6 +1576,31 @@ impl<'a> Planner<'a> {
                 self.actions.push(Action::Refresh { link });
             }
         }
+
+        // After the writes: a failed one leaves the decision pending for the next cycle.
+        for (field, _) in chosen {
+            if farmflow_refused && to_farmflow.contains(&field) {
+                continue;
+            }
+            if to_kounta.contains(&field) && full.is_none() {
+                continue;
+            }
+            self.actions.push(Action::ResolutionApplied {
+                reference_id: m.reference_id.clone(),
+                field,
+            });
+        }
+    }
+
+    /// The CRM customer's tags with `kounta_tag` added, when it is set and missing.
+    fn with_scope_tag(&self, tags: &[String]) -> Option<Vec<String>> {
+        let tag = self.w.policy.kounta_tag.trim();
+        if tag.is_empty() || tags.iter().any(|t| t.trim().eq_ignore_ascii_case(tag)) {
+            return None;
+        }
+        let mut tags = tags.to_vec();
+        tags.push(tag.to_owned());
+        Some(tags)
     }
 
     // ----- creates -------------------------------------------------------------------------
@@ -1242,7 +1611,10 @@ impl<'a> Planner<'a> {
         farmflow_id: FarmflowId,
         source: &Customer,
     ) -> KountaCreate {
-        let write = customer::kounta_create(source, &reference_id);
+        let mut write = customer::kounta_create(&self.outbound(source, true), &reference_id);
+        if let Some(tags) = self.with_scope_tag(&[]) {
+            write.tags = Some(tags);
+        }
         let kounta_snapshot = Customer::from_kounta(&customer::kounta_created(&write));
         KountaCreate {
             reference_id,
@@ -1254,7 +1626,10 @@ impl<'a> Planner<'a> {
     }
 
     fn farmflow_create(&self, kounta_id: KountaId, source: &Customer) -> FarmflowCreate {
-        let fields = customer::farmflow_create(source, self.w.policy.country_format);
+        let fields = customer::farmflow_create(
+            &self.outbound(source, false),
+            self.w.policy.country_format,
+        );
         let farmflow_snapshot = Customer::from_farmflow(&fields).customer;
         FarmflowCreate {
             kounta_id,
@@ -1262,6 +1637,24 @@ impl<'a> Planner<'a> {
             kounta_snapshot: source.clone(),
             farmflow_snapshot,
         }
+    }
+
+    /// What a create copies: `[fields]` leaves out each field that may not be copied that way,
+    /// but the first name, which both systems require.
+    fn outbound(&self, source: &Customer, into_kounta: bool) -> Customer {
+        let mut out = source.clone();
+        for field in Field::ALL {
+            let direction = self.w.policy.fields.get(field);
+            let allowed = if into_kounta {
+                direction.into_kounta()
+            } else {
+                direction.into_farmflow()
+            };
+            if !allowed && field != Field::FirstName {
+                out.set(field, "");
+            }
+        }
+        out
     }
 
     fn plan_creates_in_kounta(&mut self, matching: &matching::Matching) {
@@ -1287,7 +1680,7 @@ impl<'a> Planner<'a> {
             let Some((_, f)) = self.w.farmflow.get(&id) else {
                 continue;
             };
-            let customer = f.customer.clone();
+            let customer = self.outbound(&f.customer, true);
             let reason = if claimed.contains(&id) {
                 self.attention.push(Attention {
                     kind: AttentionKind::ReferenceCollision,
@@ -1307,6 +1700,8 @@ impl<'a> Planner<'a> {
                 Some(SkipReason::UnreadKountaRecords)
             } else if self.guard_blocks_creates_into_kounta() {
                 Some(SkipReason::GuardTripped)
+            } else if !self.w.policy.create_in_kounta {
+                Some(SkipReason::CreateInKountaOff)
             } else {
                 kounta_can_hold(&customer).err()
             };
@@ -1325,7 +1720,7 @@ impl<'a> Planner<'a> {
                 });
                 continue;
             }
-            let create = self.kounta_create(ReferenceId::for_farmflow(id), id, &customer);
+            let create = self.kounta_create(ReferenceId::for_farmflow(id), id, &f.customer.clone());
             self.actions.push(Action::CreateKounta(create));
         }
     }
@@ -1342,7 +1737,17 @@ impl<'a> Planner<'a> {
             let Some(k) = self.w.full_mapped.get(&kounta_id).cloned() else {
                 continue;
             };
-            let reason = if self.guard_blocks_creates_into_farmflow() {
+            let parked = self
+                .w
+                .full
+                .get(&kounta_id)
+                .and_then(|r| self.w.policy.parked_by(&r.tags));
+            let reason = if let Some(reason) = parked {
+                // Out of scope: a walk-in without the tag, or a paused customer.
+                Some(SkipReason::Parked { reason })
+            } else if !self.w.policy.create_in_farmflow {
+                Some(SkipReason::CreateInFarmflowOff)
+            } else if self.guard_blocks_creates_into_farmflow() {
                 Some(SkipReason::GuardTripped)
             } else if k.first_name.trim().is_empty() {
                 Some(SkipReason::NoFirstName)
@@ -1391,6 +1796,33 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// How each field of a link flows, as the merge decided.
+struct Flows {
+    /// Equal on both sides (or never copied): each snapshot takes its side's value.
+    agree: Vec<Field>,
+    /// Copied into the CRM.
+    to_kounta: Vec<Field>,
+    /// Copied into FarmFlow.
+    to_farmflow: Vec<Field>,
+    /// Changed differently on both sides (settled by `conflict_winner`).
+    conflicts: Vec<Field>,
+    /// Fields a person decided, with the value both sides must hold.
+    chosen: Vec<(Field, String)>,
+}
+
+/// Before → after of the fields a write sets (those whose text changes).
+fn field_changes(before: &Customer, after: &Customer, fields: &[Field]) -> Vec<FieldChange> {
+    fields
+        .iter()
+        .filter(|f| before.get(**f) != after.get(**f))
+        .map(|f| FieldChange {
+            field: f.name().to_owned(),
+            before: before.get(*f).to_owned(),
+            after: after.get(*f).to_owned(),
+        })
+        .collect()
+}
+
 struct MergeInput<'m> {
     reference_id: ReferenceId,
     farmflow_id: FarmflowId,
@@ -1416,6 +1848,7 @@ fn keep(link: &Link) -> LinkAfter {
         farmflow_snapshot: link.farmflow_snapshot.clone(),
         kounta_verified: link.kounta_verified,
         kounta_read: false,
+        parked: link.parked,
     }
 }
 

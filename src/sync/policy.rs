@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::customer::Field;
+
 /// Who wins when both sides changed the same field to different values.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +52,75 @@ pub enum CountryFormat {
     Name,
 }
 
+/// Whether a confirmed deletion is applied at once or waits for a person (`[sync] deletes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Apply confirmed deletions (under the other rules).
+    #[default]
+    Auto,
+    /// Queue every confirmed FarmFlow delete and CRM tag/unlink for `farmsync deletes approve`.
+    Approve,
+}
+
+/// Which way one canonical field may be copied (`[fields]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Both ways (the default).
+    #[default]
+    Both,
+    /// Only from the CRM to FarmFlow.
+    ToFarmflow,
+    /// Only from FarmFlow to the CRM.
+    ToKounta,
+    /// Never copied; each side keeps its own.
+    None,
+}
+
+impl Direction {
+    /// Whether a value may be copied into FarmFlow.
+    pub fn into_farmflow(self) -> bool {
+        matches!(self, Direction::Both | Direction::ToFarmflow)
+    }
+
+    /// Whether a value may be copied into the CRM.
+    pub fn into_kounta(self) -> bool {
+        matches!(self, Direction::Both | Direction::ToKounta)
+    }
+
+    /// The name used in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Both => "both",
+            Direction::ToFarmflow => "to-farmflow",
+            Direction::ToKounta => "to-kounta",
+            Direction::None => "none",
+        }
+    }
+}
+
+/// The direction of every canonical field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FieldDirections([Direction; 10]);
+
+impl FieldDirections {
+    /// The direction of one field.
+    pub fn get(&self, field: Field) -> Direction {
+        self.0[field as usize]
+    }
+
+    /// Sets the direction of one field.
+    pub fn set(&mut self, field: Field, direction: Direction) {
+        self.0[field as usize] = direction;
+    }
+
+    /// Whether every field syncs both ways.
+    pub fn all_both(&self) -> bool {
+        self.0.iter().all(|d| *d == Direction::Both)
+    }
+}
+
 /// Everything `sync::plan` needs to know of the user's choices.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -62,6 +133,37 @@ pub struct Policy {
     /// `--allow-mass-delete`: the guard never trips.
     pub allow_mass_delete: bool,
     pub country_format: CountryFormat,
+    /// `[sync] deletes`: apply confirmed deletions, or queue them for a person.
+    pub deletes: DeleteMode,
+    /// `[sync] kounta_tag`: when not empty, a CRM customer syncs only while it carries this tag.
+    pub kounta_tag: String,
+    /// `[sync] pause_tag`: a CRM customer carrying it is left alone both ways (empty: off).
+    pub pause_tag: String,
+    /// `[sync] create_in_kounta`: false = FarmFlow customers are linked and updated, never
+    /// created in the CRM.
+    pub create_in_kounta: bool,
+    /// `[sync] create_in_farmflow`: false = CRM customers are linked and updated, never
+    /// created in FarmFlow.
+    pub create_in_farmflow: bool,
+    /// `[fields]`: which way each canonical field may be copied.
+    pub fields: FieldDirections,
+}
+
+impl Policy {
+    /// Why a CRM customer with these tags is out of scope, if it is: the pause tag first.
+    pub fn parked_by(&self, tags: &[String]) -> Option<crate::store::Parked> {
+        let has = |tag: &str| {
+            let tag = tag.trim();
+            !tag.is_empty() && tags.iter().any(|t| t.trim().eq_ignore_ascii_case(tag))
+        };
+        if has(&self.pause_tag) {
+            Some(crate::store::Parked::Paused)
+        } else if !self.kounta_tag.trim().is_empty() && !has(&self.kounta_tag) {
+            Some(crate::store::Parked::Untagged)
+        } else {
+            None
+        }
+    }
 }
 
 impl Default for Policy {
@@ -74,6 +176,12 @@ impl Default for Policy {
             max_delete_fraction: 0.5,
             allow_mass_delete: false,
             country_format: CountryFormat::default(),
+            deletes: DeleteMode::default(),
+            kounta_tag: String::new(),
+            pause_tag: "farmsync-pause".to_owned(),
+            create_in_kounta: true,
+            create_in_farmflow: true,
+            fields: FieldDirections::default(),
         }
     }
 }

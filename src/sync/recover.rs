@@ -10,7 +10,7 @@ use crate::farmflow::model::FarmflowCustomer;
 use crate::http::ApiError;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaListItem;
-use crate::store::{Intent, Link, LinkState, Side, StoreError, now};
+use crate::store::{Intent, Link, LinkState, Side, StoreError, Written, now};
 use crate::sync::apply::payload_fields;
 use crate::sync::engine::Engine;
 
@@ -52,16 +52,22 @@ pub async fn settle(
         }
         let outcome = match (i.side, i.op.as_str()) {
             (Side::Kounta, "create") => settle_kounta_create(engine, &intent, &mut reread).await?,
-            (Side::Farmflow, "create") => settle_farmflow_create(engine, &intent, farmflow).await?,
+            (Side::Farmflow, "create") => settle_farmflow_create(engine, &intent, farmflow)
+                .await?
+                .map(|outcome| (outcome, Written::No)),
             // Updates, tags, unlinks and deletes are idempotent: the plan sees where things stand
-            // now and does again whatever is still needed.
-            _ => Some("superseded: re-planned from current state".to_owned()),
+            // now and does again whatever is still needed. Whether this one landed is not
+            // known: history keeps it as unconfirmed.
+            _ => Some((
+                "superseded: re-planned from current state".to_owned(),
+                Written::Unconfirmed,
+            )),
         };
-        if let Some(outcome) = outcome {
+        if let Some((outcome, written)) = outcome {
             let id = intent.id;
             engine
                 .store
-                .call(move |s| s.settle_intent(id, &outcome, None))
+                .call(move |s| s.settle_intent(id, &outcome, None, written))
                 .await?;
         }
     }
@@ -81,9 +87,12 @@ async fn settle_kounta_create(
     engine: &Engine,
     intent: &Intent,
     reread: &mut Vec<KountaId>,
-) -> Result<Option<String>, RecoverError> {
+) -> Result<Option<(String, Written)>, RecoverError> {
     let Some(reference) = intent.intent.reference_id.clone() else {
-        return Ok(Some("abandoned: no reference id to look up".to_owned()));
+        return Ok(Some((
+            "abandoned: no reference id to look up".to_owned(),
+            Written::No,
+        )));
     };
     let found = match engine.kounta.find_by_reference(reference.as_str()).await {
         Ok(items) => items,
@@ -102,7 +111,10 @@ async fn settle_kounta_create(
     ids.sort();
     let Some(&kounta_id) = ids.first() else {
         info!(reference_id = %reference, "sync.journal.absent");
-        return Ok(Some("absent: the create did not happen".to_owned()));
+        return Ok(Some((
+            "absent: the create did not happen".to_owned(),
+            Written::No,
+        )));
     };
     if ids.len() > 1 {
         warn!(reference_id = %reference, count = ids.len(), "sync.journal.duplicates");
@@ -128,7 +140,7 @@ async fn settle_kounta_create(
         engine.store.call(move |s| s.upsert_link(&link)).await?;
     }
     info!(reference_id = %reference, kounta_id = kounta_id.0, "sync.journal.found");
-    Ok(Some(format!("found {kounta_id}")))
+    Ok(Some((format!("found {kounta_id}"), Written::Applied)))
 }
 
 /// A FarmFlow create has no external id: find an unlinked FarmFlow customer above the intent's
@@ -255,6 +267,7 @@ async fn settle_farmflow_create(
         last_synced_at: Some(now()),
         last_error: None,
         consecutive_failures: 0,
+        parked: None,
     };
     let outcome = format!("found {}", created.id);
     let id = intent.id;
@@ -262,7 +275,7 @@ async fn settle_farmflow_create(
         None => {
             engine
                 .store
-                .call(move |s| s.settle_intent(id, &outcome, Some(&link)))
+                .call(move |s| s.settle_intent(id, &outcome, Some(&link), Written::Applied))
                 .await?
         }
         Some(old) => {

@@ -243,6 +243,7 @@ impl Sim {
                 links: &links,
                 orders,
                 direct: &direct,
+                decisions: &Default::default(),
                 today: self.today,
             };
             let p = plan(&input, &self.policy);
@@ -336,10 +337,14 @@ impl Sim {
 
     fn apply_one(&mut self, action: &Action) -> bool {
         match action {
-            Action::Link { link, .. } | Action::Refresh { link } => {
+            Action::Link { link, .. } | Action::Refresh { link } | Action::Park { link, .. } => {
                 self.store(link);
                 true
             }
+            // Decisions are the state DB's; the simulation keeps none.
+            Action::QueueDelete { .. }
+            | Action::Unqueue { .. }
+            | Action::ResolutionApplied { .. } => true,
             Action::BlockDelete { link, .. } | Action::Tombstone { link, .. } => {
                 self.store(link);
                 true
@@ -354,11 +359,13 @@ impl Sim {
                 kounta_id,
                 write,
                 link,
+                ..
             }
             | Action::UnlinkKounta {
                 kounta_id,
                 write,
                 link,
+                ..
             } => {
                 if !self.kounta_write(*kounta_id, write) {
                     return false;

@@ -728,6 +728,7 @@ fn the_checks_see_duplicates_dangling_links_and_lost_customers() {
         last_synced_at: None,
         last_error: None,
         consecutive_failures: 0,
+        parked: None,
     };
     let healthy = World {
         crm: vec![person(1, "Ann"), person(2, "Ben")],

@@ -299,6 +299,7 @@ pub fn engine_for(settings: &Settings, store: Store) -> Engine {
         policy: settings.policy(false),
         kounta_rate: settings.kounta.requests_per_minute,
         max_verify_age_secs: DEFAULT_MAX_VERIFY_AGE_SECS,
+        history_keep_days: 90,
         today: None,
     }
 }

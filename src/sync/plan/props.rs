@@ -184,6 +184,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 max_delete_fraction: fraction,
                 allow_mass_delete: allow,
                 country_format: format,
+                ..Policy::default()
             },
         )
 }
@@ -275,6 +276,7 @@ fn build(spec: &WorldSpec) -> Sim {
                 last_synced_at: None,
                 last_error: None,
                 consecutive_failures: 0,
+                parked: None,
             },
         );
     }
@@ -315,6 +317,7 @@ fn plan_of(sim: &Sim, full_ids: &BTreeSet<KountaId>, reverse: bool) -> Plan {
             links: &links,
             orders: Some(&sim.orders),
             direct: &DirectReads::default(),
+            decisions: &Default::default(),
             today: sim.today,
         },
         &sim.policy,

@@ -324,6 +324,7 @@ fn a_delete_needs_orders_first() {
         links: &links,
         orders: None,
         direct: &DirectReads::default(),
+        decisions: &Default::default(),
         today: sim.today,
     };
     // Missing from the listing is a question: the first plan asks for a read by id.
@@ -339,6 +340,7 @@ fn a_delete_needs_orders_first() {
     };
     let input = PlanInput {
         direct: &confirmed,
+        decisions: &Default::default(),
         ..input
     };
     let p = plan(&input, &sim.policy);
@@ -865,6 +867,7 @@ fn an_unread_crm_record_with_changed_listed_fields_waits_for_its_read() {
             links: &links,
             orders: None,
             direct: &DirectReads::default(),
+            decisions: &Default::default(),
             today: sim.today,
         },
         &sim.policy,
@@ -894,6 +897,7 @@ fn a_farmflow_change_reads_the_crm_record_before_writing_it() {
             links: &links,
             orders: None,
             direct: &DirectReads::default(),
+            decisions: &Default::default(),
             today: sim.today,
         },
         &sim.policy,
@@ -924,6 +928,7 @@ fn new_crm_records_not_read_hold_creates_into_the_crm() {
             links: &links,
             orders: None,
             direct: &DirectReads::default(),
+            decisions: &Default::default(),
             today: sim.today,
         },
         &sim.policy,
@@ -1304,6 +1309,7 @@ fn plan_once(sim: &Sim, direct: &DirectReads) -> Plan {
             links: &links,
             orders: Some(&sim.orders),
             direct,
+            decisions: &Default::default(),
             today: sim.today,
         },
         &sim.policy,
@@ -1471,6 +1477,7 @@ fn unreadable_orders_block_the_delete_for_this_run() {
             links: &links,
             orders: None,
             direct: &direct,
+            decisions: &Default::default(),
             today: sim.today,
         },
         &sim.policy,
