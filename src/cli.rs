@@ -135,6 +135,105 @@ pub enum Command {
         #[command(subcommand)]
         action: WebhooksAction,
     },
+    /// Every write farmsync made, newest first: per field, the value before → after.
+    ///
+    /// Reads the state DB read-only, without the lock (works beside the daemon). History is
+    /// kept `[history] keep_days` (default 90). Emails and phones are shown here, at the
+    /// terminal; the logs never carry them at info. Exit codes: 0 · 2 bad input or config.
+    History {
+        /// Only this customer: its link (`farmflow:<id>`, or just the FarmFlow id) or `crm:<id>`.
+        #[arg(value_name = "REF")]
+        reference: Option<String>,
+        /// Only writes since WHEN: RFC 3339, a date (2026-12-01), a date and time
+        /// ("2026-12-01 14:30"), or a span back from now (90m, 12h, 7d, 2w).
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// At most N writes.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Print a JSON array (the shape is documented in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open conflicts (a field both sides changed differently) with both values; settle one.
+    ///
+    /// `conflict_winner` already kept one value when the conflict was seen; `resolve --take`
+    /// makes the other choice stick (or confirms this one), `--dismiss` closes it as is.
+    /// Exit codes: 0 · 2 config, or no such open conflict.
+    Conflicts {
+        #[command(subcommand)]
+        action: Option<ConflictsAction>,
+        /// Print a JSON array (the shape is documented in the README).
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Deletions waiting for a person (`[sync] deletes = "approve"`); approve or reject them.
+    ///
+    /// Approving applies the deletion at the next cycle; rejecting recreates the deleted side's
+    /// customer from the other side. A waiting deletion whose record reappears leaves the queue
+    /// by itself. Exit codes: 0 · 2 config, or no such waiting deletion.
+    Deletes {
+        #[command(subcommand)]
+        action: Option<DeletesAction>,
+        /// Print a JSON array (the shape is documented in the README).
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+/// Whose value a person keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TakeSide {
+    /// The CRM's value, as recorded with the conflict.
+    Kounta,
+    /// FarmFlow's value, as recorded with the conflict.
+    Farmflow,
+}
+
+/// What `farmsync conflicts` does besides listing.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum ConflictsAction {
+    /// Settle the open conflict on FIELD of REF: the chosen value is written to whichever side
+    /// lacks it at the next cycle (journalled and kept in history like any write).
+    Resolve {
+        /// The link, `farmflow:<id>` as `farmsync conflicts` shows it.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// The field: first_name, last_name, email, phone, line1, line2, city, state,
+        /// postal_code or country.
+        field: String,
+        /// Keep this side's value.
+        #[arg(
+            long,
+            value_enum,
+            conflicts_with = "dismiss",
+            required_unless_present = "dismiss"
+        )]
+        take: Option<TakeSide>,
+        /// Close the conflict as things stand; nothing is written.
+        #[arg(long)]
+        dismiss: bool,
+    },
+}
+
+/// What `farmsync deletes` does besides listing.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum DeletesAction {
+    /// Approve one waiting deletion (or all): it is applied at the next cycle.
+    Approve {
+        /// The link, `farmflow:<id>` as `farmsync deletes` shows it.
+        #[arg(value_name = "REF", required_unless_present = "all")]
+        reference: Option<String>,
+        /// Every deletion waiting now.
+        #[arg(long, conflicts_with = "reference")]
+        all: bool,
+    },
+    /// Reject one: the deleted side's customer is recreated from the other side.
+    Reject {
+        /// The link, `farmflow:<id>` as `farmsync deletes` shows it.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
 }
 
 /// What `farmsync webhooks` does.
@@ -210,6 +309,24 @@ fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
         Command::Check => crate::commands::check(&settings),
         Command::Run => crate::commands::run(&settings),
         Command::Webhooks { action } => crate::commands::webhooks(&settings, action),
+        Command::History {
+            reference,
+            since,
+            limit,
+            json,
+        } => crate::operator::history(
+            &settings,
+            reference.as_deref(),
+            since.as_deref(),
+            limit,
+            json,
+        ),
+        Command::Conflicts { action, json } => {
+            crate::operator::conflicts(&settings, action.as_ref(), json)
+        }
+        Command::Deletes { action, json } => {
+            crate::operator::deletes(&settings, action.as_ref(), json)
+        }
         Command::Demo | Command::Sandbox { .. } => Ok(Exit::Ok), // handled above
     }
 }

@@ -189,6 +189,24 @@ fn print_plan(report: &RunReport, format: LogFormat) {
                 a.subject().to_string(),
                 a.describe()
             );
+            // Values are shown to the operator here; the logs never carry contacts at info.
+            for c in a.changes() {
+                println!(
+                    "{:<41}   {:<13} {} → {}",
+                    "",
+                    c.field,
+                    shown(&c.before),
+                    shown(&c.after)
+                );
+            }
+            if let crate::sync::action::Action::Conflict(c) = a {
+                println!(
+                    "{:<41}   crm {}  |  farmflow {}",
+                    "",
+                    shown(&c.kounta_value),
+                    shown(&c.farmflow_value)
+                );
+            }
         }
     }
     for a in &plan.attention {
@@ -196,7 +214,7 @@ fn print_plan(report: &RunReport, format: LogFormat) {
     }
     let c = plan.counts;
     println!(
-        "would create {}, update {}, delete {}, tag {}, unlink {}, link {}, block {}; {} conflicts, {} skipped",
+        "would create {}, update {}, delete {}, tag {}, unlink {}, link {}, block {}, queue {} for approval; {} conflicts, {} skipped",
         c.kounta_creates + c.farmflow_creates + c.recreated,
         c.kounta_updates + c.farmflow_updates,
         c.farmflow_deletes,
@@ -204,9 +222,19 @@ fn print_plan(report: &RunReport, format: LogFormat) {
         c.unlinked,
         c.linked,
         c.blocked,
+        c.queued,
         c.conflicts,
         c.skipped
     );
+}
+
+/// A value as the terminal shows it: quoted, `(empty)` for none.
+fn shown(value: &str) -> String {
+    if value.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        format!("{value:?}")
+    }
 }
 
 /// `farmsync check`.

@@ -821,8 +821,7 @@ impl RawSettings {
                 format!("must differ from sync.kounta_tag (both are {kounta_tag:?})"),
             ));
         }
-        if !kounta_tag.is_empty() && kounta_tag.eq_ignore_ascii_case(self.sync.deleted_tag.trim())
-        {
+        if !kounta_tag.is_empty() && kounta_tag.eq_ignore_ascii_case(self.sync.deleted_tag.trim()) {
             return Err(bad(
                 "sync.kounta_tag",
                 format!("must differ from sync.deleted_tag (both are {kounta_tag:?})"),
@@ -834,7 +833,10 @@ impl RawSettings {
             .ok_or_else(|| {
                 bad(
                     "history.keep_days",
-                    format!("must be a positive number of days, got {}", self.history.keep_days),
+                    format!(
+                        "must be a positive number of days, got {}",
+                        self.history.keep_days
+                    ),
                 )
             })?;
         let mut fields = FieldDirections::default();

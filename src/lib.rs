@@ -17,10 +17,12 @@
 //! - [`ratelimit`]: the sliding-window rate limiter, and the ledger that shares its grants
 //!   with every farmsync process on the state DB.
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
-//! - [`store`]: the SQLite state store (links, journal, runs, conflicts, tokens, hints).
+//! - [`store`]: the SQLite state store (links, journal, history, runs, conflicts, the deletion
+//!   queue, tokens, hints).
 //! - [`lock`]: the single-instance lock beside the state DB.
 //! - [`schedule`]: the cron expression, parsed as the scheduler parses it.
 //! - [`status`]: the health report behind `farmsync status`.
+//! - [`operator`]: what people see and decide: `history`, `conflicts`, `deletes`.
 //! - [`sync`]: policy, the pure plan, apply and the run.
 //! - [`sandbox`]: simulated CRM and FarmFlow APIs with fault injection, for tests and trials.
 
@@ -36,6 +38,7 @@ pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod lock;
+pub mod operator;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;

@@ -6,7 +6,9 @@ use chrono::{DateTime, Local, TimeZone, Utc};
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::store::{Attention, ConflictRecord, LinkState, RunRecord, Store, StoreError};
+use crate::store::{
+    Attention, ConflictRecord, LinkState, QueuedDelete, RunRecord, Store, StoreError,
+};
 
 /// Everything `status` reports. Its JSON form is documented in the README and kept stable.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +39,12 @@ pub struct StatusReport {
     pub attention: Vec<Attention>,
     /// Webhook deliveries waiting for the next cycle.
     pub pending_hints: usize,
+    /// Confirmed deletions waiting for a person (`[sync] deletes = "approve"`).
+    pub queued_deletes: usize,
+    /// The queued deletions, oldest first (at most 20; `farmsync deletes` lists them all).
+    pub deletes_waiting: Vec<QueuedDelete>,
+    /// Links parked out of scope (`untagged`, `paused`), by reason.
+    pub parked: BTreeMap<String, usize>,
 }
 
 /// A run, with readable times.
@@ -133,7 +141,11 @@ pub fn report(settings: &Settings, now: DateTime<Local>) -> Result<StatusReport,
 
     let mut blocked_deletes = Vec::new();
     let mut failing_records = Vec::new();
+    let mut parked: BTreeMap<String, usize> = BTreeMap::new();
     for link in store.links()? {
+        if let Some(reason) = link.parked {
+            *parked.entry(reason.as_str().to_owned()).or_default() += 1;
+        }
         let issue = || LinkIssue {
             reference_id: link.reference_id.to_string(),
             kounta_id: link.kounta_id.map(|k| k.0),
@@ -149,6 +161,7 @@ pub fn report(settings: &Settings, now: DateTime<Local>) -> Result<StatusReport,
         }
     }
     let conflicts = store.open_conflicts()?;
+    let queue = store.delete_queue()?;
 
     Ok(StatusReport {
         healthy: problems.is_empty(),
@@ -169,6 +182,9 @@ pub fn report(settings: &Settings, now: DateTime<Local>) -> Result<StatusReport,
         recent_conflicts: conflicts.into_iter().take(20).collect(),
         attention: store.attention()?,
         pending_hints: store.hints()?.len(),
+        queued_deletes: queue.len(),
+        deletes_waiting: queue.into_iter().take(20).collect(),
+        parked,
     })
 }
 
@@ -212,7 +228,29 @@ impl StatusReport {
             self.links.get("delete_blocked").unwrap_or(&0),
             self.links.get("tombstone").unwrap_or(&0),
         ));
-        line(format!("conflicts:    {} open", self.open_conflicts));
+        line(format!(
+            "conflicts:    {} open{}",
+            self.open_conflicts,
+            if self.open_conflicts > 0 {
+                " (farmsync conflicts)"
+            } else {
+                ""
+            }
+        ));
+        if self.queued_deletes > 0 {
+            line(format!(
+                "deletes:      {} waiting for approval (farmsync deletes)",
+                self.queued_deletes
+            ));
+        }
+        if !self.parked.is_empty() {
+            let parts: Vec<String> = self
+                .parked
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            line(format!("parked:       {}", parts.join(", ")));
+        }
         line(format!(
             "webhooks:     {} pending hints",
             self.pending_hints

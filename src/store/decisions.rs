@@ -193,9 +193,10 @@ impl Store {
             Some(r) => match r.strip_prefix("crm:") {
                 Some(k) => (
                     "kounta_id = ?2",
-                    Some(rusqlite::types::Value::Integer(k.parse().map_err(|_| {
-                        StoreError::Corrupt(format!("crm id {k:?}"))
-                    })?)),
+                    Some(rusqlite::types::Value::Integer(
+                        k.parse()
+                            .map_err(|_| StoreError::Corrupt(format!("crm id {k:?}")))?,
+                    )),
                 ),
                 None => (
                     "reference_id = ?2",

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
-pub use ledger::RequestLedger;
 pub use decisions::{
     ConflictDecision, DeleteDecision, HistoryEntry, HistoryFilter, PendingResolution, QueuedDelete,
 };
+pub use ledger::RequestLedger;
 pub use model::{FieldChange, Link, LinkState, Parked};
 pub use shared::{KOUNTA_TOKENS, SharedStore};
 

@@ -202,7 +202,12 @@ fn a_failed_link_write_leaves_the_intent_unsettled() {
     // kounta id 10 is taken: the transaction must roll back as a whole.
     assert!(
         store
-            .settle_intent(id, "created", Some(&sample_link(2, Some(10))), Written::Applied)
+            .settle_intent(
+                id,
+                "created",
+                Some(&sample_link(2, Some(10))),
+                Written::Applied
+            )
             .is_err()
     );
     assert_eq!(store.unsettled_intents().unwrap().len(), 1);

@@ -600,9 +600,7 @@ impl Action {
             | Action::Refresh { link } => Subject::Link(link.reference_id.clone()),
             Action::QueueDelete { reference_id, .. }
             | Action::Unqueue { reference_id, .. }
-            | Action::ResolutionApplied { reference_id, .. } => {
-                Subject::Link(reference_id.clone())
-            }
+            | Action::ResolutionApplied { reference_id, .. } => Subject::Link(reference_id.clone()),
             Action::CreateKounta(c) => Subject::Farmflow(c.farmflow_id),
             Action::CreateFarmflow(c) => Subject::Kounta(c.kounta_id),
             Action::Conflict(c) => Subject::Link(c.reference_id.clone()),
@@ -696,9 +694,7 @@ impl Action {
             | Action::TagKounta { changes, .. }
             | Action::UnlinkKounta { changes, .. } => changes.clone(),
             Action::CreateKounta(c) | Action::RecreateKounta { create: c, .. } => c.changes(),
-            Action::CreateFarmflow(c) | Action::RecreateFarmflow { create: c, .. } => {
-                c.changes()
-            }
+            Action::CreateFarmflow(c) | Action::RecreateFarmflow { create: c, .. } => c.changes(),
             Action::DeleteFarmflow { link, .. } => link
                 .farmflow_snapshot
                 .as_ref()

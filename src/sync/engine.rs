@@ -670,7 +670,8 @@ impl Engine {
         // 5. Apply (a dry run stops here).
         if !options.dry_run {
             let seen: Vec<FarmflowCustomer> = with_direct_reads(&farmflow, &direct);
-            let mut applier = super::apply::Applier::new(self, run_id, options.kind.as_str(), &links, &seen);
+            let mut applier =
+                super::apply::Applier::new(self, run_id, options.kind.as_str(), &links, &seen);
             applier.apply(&current, options).await;
             // A FarmFlow update found its customer changed since the list was read (the
             // grower typed meanwhile): re-plan those links on the fresh read, once.

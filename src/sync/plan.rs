@@ -738,7 +738,13 @@ impl<'a> Planner<'a> {
             (CrmView::Gone, Some((record, f))) => self.crm_gone(link, record, f),
             (crm, None) => self.farmflow_gone(link, kounta_id, crm),
             (crm, Some((record, f))) => {
-                if self.w.input.decisions.queued.contains_key(&link.reference_id) {
+                if self
+                    .w
+                    .input
+                    .decisions
+                    .queued
+                    .contains_key(&link.reference_id)
+                {
                     // The record a deletion was queued for reads back: it reappeared.
                     self.actions.push(Action::Unqueue {
                         reference_id: link.reference_id.clone(),
@@ -1626,10 +1632,8 @@ impl<'a> Planner<'a> {
     }
 
     fn farmflow_create(&self, kounta_id: KountaId, source: &Customer) -> FarmflowCreate {
-        let fields = customer::farmflow_create(
-            &self.outbound(source, false),
-            self.w.policy.country_format,
-        );
+        let fields =
+            customer::farmflow_create(&self.outbound(source, false), self.w.policy.country_format);
         let farmflow_snapshot = Customer::from_farmflow(&fields).customer;
         FarmflowCreate {
             kounta_id,
