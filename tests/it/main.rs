@@ -37,6 +37,7 @@ mod sync_logs;
 mod sync_lost;
 mod sync_matrix;
 mod sync_model;
+mod sync_operator;
 mod sync_props;
 mod sync_quick;
 mod sync_runs;
