@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::config::Settings;
 use crate::sandbox::{KountaRecord, Sandbox, SandboxOptions, sample_farm};
-use crate::store::{SharedStore, Store};
+use crate::store::{ConflictDecision, DeleteDecision, HistoryFilter, SharedStore, Side, Store};
 use crate::sync::engine::{Engine, RunOptions, RunReport};
 
 /// Why the demo could not run.
@@ -45,6 +45,8 @@ pub async fn run() -> Result<String, DemoError> {
             sb.farmflow().api_key().to_owned(),
         ),
         ("FARMSYNC__FARMFLOW__REQUESTS_PER_MINUTE", "6000".to_owned()),
+        // This farm wants a person to approve every deletion.
+        ("FARMSYNC__SYNC__DELETES", "approve".to_owned()),
     ];
     let settings = Settings::builder()
         .env_vars(vars.into_iter().map(|(k, v)| (k.to_owned(), v)))
@@ -79,9 +81,17 @@ pub async fn run() -> Result<String, DemoError> {
     }
     sb.farmflow()
         .edit(304, |c| c.address = "90 Harbour Road".into());
+    if let Some(mei) = crm_by_reference(&sb, 304) {
+        sb.kounta().edit(mei.id, |c| {
+            if let Some(a) = c.primary_address.as_mut() {
+                a.address = "12 Quay Street".into();
+            }
+        });
+    }
     let _ = writeln!(
         out,
-        "   - the grower moves Mei Chen's delivery address to 90 Harbour Road"
+        "   - the grower moves Mei Chen's delivery address to 90 Harbour Road, while the shop,\n     \
+         unaware, types 12 Quay Street for her: a conflict"
     );
     let ava = sb.kounta().insert(KountaRecord {
         first_name: "Ava".into(),
@@ -110,20 +120,33 @@ pub async fn run() -> Result<String, DemoError> {
 
     let second = engine.run_once(RunOptions::default()).await;
     let _ = writeln!(out);
-    describe_run(&mut out, "3. Second sync", &second);
+    describe_run(
+        &mut out,
+        "3. Second sync ([sync] deletes = \"approve\")",
+        &second,
+    );
 
     let _ = writeln!(out, "\n4. Where things stand:");
     let ff = sb.farmflow().customers();
     if let Some(jamie_ff) = ff.iter().find(|c| c.id == 301) {
         let _ = writeln!(out, "   - Jamie's phone in FarmFlow: {}", jamie_ff.phone);
     }
-    if let Some(mei) = crm_by_reference(&sb, 304) {
-        let line = mei
-            .primary_address
-            .as_ref()
-            .map(|a| a.address.clone())
-            .unwrap_or_default();
-        let _ = writeln!(out, "   - Mei's address in the point of sale: {line}");
+    let conflicts = engine
+        .store
+        .call(|s| s.open_conflicts())
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        // The ones the staff's edits above made (the first sync's stay open for `conflicts`).
+        .filter(|c| c.run_id == second.run_id)
+        .collect::<Vec<_>>();
+    for c in &conflicts {
+        let _ = writeln!(
+            out,
+            "   - conflict on {} of {}: point of sale {:?}, FarmFlow {:?}; the point of sale's was kept \
+             (conflict_winner = \"kounta\")",
+            c.field, c.reference_id, c.kounta_value, c.farmflow_value
+        );
     }
     let ava_linked = sb
         .kounta()
@@ -145,16 +168,16 @@ pub async fn run() -> Result<String, DemoError> {
         "   - Ruby Thompson {} in FarmFlow: her standing order blocks the delete, and the link waits",
         if ruby_kept { "is kept" } else { "is GONE" }
     );
-    if let Some(e) = &ethan {
-        let still = ff.iter().any(|c| c.email.eq_ignore_ascii_case(&e.email));
+    let queue = engine
+        .store
+        .call(|s| s.delete_queue())
+        .await
+        .unwrap_or_default();
+    for q in &queue {
         let _ = writeln!(
             out,
-            "   - Ethan Brown {} FarmFlow (he had no orders)",
-            if still {
-                "is still in"
-            } else {
-                "was removed from"
-            }
+            "   - waiting for a person (farmsync deletes): {} — {}",
+            q.reference_id, q.detail
         );
     }
     if let Some(plan) = &second.plan {
@@ -163,10 +186,90 @@ pub async fn run() -> Result<String, DemoError> {
         }
     }
 
+    // A person decides: the grower's address is right, and Ethan may go.
+    let _ = writeln!(out, "\n5. A person decides:");
+    for c in &conflicts {
+        let (reference, field) = (c.reference_id.clone(), c.field.clone());
+        let _ = writeln!(
+            out,
+            "   $ farmsync conflicts resolve {reference} {field} --take farmflow"
+        );
+        let _ = engine
+            .store
+            .call(move |s| {
+                s.decide_conflict(&reference, &field, ConflictDecision::Take(Side::Farmflow))
+            })
+            .await;
+    }
+    for q in &queue {
+        let reference = q.reference_id.clone();
+        let _ = writeln!(out, "   $ farmsync deletes approve {reference}");
+        let _ = engine
+            .store
+            .call(move |s| s.decide_delete(Some(&reference), DeleteDecision::Approved))
+            .await;
+    }
+
     let third = engine.run_once(RunOptions::default()).await;
     let _ = writeln!(out);
-    describe_run(&mut out, "5. Third sync", &third);
-    let writes = third.plan.as_ref().map_or(0, |p| p.remote_writes());
+    describe_run(&mut out, "6. Third sync", &third);
+    if let Some(mei) = crm_by_reference(&sb, 304) {
+        let line = mei
+            .primary_address
+            .as_ref()
+            .map(|a| a.address.clone())
+            .unwrap_or_default();
+        let ff_line = sb
+            .farmflow()
+            .get(304)
+            .map(|c| c.address)
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "   - Mei's address: {line} in the point of sale, {ff_line} in FarmFlow"
+        );
+    }
+    if let Some(e) = &ethan {
+        let still = sb
+            .farmflow()
+            .customers()
+            .iter()
+            .any(|c| c.email.eq_ignore_ascii_case(&e.email));
+        let _ = writeln!(
+            out,
+            "   - Ethan Brown {} FarmFlow",
+            if still {
+                "is still in"
+            } else {
+                "was removed from"
+            }
+        );
+    }
+    let history = engine
+        .store
+        .call(|s| {
+            s.history(&HistoryFilter {
+                reference: Some("farmflow:304".to_owned()),
+                ..HistoryFilter::default()
+            })
+        })
+        .await
+        .unwrap_or_default();
+    let _ = writeln!(out, "   $ farmsync history farmflow:304");
+    for h in history.iter().take(4) {
+        for c in &h.changes {
+            let _ = writeln!(
+                out,
+                "     {} {:<8} {:<9} {:<6} {:?} → {:?}",
+                h.cycle, h.side, h.action, c.field, c.before, c.after
+            );
+        }
+    }
+
+    let fourth = engine.run_once(RunOptions::default()).await;
+    let _ = writeln!(out);
+    describe_run(&mut out, "7. Fourth sync", &fourth);
+    let writes = fourth.plan.as_ref().map_or(0, |p| p.remote_writes());
     let _ = writeln!(
         out,
         "   {}",

@@ -246,3 +246,25 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn demo_resolves_a_conflict_approves_a_delete_and_ends_in_agreement() {
+    let out = farmsync().arg("demo").output().unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for needle in [
+        "conflict on line1 of farmflow:304",
+        "waiting for a person (farmsync deletes)",
+        "$ farmsync conflicts resolve farmflow:304 line1 --take farmflow",
+        "$ farmsync deletes approve farmflow:",
+        "Mei's address: 90 Harbour Road in the point of sale, 90 Harbour Road in FarmFlow",
+        "Ethan Brown was removed from FarmFlow",
+        "line1  \"12 Quay Street\" → \"90 Harbour Road\"",
+        "both sides agree: nothing to write",
+    ] {
+        assert!(stdout.contains(needle), "no {needle:?} in:\n{stdout}");
+    }
+    // Before the decision, nothing was deleted: the deletion waited.
+    let before = stdout.split("5. A person decides").next().unwrap();
+    assert!(!before.contains("Ethan Brown was removed"), "{before}");
+}
