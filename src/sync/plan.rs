@@ -40,6 +40,17 @@
 //!   known snapshot, never by the values of a new link.
 //! - A deleted-in-the-CRM customer that changed in FarmFlow but has no email or phone cannot be
 //!   recreated in the CRM; it is reported and kept (neither deleted nor recreated).
+//!
+//! Operator control (DESIGN.md, "Operator control"), also tested in `plan/tests.rs`:
+//! - Scope is decided on a full CRM read (only it shows tags) and remembered in the link row
+//!   (`parked`); a parked link is neither written nor deleted, nor counted by the guard.
+//! - A one-way field (`[fields]`) has no conflicts: the source side's change is copied, the
+//!   other side's own change is taken as seen (its snapshot follows it). Creates copy only what
+//!   may go that way, but the first name.
+//! - A person's conflict decision writes the chosen value wherever it differs, then reports
+//!   itself carried out (`ResolutionApplied`) after the link's writes, so a failed write leaves
+//!   it pending. Deletions under `deletes = "approve"` are queued at the point they would be
+//!   applied, after every other rule (orders, guard, confirmation by a read by id).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

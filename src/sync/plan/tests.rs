@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::sync::action::MatchRule;
-use crate::sync::policy::CountryFormat;
+use crate::sync::policy::{CountryFormat, Direction};
 use crate::sync::testkit::{Reads, Sim, address, farmflow, kounta, one_time, recurring};
 
 /// A world with one person on both sides, already linked by a first sync.
@@ -1488,4 +1488,90 @@ fn unreadable_orders_block_the_delete_for_this_run() {
         a,
         Action::BlockDelete { farmflow_id, reason: BlockReason::OrdersUnreadable, .. } if *farmflow_id == fid
     )));
+}
+
+// ----- operator control: scope and field directions --------------------------------------------
+
+#[test]
+fn a_customer_losing_the_scope_tag_is_parked_and_never_written_or_deleted() {
+    let (mut sim, kid, fid) = linked();
+    sim.policy.kounta_tag = "wholesale".into();
+    // Jamie carries only "Newsletter": the next full read parks the link, writing nothing.
+    let parked = sim.sync(Reads::All);
+    assert!(writes(&parked).is_empty(), "{:#?}", parked.actions);
+    assert!(parked.actions.iter().any(|a| matches!(
+        a,
+        Action::Park { reason: Parked::Untagged, link } if link.farmflow_id == fid
+    )));
+    assert_eq!(sim.link_of(fid).unwrap().parked, Some(Parked::Untagged));
+
+    // FarmFlow edits and a CRM deletion change nothing while parked, read or not.
+    sim.ff.get_mut(&fid).unwrap().city = "Orange".into();
+    assert!(writes(&sim.sync(Reads::Budget(0))).is_empty());
+    sim.crm.remove(&kid);
+    let gone = sim.sync(Reads::Budget(0));
+    assert!(writes(&gone).is_empty(), "{:#?}", gone.actions);
+    assert!(!gone.needs_kounta_reads.contains(&kid));
+    assert!(gone.guard.is_none(), "a parked link is no planned deletion");
+    assert!(sim.ff.contains_key(&fid));
+    assert_eq!(sim.link_of(fid).unwrap().state, LinkState::Active);
+}
+
+#[test]
+fn the_scope_tag_returning_unparks_and_copies_what_changed_meanwhile() {
+    let (mut sim, kid, fid) = linked();
+    sim.policy.kounta_tag = "wholesale".into();
+    sim.sync(Reads::All);
+    sim.ff.get_mut(&fid).unwrap().city = "Orange".into();
+    sim.sync(Reads::All);
+    sim.crm.get_mut(&kid).unwrap().tags.push("Wholesale".into());
+    let back = sim.sync(Reads::All);
+    assert_eq!(writes(&back), vec!["update_kounta"], "{:#?}", back.actions);
+    assert_eq!(
+        sim.crm[&kid].primary_address.as_ref().unwrap().city,
+        "Orange"
+    );
+    assert_eq!(sim.link_of(fid).unwrap().parked, None);
+    assert_converged(&mut sim);
+}
+
+#[test]
+fn one_way_and_never_fields_hold_without_ping_pong() {
+    let (mut sim, kid, fid) = linked();
+    sim.policy.fields.set(Field::Phone, Direction::ToFarmflow);
+    sim.policy.fields.set(Field::City, Direction::None);
+    sim.ff.get_mut(&fid).unwrap().phone = "03 1111 2222".into();
+    sim.ff.get_mut(&fid).unwrap().city = "Orange".into();
+    sim.crm
+        .get_mut(&kid)
+        .unwrap()
+        .primary_address
+        .as_mut()
+        .unwrap()
+        .city = "Dubbo".into();
+    let p = sim.sync(Reads::All);
+    assert!(writes(&p).is_empty(), "{:#?}", p.actions);
+    assert!(p.counts.conflicts == 0);
+    assert_converged(&mut sim);
+    sim.crm.get_mut(&kid).unwrap().phone = "02 5555 0000".into();
+    let p = sim.sync(Reads::All);
+    assert_eq!(writes(&p), vec!["update_farmflow"]);
+    assert_eq!(sim.ff[&fid].phone, "02 5555 0000");
+    assert_eq!(sim.ff[&fid].city, "Orange");
+    assert_converged(&mut sim);
+}
+
+#[test]
+fn with_approve_a_confirmed_deletion_is_queued_not_applied() {
+    let (mut sim, kid, fid) = linked();
+    sim.policy.deletes = crate::sync::policy::DeleteMode::Approve;
+    sim.crm.remove(&kid);
+    let p = sim.sync(Reads::All);
+    assert!(writes(&p).is_empty(), "{:#?}", p.actions);
+    assert_eq!(p.counts.queued, 1);
+    assert!(p.actions.iter().any(|a| matches!(
+        a,
+        Action::QueueDelete { would: "delete_farmflow", farmflow_id, .. } if *farmflow_id == fid
+    )));
+    assert!(sim.ff.contains_key(&fid));
 }
