@@ -319,8 +319,17 @@ impl Store {
     // ----- deletions waiting for a person -----
 
     /// Queues a confirmed deletion, or notes that a cycle confirmed it again (a decision
-    /// already made is kept).
-    pub fn queue_delete(&self, entry: &QueuedDelete) -> Result<(), StoreError> {
+    /// already made is kept). Returns whether it is new to the queue.
+    pub fn queue_delete(&self, entry: &QueuedDelete) -> Result<bool, StoreError> {
+        let known = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM delete_queue WHERE reference_id = ?1",
+                [&entry.reference_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
         self.conn
             .prepare_cached(
                 "INSERT INTO delete_queue (reference_id, action, kounta_id, farmflow_id, detail, \
@@ -337,7 +346,7 @@ impl Store {
                 entry.detail,
                 now(),
             ])?;
-        Ok(())
+        Ok(!known)
     }
 
     /// Takes a link off the queue (applied, rejected and recreated, or its record reappeared).

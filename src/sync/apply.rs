@@ -400,16 +400,20 @@ impl<'a> Applier<'a> {
                     last_seen: 0,
                     decision: None,
                 };
-                self.engine
+                let new = self
+                    .engine
                     .store
                     .call(move |s| s.queue_delete(&entry))
                     .await?;
                 self.summary.queued += 1;
-                warn!(
-                    reference_id = %reference_id,
-                    would = *would,
-                    "sync.delete.queued"
-                );
+                // Once when it starts waiting, not every cycle it goes on waiting.
+                if new {
+                    warn!(
+                        reference_id = %reference_id,
+                        would = *would,
+                        "sync.delete.queued"
+                    );
+                }
             }
             Action::Unqueue { reference_id, why } => {
                 let reference = reference_id.as_str().to_owned();
