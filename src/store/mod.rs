@@ -7,6 +7,7 @@
 
 mod ledger;
 mod model;
+mod ops;
 mod schema;
 mod shared;
 
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use ledger::RequestLedger;
 pub use model::{Link, LinkState};
+pub use ops::{AnnouncedHealth, MetricLabels, MetricOp, MetricUpdate, MetricValue};
 pub use shared::{KOUNTA_TOKENS, SharedStore};
 
 use crate::customer::Customer;
