@@ -19,6 +19,7 @@
 //! - [`kounta`], [`farmflow`]: the two API clients and their wire models.
 //! - [`store`]: the SQLite state store (links, journal, runs, conflicts, tokens, hints).
 //! - [`lock`]: the single-instance lock beside the state DB.
+//! - [`metrics`]: Prometheus metrics, served by the daemon and written to a textfile.
 //! - [`schedule`]: the cron expression, parsed as the scheduler parses it.
 //! - [`status`]: the health report behind `farmsync status`.
 //! - [`sync`]: policy, the pure plan, apply and the run.
@@ -36,6 +37,7 @@ pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod lock;
+pub mod metrics;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;
