@@ -74,12 +74,23 @@ pub fn sync(
         format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = runtime()?;
     let signals = rt.block_on(async { StopSignals::install() })?;
+    // Metrics, healthcheck pings and health announcements (`[metrics]`, `[alerts]`); a dry
+    // run has none.
+    let observer = match dry_run {
+        true => crate::observe::RunObserver::disabled(),
+        false => {
+            let _runtime = rt.enter();
+            crate::observe::RunObserver::new(settings, engine.store.clone())
+        }
+    };
     let report = rt.block_on(async {
         tokio::spawn(signals.watch(stop));
         if !show_progress {
-            return engine.run_once(options).await;
+            return observer
+                .observe(engine::CycleKind::Sweep, engine.run_once(options))
+                .await;
         }
-        let run = engine.run_once(options);
+        let run = observer.observe(engine::CycleKind::Sweep, engine.run_once(options));
         tokio::pin!(run);
         let started = std::time::Instant::now();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -102,6 +113,8 @@ pub fn sync(
             }
         }
     });
+    // The last ping and announcement go out before farmsync exits (each is bounded).
+    rt.block_on(observer.close(crate::alerts::TIMEOUT * 2 + std::time::Duration::from_secs(1)));
     if dry_run {
         print_plan(&report, format);
     } else {

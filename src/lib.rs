@@ -20,11 +20,14 @@
 //! - [`store`]: the SQLite state store (links, journal, runs, conflicts, tokens, hints).
 //! - [`lock`]: the single-instance lock beside the state DB.
 //! - [`metrics`]: Prometheus metrics, served by the daemon and written to a textfile.
+//! - [`alerts`]: healthchecks pings around sweeps, and one webhook post per change of health.
+//! - [`observe`]: what happens around every run: metrics recorded, pings, health judged.
 //! - [`schedule`]: the cron expression, parsed as the scheduler parses it.
 //! - [`status`]: the health report behind `farmsync status`.
 //! - [`sync`]: policy, the pure plan, apply and the run.
 //! - [`sandbox`]: simulated CRM and FarmFlow APIs with fault injection, for tests and trials.
 
+pub mod alerts;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -38,6 +41,7 @@ pub mod ids;
 pub mod kounta;
 pub mod lock;
 pub mod metrics;
+pub mod observe;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;
