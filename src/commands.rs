@@ -288,7 +288,7 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
 /// The state DB's request ledger, for a command that may run beside a daemon or right after a
 /// sync (`check`, `webhooks`): `None` when there is no state DB yet. Creates nothing — run by
 /// another user, it would leave a state DB the daemon cannot open.
-fn command_ledger(settings: &Settings) -> Option<Arc<dyn GrantLedger>> {
+pub(crate) fn command_ledger(settings: &Settings) -> Option<Arc<dyn GrantLedger>> {
     let path = &settings.state.path;
     if !path.exists() {
         return None;
@@ -442,7 +442,7 @@ pub fn webhooks(settings: &Settings, action: crate::cli::WebhooksAction) -> Resu
 }
 
 /// A client for a command that did not get the lock (OAuth only): it never refreshes.
-fn beside_the_lock_holder(
+pub(crate) fn beside_the_lock_holder(
     settings: &Settings,
     lock: &Option<InstanceLock>,
     client: KountaClient,
@@ -457,7 +457,7 @@ fn beside_the_lock_holder(
 /// The token store for a command other than `sync`/`run` (`check`, `webhooks`). With OAuth a
 /// refresh rotates the refresh token, so it needs the lock; while a daemon holds it, the stored
 /// access token is used if it is still good, else the command exits 4.
-fn oauth_tokens(
+pub(crate) fn oauth_tokens(
     settings: &Settings,
     rt: &tokio::runtime::Runtime,
 ) -> Result<(Arc<dyn TokenStore>, Option<InstanceLock>), CliError> {

@@ -5,6 +5,7 @@
 //! ## Layout
 //! - [`cli`]: the command line; maps outcomes to DESIGN.md's exit codes.
 //! - [`commands`]: the commands that talk to the APIs (`sync`, `check`).
+//! - [`capture`]: `check --capture`, each read endpoint's real answer saved with people and secrets replaced.
 //! - [`daemon`]: `farmsync run` — the worker that runs every cycle, the schedule, signals, sd_notify.
 //! - [`webhook`]: the listener for Kounta's webhook deliveries.
 //! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
@@ -28,6 +29,7 @@
 //! - [`sandbox`]: simulated CRM and FarmFlow APIs with fault injection, for tests and trials.
 
 pub mod alerts;
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -15,6 +15,7 @@ mod daemon_support;
 mod daemon_units;
 mod daemon_worker;
 mod ops_alerts;
+mod ops_capture;
 mod ops_metrics;
 mod proof_crash;
 mod proof_daemon;
