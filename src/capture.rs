@@ -1,6 +1,6 @@
 //! `farmsync check --capture DIR`: saves what each read endpoint of both APIs really answers
 //! (status, headers, body) into DIR, with people and secrets replaced by placeholders, so a
-//! user can check farmsync's assumptions (`shared/api/*.md`) against a live account and share
+//! user can check farmsync's assumptions (the API contracts beside DESIGN.md) against a live account and share
 //! the files.
 //!
 //! What is replaced, everywhere (bodies, headers, the request's query):
