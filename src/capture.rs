@@ -1,15 +1,16 @@
 //! `farmsync check --capture DIR`: saves what each read endpoint of both APIs really answers
 //! (status, headers, body) into DIR, with people and secrets replaced by placeholders, so a
-//! user can check farmsync's assumptions (the API contracts beside DESIGN.md) against a live account and share
-//! the files.
+//! user can check farmsync's assumptions (the API contracts beside DESIGN.md) against a live
+//! account and share the files.
 //!
 //! What is replaced, everywhere (bodies, headers, the request's query):
 //! - secrets: every credential in the config, and any field or header whose name says token,
 //!   secret, password, key or authorization → `[secret]`;
 //! - emails → `personN@example.invalid`; phones → the same shape with other digits
-//!   (`02 8765 4321` → `00 0000 0003`); names (first, last, company and other `name` fields) →
+//!   (`02 8765 4321` → `00 0000 0002`); names (first, last, company and other `name` fields) →
 //!   `Name N`; street address lines → `Street N` (line breaks kept); free text (notes,
 //!   instructions, comments) → `[free text, N characters]`.
+//!
 //! The same value always gets the same placeholder, in every file, so what the assumptions are
 //! about — the same customer in the list and in its read, an email spelt in two cases, a phone
 //! formatted two ways — still shows. Ids, dates, cities, states, postal codes, countries, tags
