@@ -57,8 +57,12 @@ impl Ping {
             Ping::Success => None,
             Ping::Fail => Some("fail"),
         };
-        if let Some(suffix) = suffix {
-            url.path_segments_mut().ok()?.pop_if_empty().push(suffix);
+        {
+            let mut path = url.path_segments_mut().ok()?;
+            path.pop_if_empty();
+            if let Some(suffix) = suffix {
+                path.push(suffix);
+            }
         }
         Some(url)
     }
@@ -350,7 +354,7 @@ mod tests {
             "https://hc-ping.com/abc/fail"
         );
         assert_eq!(
-            at(Ping::Success, "https://hc-ping.com/abc"),
+            at(Ping::Success, "https://hc-ping.com/abc/"),
             "https://hc-ping.com/abc"
         );
         assert_eq!(
