@@ -110,7 +110,13 @@ pub enum Command {
     ///
     /// Exit codes: 0 both APIs answered · 2 config error · 4 an API unreachable or refusing the
     /// credentials.
-    Check,
+    Check {
+        /// Also save what each read endpoint answers (status, headers, body) into DIR, with
+        /// emails, phones, names, street addresses, free text and secrets replaced by
+        /// placeholders, to check farmsync's assumptions against a live account and share them.
+        #[arg(long, value_name = "DIR")]
+        capture: Option<PathBuf>,
+    },
     /// Report the last runs, link counts, blocked deletes, conflicts and records needing attention.
     ///
     /// Reads the state DB without taking the lock, so it works while the daemon runs. Exits 0
@@ -276,6 +282,8 @@ fn secrets_of(settings: &Settings) -> Vec<String> {
         &settings.webhooks.shared_secret,
     ]
     .into_iter()
+    .chain(&settings.alerts.healthcheck_url)
+    .chain(&settings.alerts.webhook_url)
     .map(|s| s.expose_secret().to_owned())
     .collect()
 }
@@ -306,7 +314,8 @@ fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
             dry_run,
             allow_mass_delete,
         } => crate::commands::sync(&settings, dry_run, allow_mass_delete, format),
-        Command::Check => crate::commands::check(&settings),
+        Command::Check { capture: None } => crate::commands::check(&settings),
+        Command::Check { capture: Some(dir) } => crate::capture::run(&settings, &dir),
         Command::Run => crate::commands::run(&settings),
         Command::Webhooks { action } => crate::commands::webhooks(&settings, action),
         Command::History {

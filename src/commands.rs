@@ -74,12 +74,23 @@ pub fn sync(
         format == LogFormat::Pretty && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = runtime()?;
     let signals = rt.block_on(async { StopSignals::install() })?;
+    // Metrics, healthcheck pings and health announcements (`[metrics]`, `[alerts]`); a dry
+    // run has none.
+    let observer = match dry_run {
+        true => crate::observe::RunObserver::disabled(),
+        false => {
+            let _runtime = rt.enter();
+            crate::observe::RunObserver::new(settings, engine.store.clone())
+        }
+    };
     let report = rt.block_on(async {
         tokio::spawn(signals.watch(stop));
         if !show_progress {
-            return engine.run_once(options).await;
+            return observer
+                .observe(engine::CycleKind::Sweep, engine.run_once(options))
+                .await;
         }
-        let run = engine.run_once(options);
+        let run = observer.observe(engine::CycleKind::Sweep, engine.run_once(options));
         tokio::pin!(run);
         let started = std::time::Instant::now();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -102,6 +113,8 @@ pub fn sync(
             }
         }
     });
+    // The last ping and announcement go out before farmsync exits (each is bounded).
+    rt.block_on(observer.close(crate::alerts::TIMEOUT * 2 + std::time::Duration::from_secs(1)));
     if dry_run {
         print_plan(&report, format);
     } else {
@@ -303,7 +316,7 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
 /// The state DB's request ledger, for a command that may run beside a daemon or right after a
 /// sync (`check`, `webhooks`): `None` when there is no state DB yet. Creates nothing — run by
 /// another user, it would leave a state DB the daemon cannot open.
-fn command_ledger(settings: &Settings) -> Option<Arc<dyn GrantLedger>> {
+pub(crate) fn command_ledger(settings: &Settings) -> Option<Arc<dyn GrantLedger>> {
     let path = &settings.state.path;
     if !path.exists() {
         return None;
@@ -457,7 +470,7 @@ pub fn webhooks(settings: &Settings, action: crate::cli::WebhooksAction) -> Resu
 }
 
 /// A client for a command that did not get the lock (OAuth only): it never refreshes.
-fn beside_the_lock_holder(
+pub(crate) fn beside_the_lock_holder(
     settings: &Settings,
     lock: &Option<InstanceLock>,
     client: KountaClient,
@@ -472,7 +485,7 @@ fn beside_the_lock_holder(
 /// The token store for a command other than `sync`/`run` (`check`, `webhooks`). With OAuth a
 /// refresh rotates the refresh token, so it needs the lock; while a daemon holds it, the stored
 /// access token is used if it is still good, else the command exits 4.
-fn oauth_tokens(
+pub(crate) fn oauth_tokens(
     settings: &Settings,
     rt: &tokio::runtime::Runtime,
 ) -> Result<(Arc<dyn TokenStore>, Option<InstanceLock>), CliError> {

@@ -30,6 +30,9 @@ const SECRET_KEYS: &[&str] = &[
     "farmflow.api_key",
     "webhooks.signature_token",
     "webhooks.shared_secret",
+    // A ping URL or an incoming-webhook URL is a credential: whoever has it can post.
+    "alerts.healthcheck_url",
+    "alerts.webhook_url",
 ];
 
 /// Keys that are valid but have no default value.
@@ -181,6 +184,25 @@ pub struct WebhookSettings {
     pub shared_secret: SecretString,
 }
 
+/// Prometheus metrics: served by `farmsync run`, written to a file by `sync` and `run`.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// Where `farmsync run` serves `/metrics` (`None` when `listen = ""`).
+    pub listen: Option<SocketAddr>,
+    /// The file rewritten (atomically) after every run, for node_exporter's textfile
+    /// collector (`None` when `textfile = ""`).
+    pub textfile: Option<PathBuf>,
+}
+
+/// Where farmsync announces how it is doing.
+#[derive(Clone, Default)]
+pub struct AlertSettings {
+    /// Pinged healthchecks.io-style around every sweep (`<url>/start`, `<url>`, `<url>/fail`).
+    pub healthcheck_url: Option<SecretString>,
+    /// Receives one JSON POST per change of health.
+    pub webhook_url: Option<SecretString>,
+}
+
 /// Every setting, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -194,6 +216,8 @@ pub struct Settings {
     pub fields: FieldDirections,
     pub history: HistorySettings,
     pub webhooks: WebhookSettings,
+    pub metrics: MetricsSettings,
+    pub alerts: AlertSettings,
     /// Where each key's value came from, for error messages.
     origins: BTreeMap<String, Origin>,
 }
@@ -237,6 +261,16 @@ impl fmt::Debug for WebhookSettings {
             .field("public_url", &self.public_url.as_str())
             .field("signature_token", &REDACTED)
             .field("shared_secret", &REDACTED)
+            .finish()
+    }
+}
+
+impl fmt::Debug for AlertSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |url: &Option<SecretString>| url.as_ref().map(|_| REDACTED);
+        f.debug_struct("AlertSettings")
+            .field("healthcheck_url", &shown(&self.healthcheck_url))
+            .field("webhook_url", &shown(&self.webhook_url))
             .finish()
     }
 }
@@ -653,6 +687,8 @@ struct RawSettings {
     fields: RawFields,
     history: RawHistory,
     webhooks: RawWebhooks,
+    metrics: RawMetrics,
+    alerts: RawAlerts,
 }
 
 #[derive(Deserialize)]
@@ -734,6 +770,18 @@ struct RawWebhooks {
     public_url: String,
     signature_token: String,
     shared_secret: String,
+}
+
+#[derive(Deserialize)]
+struct RawMetrics {
+    listen: String,
+    textfile: String,
+}
+
+#[derive(Deserialize)]
+struct RawAlerts {
+    healthcheck_url: String,
+    webhook_url: String,
 }
 
 impl RawSettings {
@@ -871,6 +919,53 @@ impl RawSettings {
             parse_http_url(&self.webhooks.public_url).map_err(|m| bad("webhooks.public_url", m))?
         };
 
+        let metrics_listen = match self.metrics.listen.trim() {
+            "" => None,
+            text => Some(text.parse::<SocketAddr>().map_err(|_| {
+                bad(
+                    "metrics.listen",
+                    format!("{text:?} is not an address and port like 127.0.0.1:9187"),
+                )
+            })?),
+        };
+        if let Some(addr) = metrics_listen
+            && self.webhooks.enabled
+            && addr == listen
+            && addr.port() != 0
+        {
+            return Err(bad(
+                "metrics.listen",
+                format!("{addr} is webhooks.listen too; give metrics a port of its own"),
+            ));
+        }
+        let textfile = match self.metrics.textfile.trim() {
+            "" => None,
+            text if !text.ends_with(".prom") => {
+                return Err(bad(
+                    "metrics.textfile",
+                    format!(
+                        "{text:?} does not end in .prom, and node_exporter's textfile collector reads only *.prom files"
+                    ),
+                ));
+            }
+            text => Some(PathBuf::from(text)),
+        };
+        let alert_url = |key: &str, text: &str| -> Result<Option<SecretString>, ConfigError> {
+            if text.trim().is_empty() {
+                return Ok(None);
+            }
+            // The message must not quote the URL: it is a secret.
+            let url = Url::parse(text.trim()).map_err(|e| bad(key, format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(bad(key, "not an http:// or https:// URL".to_owned()));
+            }
+            Ok(Some(SecretString::from(text.trim().to_owned())))
+        };
+        let alerts = AlertSettings {
+            healthcheck_url: alert_url("alerts.healthcheck_url", &self.alerts.healthcheck_url)?,
+            webhook_url: alert_url("alerts.webhook_url", &self.alerts.webhook_url)?,
+        };
+
         Ok(Settings {
             state: StateSettings {
                 path: PathBuf::from(self.state.path),
@@ -922,6 +1017,11 @@ impl RawSettings {
                 signature_token: self.webhooks.signature_token.into(),
                 shared_secret: self.webhooks.shared_secret.into(),
             },
+            metrics: MetricsSettings {
+                listen: metrics_listen,
+                textfile,
+            },
+            alerts,
             origins,
         })
     }
@@ -1066,6 +1166,24 @@ mod tests {
                 "farmflow.auth_header",
             ),
             ("[log]\nlevel = \"lots=of=noise\"\n", "log.level"),
+            ("[metrics]\nlisten = \"localhost\"\n", "metrics.listen"),
+            (
+                "[metrics]\ntextfile = \"/tmp/farmsync.txt\"\n",
+                "metrics.textfile",
+            ),
+            ("[metrics]\nlistne = \"\"\n", "metrics.listne"),
+            (
+                "[alerts]\nhealthcheck_url = \"hc-ping.com/abc\"\n",
+                "alerts.healthcheck_url",
+            ),
+            (
+                "[alerts]\nwebhook_url = \"ftp://x/y\"\n",
+                "alerts.webhook_url",
+            ),
+            (
+                "[webhooks]\nenabled = true\nlisten = \"127.0.0.1:9000\"\n[metrics]\nlisten = \"127.0.0.1:9000\"\n",
+                "metrics.listen",
+            ),
         ];
         for (text, key) in cases {
             let file = write_file(&dir, "c.toml", text);
@@ -1233,12 +1351,65 @@ mod tests {
                 ("FARMSYNC__FARMFLOW__API_KEY", "s3cr3t-C"),
                 ("FARMSYNC__WEBHOOKS__SIGNATURE_TOKEN", "s3cr3t-D"),
                 ("FARMSYNC__WEBHOOKS__SHARED_SECRET", "s3cr3t-E"),
+                (
+                    "FARMSYNC__ALERTS__HEALTHCHECK_URL",
+                    "https://hc.example/s3cr3t-F",
+                ),
+                (
+                    "FARMSYNC__ALERTS__WEBHOOK_URL",
+                    "https://hooks.example/s3cr3t-G",
+                ),
             ]))
             .build()
             .unwrap();
         let text = format!("{s:?} {s:#?}");
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(text.contains("[redacted]"));
+    }
+
+    #[test]
+    fn metrics_and_alerts_are_off_by_default_and_read_when_set() {
+        let s = Settings::builder().build().unwrap();
+        assert!(s.metrics.listen.is_none() && s.metrics.textfile.is_none());
+        assert!(s.alerts.healthcheck_url.is_none() && s.alerts.webhook_url.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = write_file(&dir, "hook", "https://hooks.example/T0/B0/xyz\n");
+        let file = write_file(
+            &dir,
+            "f.toml",
+            &format!(
+                "[metrics]\nlisten = \"127.0.0.1:9187\"\ntextfile = \"/var/lib/node_exporter/farmsync.prom\"\n\
+                 [alerts]\nhealthcheck_url = \"https://hc-ping.example/abc\"\nwebhook_url_file = {:?}\n",
+                url.display().to_string()
+            ),
+        );
+        let s = Settings::builder().file(&file).build().unwrap();
+        assert_eq!(s.metrics.listen, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(
+            s.metrics.textfile,
+            Some(PathBuf::from("/var/lib/node_exporter/farmsync.prom"))
+        );
+        let exposed = |u: &Option<SecretString>| u.as_ref().unwrap().expose_secret().to_owned();
+        assert_eq!(
+            exposed(&s.alerts.healthcheck_url),
+            "https://hc-ping.example/abc"
+        );
+        assert_eq!(
+            exposed(&s.alerts.webhook_url),
+            "https://hooks.example/T0/B0/xyz"
+        );
+    }
+
+    #[test]
+    fn a_bad_alert_url_is_named_without_being_quoted() {
+        let err = Settings::builder()
+            .env_vars(env(&[("FARMSYNC__ALERTS__WEBHOOK_URL", "hooks s3cr3t")]))
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("alerts.webhook_url"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
     }
 
     #[test]

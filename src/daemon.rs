@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 use crate::cli::Exit;
 use crate::config::Settings;
 use crate::lock::{InstanceLock, LockError};
+use crate::observe::RunObserver;
 use crate::store::{SharedStore, Store, StoreError};
 use crate::sync::engine::{CycleKind, Engine, Outcome, RunOptions, RunReport};
 use crate::webhook::{self, ListenerOptions, WebhookReceiver};
@@ -223,6 +224,7 @@ pub trait Cycle: Send + Sync + 'static {
 pub struct EngineCycles {
     engine: Engine,
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    observer: RunObserver,
 }
 
 impl EngineCycles {
@@ -231,22 +233,27 @@ impl EngineCycles {
         EngineCycles {
             engine,
             writer: std::sync::Arc::default(),
+            observer: RunObserver::disabled(),
         }
+    }
+
+    /// The same cycles, each recorded and reported by `observer` (metrics, pings, health).
+    pub fn with_observer(mut self, observer: RunObserver) -> Self {
+        self.observer = observer;
+        self
     }
 }
 
 impl Cycle for EngineCycles {
     async fn run(&self, kind: CycleKind, cancel: CancellationToken) -> CycleResult {
-        let report = self
-            .engine
-            .run_once(RunOptions {
-                dry_run: false,
-                allow_mass_delete: false,
-                cancel: Some(cancel),
-                kind,
-                writer: Some(self.writer.clone()),
-            })
-            .await;
+        let run = self.engine.run_once(RunOptions {
+            dry_run: false,
+            allow_mass_delete: false,
+            cancel: Some(cancel),
+            kind,
+            writer: Some(self.writer.clone()),
+        });
+        let report = self.observer.observe(kind, run).await;
         CycleResult::from_report(&report)
     }
 }
@@ -542,6 +549,14 @@ pub enum DaemonError {
         /// Why.
         source: std::io::Error,
     },
+    /// The metrics endpoint could not bind.
+    #[error("cannot serve metrics on {addr} (metrics.listen): {source}")]
+    MetricsListen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The scheduler did not start.
     #[error("cannot start the scheduler for schedule.cron {cron:?}: {message}")]
     Scheduler {
@@ -559,9 +574,10 @@ impl DaemonError {
             DaemonError::Store(StoreError::TooNew { .. })
             | DaemonError::Clients(_)
             | DaemonError::Scheduler { .. } => Exit::Config,
-            DaemonError::Lock(_) | DaemonError::Store(_) | DaemonError::Listen { .. } => {
-                Exit::Unavailable
-            }
+            DaemonError::Lock(_)
+            | DaemonError::Store(_)
+            | DaemonError::Listen { .. }
+            | DaemonError::MetricsListen { .. } => Exit::Unavailable,
         }
     }
 }
@@ -590,6 +606,7 @@ pub async fn run_daemon(
     let tasks = TaskTracker::new();
 
     let listener_stop = CancellationToken::new();
+    let observer = RunObserver::new(settings, store.clone());
     if settings.webhooks.enabled {
         let addr = settings.webhooks.listen;
         let listener = tokio::net::TcpListener::bind(addr)
@@ -606,7 +623,11 @@ pub async fn run_daemon(
                 let _ = wake.try_send(Trigger::Webhook);
             }),
         )
-        .with_body_timeout(options.listener.body_timeout);
+        .with_body_timeout(options.listener.body_timeout)
+        .with_on_result({
+            let counts = observer.webhook_counts();
+            std::sync::Arc::new(move |result| counts.count(result))
+        });
         webhook::spawn(
             listener,
             webhook::router(receiver),
@@ -615,6 +636,24 @@ pub async fn run_daemon(
             &tasks,
         );
         info!(listen = %local, public_url = %settings.webhooks.public_url, "webhook.listening");
+    }
+    if let Some(addr) = settings.metrics.listen {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(source) => {
+                listener_stop.cancel();
+                return Err(DaemonError::MetricsListen { addr, source });
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        webhook::spawn(
+            listener,
+            crate::observe::metrics_router(observer.clone()),
+            options.listener,
+            listener_stop.clone(),
+            &tasks,
+        );
+        info!(listen = %local, "metrics.listening");
     }
 
     let mut schedules = vec![(settings.schedule.cron.clone(), Trigger::Schedule)];
@@ -660,7 +699,7 @@ pub async fn run_daemon(
     });
 
     let worker = Worker::new(
-        EngineCycles::new(engine),
+        EngineCycles::new(engine).with_observer(observer.clone()),
         receiver,
         stop.clone(),
         options.worker,
@@ -721,6 +760,8 @@ pub async fn run_daemon(
     if let Some(w) = watchdog {
         w.abort();
     }
+    // A last ping or announcement still queued gets a moment, within the 10 s promised.
+    observer.close(Duration::from_secs(1)).await;
     info!(
         cycles = stats.cycles,
         coalesced = stats.coalesced,

@@ -755,6 +755,7 @@ impl HttpCore {
             } else {
                 self.attempt(request).await
             };
+            note_status(api, &attempt);
             let wait = match attempt {
                 Attempt::Answer(raw) if raw.status == StatusCode::TOO_MANY_REQUESTS => {
                     // Refused by the limiter: not applied, so even a create may be resent.
@@ -948,6 +949,106 @@ pub async fn counting_requests<F: std::future::Future>(
     run: F,
 ) -> F::Output {
     RUN_COUNTS.scope(counts, run).await
+}
+
+/// How one attempt ended, for the request metrics: its answer's status class, or `Error` when
+/// no answer came (refused, timed out, cut short).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusClass {
+    /// 2xx.
+    Success,
+    /// 3xx (the CRM's lookups answer 302).
+    Redirect,
+    /// 4xx, 429 included.
+    ClientError,
+    /// 5xx.
+    ServerError,
+    /// No complete answer.
+    Error,
+}
+
+impl StatusClass {
+    /// Every class, in label order.
+    pub const ALL: [StatusClass; 5] = [
+        StatusClass::Success,
+        StatusClass::Redirect,
+        StatusClass::ClientError,
+        StatusClass::ServerError,
+        StatusClass::Error,
+    ];
+
+    /// The class's label value: `2xx`, `3xx`, `4xx`, `5xx` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Success => "2xx",
+            StatusClass::Redirect => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+            StatusClass::Error => "error",
+        }
+    }
+
+    /// The class of an answer's status.
+    pub fn of(status: StatusCode) -> StatusClass {
+        match status.as_u16() {
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirect,
+            400..=499 => StatusClass::ClientError,
+            500..=599 => StatusClass::ServerError,
+            _ => StatusClass::Error,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Attempts by API and status class, counted for the task that asked (see
+/// [`counting_statuses`]), retries included.
+#[derive(Debug, Default)]
+pub struct StatusCounts {
+    counts: [[AtomicU64; 5]; 2],
+}
+
+impl StatusCounts {
+    /// Attempts to `api` that ended in `class` so far.
+    pub fn get(&self, api: Api, class: StatusClass) -> u64 {
+        self.counts[api_index(api)][class.index()].load(Ordering::Relaxed)
+    }
+
+    fn add(&self, api: Api, class: StatusClass) {
+        self.counts[api_index(api)][class.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn api_index(api: Api) -> usize {
+    match api {
+        Api::Kounta => 0,
+        Api::Farmflow => 1,
+    }
+}
+
+tokio::task_local! {
+    static STATUS_COUNTS: std::sync::Arc<StatusCounts>;
+}
+
+/// Runs `run`, counting into `counts` how every attempt it sends (in its own task) to either
+/// API ends.
+pub async fn counting_statuses<F: std::future::Future>(
+    counts: std::sync::Arc<StatusCounts>,
+    run: F,
+) -> F::Output {
+    STATUS_COUNTS.scope(counts, run).await
+}
+
+fn note_status(api: Api, attempt: &Attempt) {
+    let class = match attempt {
+        Attempt::Answer(raw) => StatusClass::of(raw.status),
+        Attempt::TooLarge { status, .. } => StatusClass::of(*status),
+        Attempt::Failed { .. } => StatusClass::Error,
+    };
+    let _ = STATUS_COUNTS.try_with(|counts| counts.add(api, class));
 }
 
 enum Attempt {
@@ -1162,6 +1263,18 @@ pub(crate) mod lenient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_sorted_into_status_classes() {
+        let class = |code: u16| StatusClass::of(StatusCode::from_u16(code).unwrap()).as_str();
+        assert_eq!(class(200), "2xx");
+        assert_eq!(class(204), "2xx");
+        assert_eq!(class(302), "3xx");
+        assert_eq!(class(404), "4xx");
+        assert_eq!(class(429), "4xx");
+        assert_eq!(class(503), "5xx");
+        assert_eq!(StatusClass::Error.as_str(), "error");
+    }
 
     #[test]
     fn excerpt_is_short_single_line() {

@@ -5,6 +5,7 @@
 //! ## Layout
 //! - [`cli`]: the command line; maps outcomes to DESIGN.md's exit codes.
 //! - [`commands`]: the commands that talk to the APIs (`sync`, `check`).
+//! - [`capture`]: `check --capture`, each read endpoint's real answer saved with people and secrets replaced.
 //! - [`daemon`]: `farmsync run` — the worker that runs every cycle, the schedule, signals, sd_notify.
 //! - [`webhook`]: the listener for Kounta's webhook deliveries.
 //! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
@@ -20,12 +21,17 @@
 //! - [`store`]: the SQLite state store (links, journal, history, runs, conflicts, the deletion
 //!   queue, tokens, hints).
 //! - [`lock`]: the single-instance lock beside the state DB.
+//! - [`metrics`]: Prometheus metrics, served by the daemon and written to a textfile.
+//! - [`alerts`]: healthchecks pings around sweeps, and one webhook post per change of health.
+//! - [`observe`]: what happens around every run: metrics recorded, pings, health judged.
 //! - [`schedule`]: the cron expression, parsed as the scheduler parses it.
 //! - [`status`]: the health report behind `farmsync status`.
 //! - [`operator`]: what people see and decide: `history`, `conflicts`, `deletes`.
 //! - [`sync`]: policy, the pure plan, apply and the run.
 //! - [`sandbox`]: simulated CRM and FarmFlow APIs with fault injection, for tests and trials.
 
+pub mod alerts;
+pub mod capture;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -38,6 +44,8 @@ pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod lock;
+pub mod metrics;
+pub mod observe;
 pub mod operator;
 pub mod ratelimit;
 pub mod sandbox;

@@ -88,6 +88,40 @@ impl From<RunRecord> for RunView {
     }
 }
 
+/// Why farmsync is not healthy at `now` (Unix seconds), judged on `last`, the last finished
+/// run that was not a dry run, and the schedule's `period`: it failed, or none finished within
+/// 3 periods. Empty when healthy.
+pub fn problems(
+    last: Option<&RunRecord>,
+    period: Option<chrono::Duration>,
+    now: i64,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    match last {
+        None => problems.push("no sync run has finished yet".to_owned()),
+        Some(run) => {
+            if run.exit_code != Some(0) {
+                problems.push(format!(
+                    "the last run ({}) exited {}",
+                    run.run_id,
+                    run.exit_code
+                        .map_or("without a code".to_owned(), |c| c.to_string())
+                ));
+            }
+            if let (Some(period), Some(finished)) = (period, run.finished_at) {
+                let age = now - finished;
+                if age > 3 * period.num_seconds() {
+                    problems.push(format!(
+                        "no run has finished for {age} s, more than 3 schedule periods ({} s)",
+                        3 * period.num_seconds()
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 /// Reads the state DB read-only and judges health at `now`.
 pub fn report(settings: &Settings, now: DateTime<Local>) -> Result<StatusReport, StoreError> {
     let store = Store::open_read_only(&settings.state.path)?;
@@ -100,29 +134,7 @@ pub fn report(settings: &Settings, now: DateTime<Local>) -> Result<StatusReport,
         .and_then(|c| crate::schedule::period_after(c, &now));
 
     let last = store.last_finished_run()?;
-    let mut problems = Vec::new();
-    match &last {
-        None => problems.push("no sync run has finished yet".to_owned()),
-        Some(run) => {
-            if run.exit_code != Some(0) {
-                problems.push(format!(
-                    "the last run ({}) exited {}",
-                    run.run_id,
-                    run.exit_code
-                        .map_or("without a code".to_owned(), |c| c.to_string())
-                ));
-            }
-            if let (Some(period), Some(finished)) = (period, run.finished_at) {
-                let age = now.timestamp() - finished;
-                if age > 3 * period.num_seconds() {
-                    problems.push(format!(
-                        "no run has finished for {age} s, more than 3 schedule periods ({} s)",
-                        3 * period.num_seconds()
-                    ));
-                }
-            }
-        }
-    }
+    let problems = problems(last.as_ref(), period, now.timestamp());
 
     let mut links = BTreeMap::new();
     let mut total = 0;

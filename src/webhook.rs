@@ -149,6 +149,10 @@ impl Default for ListenerOptions {
 /// Called once a hint is durably stored: the daemon wakes its worker here.
 pub type OnHint = Arc<dyn Fn(Topic, KountaId) + Send + Sync>;
 
+/// Called once per delivery with how it ended: `accepted`, or the rejection's reason (the
+/// metrics count them).
+pub type OnResult = Arc<dyn Fn(&'static str) + Send + Sync>;
+
 /// What the listener needs: the store for hints, both secrets, and whom to tell.
 #[derive(Clone)]
 pub struct WebhookReceiver {
@@ -156,6 +160,7 @@ pub struct WebhookReceiver {
     signature_token: SecretString,
     shared_secret: SecretString,
     on_hint: OnHint,
+    on_result: Option<OnResult>,
     body_timeout: Duration,
 }
 
@@ -182,7 +187,20 @@ impl WebhookReceiver {
             signature_token,
             shared_secret,
             on_hint,
+            on_result: None,
             body_timeout: ListenerOptions::default().body_timeout,
+        }
+    }
+
+    /// The same receiver, telling `on_result` how each delivery ended.
+    pub fn with_on_result(mut self, on_result: OnResult) -> Self {
+        self.on_result = Some(on_result);
+        self
+    }
+
+    fn result(&self, result: &'static str) {
+        if let Some(on_result) = &self.on_result {
+            on_result(result);
         }
     }
 
@@ -282,11 +300,13 @@ async fn deliver(
             reason = "unknown_topic",
             "webhook.rejected"
         );
+        receiver.result("unknown_topic");
         return StatusCode::NOT_FOUND.into_response();
     };
     match accept(&receiver, topic, &headers, body).await {
         Ok(id) => {
             info!(topic = %topic, kounta_id = id.0, "webhook.received");
+            receiver.result("accepted");
             (receiver.on_hint)(topic, id);
             StatusCode::OK.into_response()
         }
@@ -301,6 +321,7 @@ async fn deliver(
                 detail = %rejection,
                 "webhook.rejected"
             );
+            receiver.result(rejection.reason());
             rejection.into_response()
         }
     }

@@ -436,3 +436,21 @@ fn names_recurring_order(reason: &str) -> bool {
     let reason = reason.to_ascii_lowercase();
     reason.contains("recurring") || reason.contains("standing order")
 }
+
+impl FarmflowClient {
+    /// One read exactly as FarmFlow answers it, any status (for `farmsync check --capture`):
+    /// `GET {base}/{action}`, or a `POST` of `body` for the single-record reads. Returns the
+    /// URL asked for and the answer.
+    pub(crate) async fn read_raw(
+        &self,
+        action: &str,
+        body: Option<&Value>,
+        operation: &str,
+    ) -> Result<(Url, Raw), ApiError> {
+        let raw = match body {
+            None => self.get_action(action, operation).await?,
+            Some(body) => self.post(action, operation, Call::Read, body).await?,
+        };
+        Ok((endpoint(&self.base, &[action]), raw))
+    }
+}

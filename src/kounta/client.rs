@@ -1172,6 +1172,27 @@ fn webhook_value(value: &serde_json::Value) -> Result<KountaWebhook, String> {
     })
 }
 
+impl KountaClient {
+    /// One read exactly as the CRM answers it, any status (for `farmsync check --capture`):
+    /// `GET {base}/{segments}?{query}`, with the client's authentication and rate. Returns the
+    /// URL asked for and the answer.
+    pub(crate) async fn read_raw(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        operation: &str,
+    ) -> Result<(Url, Raw), ApiError> {
+        let mut url = endpoint(&self.base, segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let raw = self
+            .send(Call::Read, operation, || self.core.http().get(url.clone()))
+            .await?;
+        Ok((url, raw))
+    }
+}
+
 #[cfg(test)]
 mod webhook_decode_tests {
     use super::*;

@@ -8,6 +8,7 @@
 mod decisions;
 mod ledger;
 mod model;
+mod ops;
 mod schema;
 mod shared;
 
@@ -23,6 +24,7 @@ pub use decisions::{
 };
 pub use ledger::RequestLedger;
 pub use model::{FieldChange, Link, LinkState, Parked};
+pub use ops::{AnnouncedHealth, MetricLabels, MetricOp, MetricUpdate, MetricValue};
 pub use shared::{KOUNTA_TOKENS, SharedStore};
 
 use crate::customer::Customer;

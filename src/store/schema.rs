@@ -140,6 +140,25 @@ pub(super) const MIGRATIONS: &[&str] = &[
         decided_at   INTEGER
     );
     "#,
+    // 4 (operations: metrics and alerts): metric values that outlive a process — counters every
+    // `sync` and the daemon add to, so they keep counting across restarts and between a timer
+    // and a daemon — and the health last announced to `[alerts] webhook_url`, so a restart does
+    // not announce it again. `journal_by_run` finds the writes of one run for the metrics.
+    r#"
+    CREATE TABLE metric_values (
+        name   TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        value  REAL NOT NULL,
+        PRIMARY KEY (name, labels)
+    );
+    CREATE TABLE announced_health (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        healthy      INTEGER NOT NULL,
+        problems     TEXT NOT NULL,
+        announced_at INTEGER NOT NULL
+    );
+    CREATE INDEX journal_by_run ON journal (run_id);
+    "#,
 ];
 
 /// The schema version this build writes.
