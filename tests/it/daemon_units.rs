@@ -205,7 +205,10 @@ fn both_template_services_load_every_credential_the_farm_config_reads() {
             "{template}: {}",
             exec[0]
         );
-        assert_eq!(values(&unit, "StateDirectory"), [format!("farmsync/{farm}")]);
+        assert_eq!(
+            values(&unit, "StateDirectory"),
+            [format!("farmsync/{farm}")]
+        );
         assert_eq!(
             values(&unit, "User"),
             [format!("farmsync-{farm}")],
@@ -220,11 +223,20 @@ fn both_template_services_load_every_credential_the_farm_config_reads() {
     );
     assert!(values(&oneshot, "ExecStart")[0].ends_with(" sync"));
     assert!(values(&instance("farmsync@.service", farm), "ExecStart")[0].ends_with(" run"));
-    assert_eq!(values(&read("farmsync-sync@.timer"), "Persistent"), ["true"]);
+    assert_eq!(
+        values(&read("farmsync-sync@.timer"), "Persistent"),
+        ["true"]
+    );
     // The daemon template is the single-farm daemon, farm by farm: same watchdog and stop.
     let single = read("farmsync.service");
     let template = read("farmsync@.service");
-    for key in ["Type", "WatchdogSec", "Restart", "TimeoutStopSec", "KillMode"] {
+    for key in [
+        "Type",
+        "WatchdogSec",
+        "Restart",
+        "TimeoutStopSec",
+        "KillMode",
+    ] {
         assert_eq!(values(&template, key), values(&single, key), "{key}");
     }
 }
@@ -309,7 +321,9 @@ fn two_farms_stand_side_by_side_each_with_its_config_state_and_credentials() {
     assert_ne!(state_paths[0], state_paths[1]);
 
     // systemd accepts both farms' instances of every template together, without a warning.
-    let output = std::process::Command::new("systemd-analyze").arg("--version").output();
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
     assert!(
         output.is_ok_and(|o| o.status.success()),
         "systemd-analyze is needed for this test: install systemd (apt-get install systemd), as .ci/systemd-check does"
