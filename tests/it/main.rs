@@ -14,6 +14,7 @@ mod daemon_run;
 mod daemon_support;
 mod daemon_units;
 mod daemon_worker;
+mod ops_leaks;
 mod proof_crash;
 mod proof_daemon;
 mod proof_input;
