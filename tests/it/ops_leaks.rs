@@ -1,7 +1,14 @@
-//! No leaks: a config file's syntax error never quotes a secret's line.
+//! No leaks: a config file's syntax error never quotes a secret's line, and the log redactor
+//! masks the OAuth tokens a refresh rotates in during the run.
+
+use std::sync::Arc;
 
 use farmsync::config::Settings;
+use farmsync::kounta::{KountaClient, MemoryTokenStore};
+use farmsync::telemetry::{CapturedLogs, JsonLayer, RedactingWriter, Secrets};
+use tracing_subscriber::layer::SubscriberExt;
 
+use crate::client_support::{kounta_oauth_options, quick_retries, sandbox};
 use crate::support::{Workdir, text};
 
 const SECRET: &str = "s3cr3t-Kx9q-Zw7p";
@@ -91,4 +98,31 @@ fn a_command_meeting_the_syntax_error_prints_no_secret_in_either_log_format() {
         assert!(!shows_secret(&said), "{args:?}: {said}");
         assert!(said.contains("farmflow.api_key"), "{args:?}: {said}");
     }
+}
+
+#[tokio::test]
+async fn tokens_rotated_during_the_run_are_masked_in_the_logs() {
+    let sb = sandbox().await;
+    sb.kounta().expire_access_tokens();
+    let first_refresh = sb.kounta().refresh_token();
+    let client = KountaClient::new(kounta_oauth_options(&sb), Arc::new(MemoryTokenStore::new()))
+        .unwrap()
+        .with_retry_policy(quick_retries());
+    client.list().await.unwrap();
+    let (access, refresh) = (sb.kounta().access_token(), sb.kounta().refresh_token());
+    assert_ne!(refresh, first_refresh, "the refresh rotated the token");
+
+    // The process's log writer (what `farmsync` installs on stderr) masks them from now on.
+    let logs = CapturedLogs::default();
+    let subscriber = tracing_subscriber::registry().with(JsonLayer::new(
+        RedactingWriter::with_secrets(logs.clone(), Secrets::global().clone()),
+    ));
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::warn!(header = %format!("Bearer {access}"), "sent");
+        tracing::warn!(token = ?refresh, "stored");
+    });
+    let said = logs.text();
+    assert!(!said.contains(&access), "{said}");
+    assert!(!said.contains(&refresh), "{said}");
+    assert_eq!(said.matches("[redacted]").count(), 2, "{said}");
 }
