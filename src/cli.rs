@@ -219,7 +219,7 @@ fn status(settings: &Settings, json: bool) -> Result<Exit, CliError> {
     let report = match crate::status::report(settings, chrono::Local::now()) {
         Ok(r) => r,
         Err(e @ StoreError::Missing(_)) => return Err(CliError::new(Exit::Failed, e.to_string())),
-        Err(e @ StoreError::TooNew { .. }) => {
+        Err(e @ (StoreError::TooNew { .. } | StoreError::NeedsMigration { .. })) => {
             return Err(CliError::new(Exit::Config, e.to_string()));
         }
         Err(e) => return Err(CliError::new(Exit::Failed, e.to_string())),

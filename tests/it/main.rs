@@ -15,6 +15,7 @@ mod daemon_support;
 mod daemon_units;
 mod daemon_worker;
 mod ops_leaks;
+mod ops_surprises;
 mod proof_crash;
 mod proof_daemon;
 mod proof_input;

@@ -1,0 +1,176 @@
+//! No surprises: commands that only read open the state DB read-only and never migrate it, and
+//! `check` tells a config problem (exit 2) from an unreachable API (exit 4).
+
+use farmsync::sandbox::{Sandbox, SandboxOptions, sample_farm};
+use farmsync::store::Store;
+use rusqlite::Connection;
+
+use crate::support::{Workdir, farmsync, text};
+use crate::sync_smoke::{run, sandbox_config};
+
+const UPGRADE: &str = "run farmsync sync or restart the service to upgrade the state DB";
+
+async fn sandbox() -> Sandbox {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(&sample_farm()).unwrap();
+    sb
+}
+
+/// The DB's schema version and whether it has the request ledger.
+fn schema(path: &std::path::Path) -> (i64, bool) {
+    let conn = Connection::open(path).unwrap();
+    let version = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    let ledger = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'request_grants')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    (version, ledger)
+}
+
+fn count(path: &std::path::Path, table: &str) -> i64 {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_only_read_never_migrate_an_older_state_db() {
+    let sb = sandbox().await;
+    let w = Workdir::new(&sandbox_config(&sb, ""));
+    // A state DB as the previous farmsync left it: schema 1, before the request ledger.
+    Store::open(&w.state_path()).unwrap();
+    let conn = Connection::open(w.state_path()).unwrap();
+    conn.execute_batch("DROP TABLE request_grants; PRAGMA user_version = 1;")
+        .unwrap();
+    drop(conn);
+    let before = std::fs::read(w.state_path()).unwrap();
+
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["check"],
+        vec!["sync", "--dry-run"],
+    ] {
+        let out = run(&w, &args).await;
+        let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
+        assert!(said.contains(UPGRADE), "{args:?}: {said}");
+        assert_eq!(schema(&w.state_path()), (1, false), "{args:?} migrated it");
+    }
+    assert_eq!(
+        std::fs::read(w.state_path()).unwrap(),
+        before,
+        "not a byte changed"
+    );
+    assert_eq!(sb.kounta().stats().writes + sb.farmflow().stats().writes, 0);
+
+    // A writer upgrades it; then the readers work.
+    let out = run(&w, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(schema(&w.state_path()).1, "upgraded");
+    let out = run(&w, &["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_and_a_dry_run_write_nothing_to_the_state_db() {
+    let sb = sandbox().await;
+    let w = Workdir::new(&sandbox_config(&sb, ""));
+    // No state DB: a dry run plans against an empty store and creates none.
+    let out = run(&w, &["sync", "--dry-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("would create"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!w.state_path().exists());
+
+    let out = run(&w, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let grants = count(&w.state_path(), "request_grants");
+    let runs = count(&w.state_path(), "runs");
+    assert!(grants > 0, "the sync recorded its requests");
+    for args in [vec!["check"], vec!["sync", "--dry-run"]] {
+        let out = run(&w, &args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        // The ledger was read (it counts the others' requests), without a failed write, and
+        // nothing was recorded.
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("http.ratelimit"), "{args:?}: {stderr}");
+        assert_eq!(count(&w.state_path(), "request_grants"), grants, "{args:?}");
+        assert_eq!(count(&w.state_path(), "runs"), runs, "{args:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_dry_run_without_a_state_db_keeps_only_the_rotated_token() {
+    let sb = sandbox().await;
+    let w = Workdir::new(&sandbox_config(&sb, ""));
+    let first = sb.kounta().refresh_token();
+    let mut cmd = farmsync();
+    cmd.arg("--config")
+        .arg(w.config_path())
+        .args(["sync", "--dry-run"])
+        .env("FARMSYNC__KOUNTA__AUTH", "oauth")
+        .env("FARMSYNC__KOUNTA__REFRESH_TOKEN", &first);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_ne!(sb.kounta().refresh_token(), first, "the dry run refreshed");
+    // Losing the rotated token would lock farmsync out: it is the one thing kept.
+    let store = Store::open_read_only(&w.state_path()).unwrap();
+    let tokens = store
+        .tokens(farmsync::store::KOUNTA_TOKENS)
+        .unwrap()
+        .unwrap();
+    assert_eq!(tokens.refresh_token, sb.kounta().refresh_token());
+    assert_eq!(store.recent_runs(10).unwrap().len(), 0);
+    assert_eq!(store.links().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exits_2_for_a_config_problem_and_4_for_an_unreachable_api() {
+    let sb = sandbox().await;
+    // A FarmFlow key no HTTP header can carry: the config's fault, not FarmFlow's.
+    let w = Workdir::new(&sandbox_config(&sb, "").replace(
+        &format!("api_key = {:?}", sb.farmflow().api_key()),
+        "api_key = \"key-with\\na-newline\"",
+    ));
+    let out = run(&w, &["check"]).await;
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("kounta: ok"), "{said}");
+    assert!(said.contains("farmflow: FAILED"), "{said}");
+    assert!(said.contains("farmflow.api_key"), "{said}");
+    assert!(!said.contains("a-newline"), "{said}");
+
+    // The same key with the other API unreachable: still exit 2, the config comes first.
+    let w = Workdir::new(
+        "[kounta]\nbase_url = \"http://127.0.0.1:9/v1\"\nclient_id = \"a\"\nclient_secret = \"b\"\n\
+         [farmflow]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"key-with\\na-newline\"\n",
+    );
+    let out = run(&w, &["check"]).await;
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("kounta: FAILED"), "{said}");
+
+    // Unreachable, with a sound config: exit 4.
+    let w = Workdir::new(
+        "[kounta]\nbase_url = \"http://127.0.0.1:9/v1\"\nclient_id = \"a\"\nclient_secret = \"b\"\n\
+         [farmflow]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"k\"\n",
+    );
+    let out = run(&w, &["check"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+}
