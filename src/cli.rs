@@ -151,12 +151,17 @@ pub enum WebhooksAction {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return crate::ops::usage_error(e),
+    };
     let format = LogFormat::resolve(cli.log_format);
+    crate::ops::json_panics(format);
     match run(cli, format) {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("farmsync: {}", e.message);
+            // The last line, in the log format: under systemd one more JSON object.
+            telemetry::command_failed(format, &e.message, e.exit as u8);
             e.exit.into()
         }
     }

@@ -148,10 +148,10 @@ pub fn sync(
     match &report.outcome {
         Outcome::Unavailable(message) => Err(CliError::new(Exit::Unavailable, message.clone())),
         Outcome::Guarded => {
-            eprintln!(
-                "farmsync: the safety guard stopped every delete, tag, unlink and recreation; \
-                 check why so many records are missing, then rerun with --allow-mass-delete if \
-                 the deletions are real"
+            crate::telemetry::hint(
+                "the safety guard stopped every delete, tag, unlink and recreation; check why \
+                 so many records are missing, then rerun with --allow-mass-delete if the \
+                 deletions are real",
             );
             Ok(Exit::Guard)
         }
@@ -594,9 +594,9 @@ async fn webhooks_register(settings: &Settings, client: &KountaClient) -> Result
             || matches!(h, url::Host::Ipv6(ip) if ip.is_loopback() || ip.is_unspecified())
             || matches!(h, url::Host::Domain("localhost"))
     }) {
-        eprintln!(
-            "farmsync: note: webhooks.public_url is {public_url}, which a hosted CRM cannot reach; set it to the address Kounta should post to"
-        );
+        crate::telemetry::hint(&format!(
+            "note: webhooks.public_url is {public_url}, which a hosted CRM cannot reach; set it to the address Kounta should post to"
+        ));
     }
     let secret = &settings.webhooks.shared_secret;
     let existing = client.webhooks().await.map_err(webhook_error)?;

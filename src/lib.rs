@@ -10,6 +10,7 @@
 //! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON lines) and secret redaction.
 //! - [`demo`]: `farmsync demo`, a small farm synced in the sandbox.
+//! - [`ops`]: the command line's edge: usage errors and panics in the log format.
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
 //! - [`country`]: country spellings to ISO alpha-2 and back.
@@ -36,6 +37,7 @@ pub mod http;
 pub mod ids;
 pub mod kounta;
 pub mod lock;
+pub mod ops;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;

@@ -38,6 +38,9 @@ impl LogFormat {
     }
 }
 
+/// The format [`init`] chose, for lines written beside the subscriber ([`hint`]).
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
 /// Installs the global subscriber writing to stderr. `level` is used unless `RUST_LOG` is set.
 pub fn init(format: LogFormat, level: &str, secrets: Vec<String>) {
     // The scheduler crate narrates its own housekeeping at info; keep it to warnings unless
@@ -52,6 +55,7 @@ pub fn init(format: LogFormat, level: &str, secrets: Vec<String>) {
         .unwrap_or_else(|| {
             quiet(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")))
         });
+    let _ = FORMAT.set(format);
     let registered = Secrets::global();
     for secret in &secrets {
         registered.add_permanent(secret);
@@ -278,6 +282,73 @@ impl<W: Write> Drop for LineBuffer<W> {
         let _ = self.inner.write_all(text.as_bytes());
         let _ = self.inner.flush();
     }
+}
+
+/// Writes a command's last word to stderr — its error, or a hint for the person at the
+/// terminal — masked like every log line: `farmsync: <text>` as text, or, with the JSON format,
+/// one JSON object like every other stderr line (`message` is `event`, the text is under
+/// `field`, plus `extra` fields).
+pub fn say(
+    format: LogFormat,
+    level: tracing::Level,
+    event: &str,
+    field: &str,
+    text: &str,
+    extra: &[(&str, Value)],
+) {
+    let line = match format {
+        LogFormat::Pretty => format!("farmsync: {text}\n"),
+        LogFormat::Json => {
+            let mut object = Map::new();
+            object.insert(
+                "timestamp".into(),
+                Value::String(
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                ),
+            );
+            object.insert("level".into(), Value::String(level.to_string()));
+            object.insert("message".into(), Value::String(event.to_owned()));
+            object.insert(field.into(), Value::String(text.to_owned()));
+            for (key, value) in extra {
+                object.insert((*key).to_owned(), value.clone());
+            }
+            object.insert("target".into(), Value::String("farmsync".into()));
+            let mut line = Value::Object(object).to_string();
+            line.push('\n');
+            line
+        }
+    };
+    let masked = Secrets::global().redact(&line);
+    let mut stderr = io::stderr().lock();
+    let _ = stderr.write_all(masked.as_bytes());
+    let _ = stderr.flush();
+}
+
+/// A failed command's error, the last line it writes (`command.failed` with `error` and
+/// `exit_code` in JSON).
+pub fn command_failed(format: LogFormat, message: &str, exit_code: u8) {
+    say(
+        format,
+        tracing::Level::ERROR,
+        "command.failed",
+        "error",
+        message,
+        &[("exit_code", Value::from(exit_code))],
+    );
+}
+
+/// A hint for the operator beside the command's output, in the format [`init`] chose
+/// (`command.hint` with `hint` in JSON).
+pub fn hint(text: &str) {
+    let format = FORMAT.get().copied().unwrap_or(LogFormat::Pretty);
+    say(
+        format,
+        tracing::Level::WARN,
+        "command.hint",
+        "hint",
+        text,
+        &[],
+    );
 }
 
 /// Span fields recorded for the JSON layer.

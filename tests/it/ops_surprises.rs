@@ -1,5 +1,6 @@
-//! No surprises: commands that only read open the state DB read-only and never migrate it, and
-//! `check` tells a config problem (exit 2) from an unreachable API (exit 4).
+//! No surprises: commands that only read open the state DB read-only and never migrate it,
+//! `check` tells a config problem (exit 2) from an unreachable API (exit 4), and with JSON logs
+//! every stderr line is one JSON object.
 
 use farmsync::sandbox::{Sandbox, SandboxOptions, sample_farm};
 use farmsync::store::Store;
@@ -173,4 +174,108 @@ async fn check_exits_2_for_a_config_problem_and_4_for_an_unreachable_api() {
     );
     let out = run(&w, &["check"]).await;
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+}
+
+/// Every line of `stderr` parsed as a JSON object; the last one returned.
+fn all_json(stderr: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut last = None;
+    for line in stderr.lines() {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\nin:\n{stderr}"));
+        last = Some(value.as_object().cloned().expect("an object"));
+    }
+    last.unwrap_or_else(|| panic!("nothing on stderr"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_logs_every_stderr_line_is_a_json_object_the_final_error_too() {
+    let sb = sandbox().await;
+    let unreachable = Workdir::new(
+        "[kounta]\nbase_url = \"http://127.0.0.1:9/v1\"\nclient_id = \"a\"\nclient_secret = \"b\"\n\
+         [farmflow]\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"k\"\n",
+    );
+    let bad_key = Workdir::new("[kounta]\nbse_url = \"x\"\n");
+    let webhooks = Workdir::new(&sandbox_config(
+        &sb,
+        "[webhooks]\nenabled = true\nsignature_token = \"sig-token\"\nshared_secret = \"shared-secret-1\"\n",
+    ));
+    // (workdir, arguments, JOURNAL_STREAM set, exit code, the last line's event)
+    let cases: Vec<(&Workdir, Vec<&str>, bool, i32, &str)> = vec![
+        // Logs of a run, then the error that ended it.
+        (
+            &unreachable,
+            vec!["--log-format", "json", "sync"],
+            false,
+            4,
+            "command.failed",
+        ),
+        // Under systemd, without asking.
+        (&unreachable, vec!["sync"], true, 4, "command.failed"),
+        // A config error, before any log line.
+        (
+            &bad_key,
+            vec!["--log-format", "json", "status"],
+            false,
+            2,
+            "command.failed",
+        ),
+        // A command line clap refuses.
+        (
+            &bad_key,
+            vec!["--log-format", "json", "sync", "--bogus"],
+            false,
+            2,
+            "command.failed",
+        ),
+        (&bad_key, vec!["sync", "--bogus"], true, 2, "command.failed"),
+        // A hint beside a command's output.
+        (
+            &webhooks,
+            vec!["--log-format", "json", "webhooks", "register"],
+            false,
+            0,
+            "command.hint",
+        ),
+    ];
+    for (w, args, journal, code, event) in cases {
+        let mut cmd = farmsync();
+        cmd.arg("--config").arg(w.config_path()).args(&args);
+        if journal {
+            cmd.env("JOURNAL_STREAM", "8:12345");
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        let last = if event == "command.hint" {
+            // The hint comes first; the run's own lines may follow.
+            all_json(&stderr);
+            stderr
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|v| v["message"] == event)
+                .and_then(|v| v.as_object().cloned())
+                .unwrap_or_else(|| panic!("no {event}: {stderr}"))
+        } else {
+            all_json(&stderr)
+        };
+        assert_eq!(last["message"], event, "{args:?}: {stderr}");
+        assert!(
+            last.contains_key("timestamp") && last.contains_key("level"),
+            "{last:?}"
+        );
+        if event == "command.failed" {
+            assert_eq!(last["exit_code"], code, "{last:?}");
+            assert!(
+                last["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{last:?}"
+            );
+        } else {
+            assert!(
+                last["hint"].as_str().unwrap().contains("public_url"),
+                "{last:?}"
+            );
+        }
+    }
 }
