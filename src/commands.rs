@@ -372,11 +372,13 @@ pub fn demo(format: LogFormat) -> Result<Exit, CliError> {
     Ok(Exit::Ok)
 }
 
-/// `farmsync sandbox`.
+/// `farmsync sandbox`: serves the two fakes, printing their URLs and credentials and a complete
+/// config for them (or writing it to `write_config`), until Ctrl-C.
 pub fn sandbox(
     kounta_port: u16,
     farmflow_port: u16,
     seed_data: Option<&std::path::Path>,
+    write_config: Option<&std::path::Path>,
     format: LogFormat,
 ) -> Result<Exit, CliError> {
     crate::telemetry::init(format, "info", Vec::new());
@@ -385,16 +387,56 @@ pub fn sandbox(
             .map_err(|e| CliError::new(Exit::Config, e.to_string()))?,
         None => crate::sandbox::sample_farm(),
     };
+    if let Some(path) = write_config {
+        crate::ops::may_write_sandbox_config(path)?;
+    }
+    // The sandbox's state DB lives as long as the sandbox: a new one starts with new ids.
+    let state = tempfile::Builder::new()
+        .prefix("farmsync-sandbox-")
+        .tempdir()
+        .map_err(|e| {
+            CliError::new(
+                Exit::Unavailable,
+                format!("cannot make a state directory: {e}"),
+            )
+        })?;
+    let state_path = state.path().join("farmsync.db");
     let options = crate::sandbox::SandboxOptions {
         kounta_port,
         farmflow_port,
         ..crate::sandbox::SandboxOptions::default()
     };
+    let announce = |sandbox: &crate::sandbox::Sandbox| {
+        println!("{}", sandbox.banner());
+        let config = sandbox.config_toml(&state_path);
+        match write_config {
+            Some(path) => {
+                crate::ops::write_sandbox_config(path, &config)?;
+                println!(
+                    "config written to {0}: try farmsync --config {0} check",
+                    path.display()
+                );
+            }
+            None => print!("{config}"),
+        }
+        use std::io::Write;
+        std::io::stdout().flush()
+    };
     runtime()?
-        .block_on(crate::sandbox::serve(options, data, async {
-            let _ = tokio::signal::ctrl_c().await;
+        .block_on(crate::sandbox::serve_with(options, data, announce, async {
+            // Ctrl-C or SIGTERM: either way the state directory goes with the sandbox.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                },
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }))
         .map_err(|e| CliError::new(Exit::Unavailable, format!("cannot serve the sandbox: {e}")))?;
+    drop(state);
     Ok(Exit::Ok)
 }
 

@@ -1,9 +1,12 @@
 //! What the command line's edge needs beyond the commands themselves: usage errors and panics
-//! in the log format (with JSON, every stderr line is one JSON object).
+//! in the log format (with JSON, every stderr line is one JSON object), and the config file
+//! `farmsync sandbox --write-config` writes.
 
+use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::Exit;
+use crate::cli::{CliError, Exit};
 use crate::telemetry::{self, LogFormat};
 
 /// Reports a command line clap refused: help and `--version` as clap prints them; a usage
@@ -57,6 +60,40 @@ pub fn json_panics(format: LogFormat) {
             &[],
         );
     }));
+}
+
+/// Refuses (exit 2) to let `farmsync sandbox --write-config` replace a file it did not write:
+/// a config of the person's own must not be lost to a trial.
+pub fn may_write_sandbox_config(path: &Path) -> Result<(), CliError> {
+    match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(text) if text.starts_with(crate::sandbox::SANDBOX_CONFIG_FIRST_LINE) => Ok(()),
+        Ok(_) => Err(CliError::new(
+            Exit::Config,
+            format!(
+                "{} exists and is not a config farmsync sandbox wrote; give --write-config another path",
+                path.display()
+            ),
+        )),
+        Err(e) => Err(CliError::new(
+            Exit::Config,
+            format!("cannot write the sandbox config to {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// Writes the sandbox's config to `path`, readable by its owner only (it holds credentials,
+/// if only the sandbox's).
+pub fn write_sandbox_config(path: &Path, config: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(config.as_bytes())?;
+    file.sync_all()
 }
 
 #[cfg(test)]

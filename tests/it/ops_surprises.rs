@@ -1,6 +1,9 @@
 //! No surprises: commands that only read open the state DB read-only and never migrate it,
-//! `check` tells a config problem (exit 2) from an unreachable API (exit 4), and with JSON logs
-//! every stderr line is one JSON object.
+//! `check` tells a config problem (exit 2) from an unreachable API (exit 4), with JSON logs every
+//! stderr line is one JSON object, and `farmsync sandbox` hands out a config that works.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use farmsync::sandbox::{Sandbox, SandboxOptions, sample_farm};
 use farmsync::store::Store;
@@ -278,4 +281,139 @@ async fn with_json_logs_every_stderr_line_is_a_json_object_the_final_error_too()
             );
         }
     }
+}
+
+/// A running `farmsync sandbox`, stopped (SIGTERM) and reaped when dropped.
+struct SandboxProcess(std::process::Child);
+
+impl SandboxProcess {
+    fn start(
+        args: &[&str],
+    ) -> (
+        SandboxProcess,
+        std::io::Lines<BufReader<std::process::ChildStdout>>,
+    ) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_farmsync"))
+            .arg("sandbox")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (SandboxProcess(child), lines)
+    }
+
+    fn stop(&mut self) {
+        // SIGTERM, as systemd or `kill` would: the sandbox removes its state directory.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for SandboxProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn state_path_in(config: &str) -> std::path::PathBuf {
+    let table: toml::Table = toml::from_str(config).unwrap();
+    std::path::PathBuf::from(table["state"]["path"].as_str().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_prints_a_complete_config_and_writes_it_with_write_config() {
+    // Printed: everything from its first line to its last is a config that works as it is.
+    let (mut printed, mut lines) = SandboxProcess::start(&[]);
+    let mut config = String::new();
+    let mut inside = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        inside |= line.starts_with(farmsync::sandbox::SANDBOX_CONFIG_FIRST_LINE);
+        if inside {
+            config.push_str(&line);
+            config.push('\n');
+        }
+        if line == farmsync::sandbox::SANDBOX_CONFIG_LAST_LINE {
+            break;
+        }
+    }
+    assert!(config.ends_with(&format!(
+        "{}\n",
+        farmsync::sandbox::SANDBOX_CONFIG_LAST_LINE
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pasted.toml");
+    std::fs::write(&file, &config).unwrap();
+    let check = |file: &std::path::Path, args: &[&str]| {
+        let mut cmd = farmsync();
+        cmd.arg("--config").arg(file).args(args);
+        cmd
+    };
+    let mut cmd = check(&file, &["check"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    printed.stop();
+
+    // Written: the same, to the file named; a sync runs against it, its state DB where the
+    // config says, removed when the sandbox stops.
+    let file = dir.path().join("written.toml");
+    let (mut written, mut lines) =
+        SandboxProcess::start(&["--write-config", file.to_str().unwrap()]);
+    let announced = lines
+        .by_ref()
+        .map(|l| l.unwrap())
+        .find(|l| l.starts_with("config written to"))
+        .expect("the sandbox says where the config is");
+    assert!(announced.contains(file.to_str().unwrap()), "{announced}");
+    let config = std::fs::read_to_string(&file).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    for args in [vec!["sync", "--dry-run"], vec!["sync"], vec!["status"]] {
+        let mut cmd = check(&file, &args);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let state = state_path_in(&config);
+    assert!(state.exists());
+    written.stop();
+    assert!(
+        !state.parent().unwrap().exists(),
+        "the sandbox's state went with it"
+    );
+
+    // A file the sandbox did not write is never replaced.
+    let mine = dir.path().join("mine.toml");
+    std::fs::write(&mine, "[log]\nlevel = \"debug\"\n").unwrap();
+    let out = farmsync()
+        .args(["sandbox", "--write-config", mine.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not a config farmsync sandbox wrote"));
+    assert_eq!(
+        std::fs::read_to_string(&mine).unwrap(),
+        "[log]\nlevel = \"debug\"\n"
+    );
 }
