@@ -422,20 +422,20 @@ pub fn sandbox(
         use std::io::Write;
         std::io::stdout().flush()
     };
-    runtime()?
-        .block_on(crate::sandbox::serve_with(options, data, announce, async {
-            // Ctrl-C or SIGTERM: either way the state directory goes with the sandbox.
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut term) => tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                },
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
-            }
-        }))
-        .map_err(|e| CliError::new(Exit::Unavailable, format!("cannot serve the sandbox: {e}")))?;
+    let rt = runtime()?;
+    // Ctrl-C or SIGTERM: either way the state directory goes with the sandbox. Caught from
+    // before the sandbox announces itself, so a stop right after is as clean.
+    let signals = rt.block_on(async { StopSignals::install() })?;
+    rt.block_on(crate::sandbox::serve_with(
+        options,
+        data,
+        announce,
+        async move {
+            let mut signals = signals;
+            signals.next().await;
+        },
+    ))
+    .map_err(|e| CliError::new(Exit::Unavailable, format!("cannot serve the sandbox: {e}")))?;
     drop(state);
     Ok(Exit::Ok)
 }

@@ -364,6 +364,9 @@ async fn the_sandbox_prints_a_complete_config_and_writes_it_with_write_config() 
         text(&out.stderr)
     );
     printed.stop();
+    // Stopped at once after printing, it still takes its state directory with it.
+    let state = state_path_in(&config);
+    assert!(!state.parent().unwrap().exists(), "{}", state.display());
 
     // Written: the same, to the file named; a sync runs against it, its state DB where the
     // config says, removed when the sandbox stops.
