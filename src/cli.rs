@@ -94,7 +94,8 @@ pub enum Command {
     Demo,
     /// Serve the two simulated APIs on localhost for manual trials (until Ctrl-C).
     ///
-    /// Prints their URLs and credentials; point a config at them to try farmsync by hand.
+    /// Prints their URLs and credentials, and a complete farmsync config for them to save as a
+    /// file (or writes it with --write-config), to try farmsync by hand.
     Sandbox {
         /// Port for the simulated CRM (0: any free port).
         #[arg(long, default_value_t = 0)]
@@ -105,6 +106,10 @@ pub enum Command {
         /// Seed the fakes from this JSON file instead of the built-in sample farm.
         #[arg(long, value_name = "FILE")]
         seed_data: Option<PathBuf>,
+        /// Write the farmsync config for the sandbox to this file instead of printing it
+        /// (never over a file it did not write).
+        #[arg(long, value_name = "PATH")]
+        write_config: Option<PathBuf>,
     },
     /// Validate the config, then reach both APIs read-only and say exactly what is wrong.
     ///
@@ -256,12 +261,17 @@ pub enum WebhooksAction {
 
 /// Runs the command line and returns the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return crate::ops::usage_error(e),
+    };
     let format = LogFormat::resolve(cli.log_format);
+    crate::ops::json_panics(format);
     match run(cli, format) {
         Ok(exit) => exit.into(),
         Err(e) => {
-            eprintln!("farmsync: {}", e.message);
+            // The last line, in the log format: under systemd one more JSON object.
+            telemetry::command_failed(format, &e.message, e.exit as u8);
             e.exit.into()
         }
     }
@@ -295,11 +305,13 @@ fn run(cli: Cli, format: LogFormat) -> Result<Exit, CliError> {
             kounta_port,
             farmflow_port,
             seed_data,
+            write_config,
         } => {
             return crate::commands::sandbox(
                 *kounta_port,
                 *farmflow_port,
                 seed_data.as_deref(),
+                write_config.as_deref(),
                 format,
             );
         }
@@ -345,7 +357,7 @@ fn status(settings: &Settings, json: bool) -> Result<Exit, CliError> {
     let report = match crate::status::report(settings, chrono::Local::now()) {
         Ok(r) => r,
         Err(e @ StoreError::Missing(_)) => return Err(CliError::new(Exit::Failed, e.to_string())),
-        Err(e @ StoreError::TooNew { .. }) => {
+        Err(e @ (StoreError::TooNew { .. } | StoreError::NeedsMigration { .. })) => {
             return Err(CliError::new(Exit::Config, e.to_string()));
         }
         Err(e) => return Err(CliError::new(Exit::Failed, e.to_string())),

@@ -38,6 +38,31 @@ pub fn open_store(settings: &Settings) -> Result<Store, CliError> {
     })
 }
 
+/// Opens the state DB read-only, for a command that only reads it (`status`, `check`,
+/// `sync --dry-run`, listings): it is never created nor migrated. No DB yet exits 1 ("farmsync
+/// has not run yet"); a DB older or newer than this farmsync exits 2, saying what to do (an
+/// older one: run `farmsync sync` or restart the service, which upgrade it); any other failure
+/// to read it exits 4.
+pub fn open_store_read_only(settings: &Settings) -> Result<Store, CliError> {
+    use crate::store::StoreError;
+    Store::open_read_only(&settings.state.path).map_err(|e| match e {
+        StoreError::Missing(_) => CliError::new(Exit::Failed, e.to_string()),
+        StoreError::TooNew { .. } | StoreError::NeedsMigration { .. } => {
+            CliError::new(Exit::Config, e.to_string())
+        }
+        other => CliError::new(Exit::Unavailable, other.to_string()),
+    })
+}
+
+/// [`open_store_read_only`] for a command that works without a state DB (`check`, a dry run):
+/// `None` when there is none yet.
+pub fn open_store_read_only_if_present(settings: &Settings) -> Result<Option<Store>, CliError> {
+    if !settings.state.path.exists() {
+        return Ok(None);
+    }
+    open_store_read_only(settings).map(Some)
+}
+
 /// `farmsync sync`.
 pub fn sync(
     settings: &Settings,
@@ -47,19 +72,32 @@ pub fn sync(
 ) -> Result<Exit, CliError> {
     settings.require_credentials(Needs::BothApis)?;
     let _lock = take_lock(settings)?;
-    // A dry run writes nothing to the state DB, so it does not create one — unless OAuth may
-    // rotate the refresh token, which must be stored or farmsync is locked out.
-    let store = if dry_run
-        && !settings.state.path.exists()
-        && settings.kounta.auth == KountaAuthMode::Basic
-    {
-        Store::open_in_memory().map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?
+    let engine = if dry_run {
+        // A dry run only reads the state DB: opened read-only, never created nor migrated
+        // (with none yet, it plans against an empty store). Its limiters count the other
+        // processes' requests and record none. The one write is a refresh token Kounta rotated
+        // during the run, kept in the state DB (created for it if need be), or farmsync would
+        // be locked out.
+        let store = match open_store_read_only_if_present(settings)? {
+            Some(store) => store,
+            None => Store::open_in_memory()
+                .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?,
+        };
+        let tokens = Arc::new(crate::store::DbTokens::new(&settings.state.path));
+        Engine::from_settings_with_tokens(
+            settings,
+            SharedStore::new(store),
+            tokens,
+            allow_mass_delete,
+        )
     } else {
-        open_store(settings)?
-    };
-    let store = SharedStore::new(store);
-    let engine = Engine::from_settings(settings, store, allow_mass_delete)
-        .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+        Engine::from_settings(
+            settings,
+            SharedStore::new(open_store(settings)?),
+            allow_mass_delete,
+        )
+    }
+    .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
     let stop = tokio_util::sync::CancellationToken::new();
     let options = RunOptions {
         dry_run,
@@ -123,10 +161,10 @@ pub fn sync(
     match &report.outcome {
         Outcome::Unavailable(message) => Err(CliError::new(Exit::Unavailable, message.clone())),
         Outcome::Guarded => {
-            eprintln!(
-                "farmsync: the safety guard stopped every delete, tag, unlink and recreation; \
-                 check why so many records are missing, then rerun with --allow-mass-delete if \
-                 the deletions are real"
+            crate::telemetry::hint(
+                "the safety guard stopped every delete, tag, unlink and recreation; check why \
+                 so many records are missing, then rerun with --allow-mass-delete if the \
+                 deletions are real",
             );
             Ok(Exit::Guard)
         }
@@ -250,16 +288,19 @@ fn shown(value: &str) -> String {
     }
 }
 
-/// `farmsync check`.
+/// `farmsync check`: reads the state DB (if any) read-only and never migrates it — an older
+/// one exits 2, saying how to upgrade it.
 pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     settings.require_credentials(Needs::BothApis)?;
+    let state = open_store_read_only_if_present(settings)?;
     println!("config: ok");
     let rt = runtime()?;
     // With OAuth a check may have to refresh, which rotates the refresh token: it then needs
     // the lock; while a daemon holds it, the stored access token is tried first.
-    let (tokens, lock) = oauth_tokens(settings, &rt)?;
-    // Beside a daemon, the check's requests share its rate.
-    let ledger = command_ledger(settings);
+    let (tokens, lock) = oauth_tokens_read_only(settings, &rt)?;
+    // Beside a daemon, the check's requests wait for the rate's room; it records none of its
+    // own (it writes nothing to the state DB).
+    let ledger = state.and_then(|_| read_only_ledger(settings));
     let kounta = KountaClient::new(engine::kounta_options(settings), tokens).map(|c| {
         let c = c
             .with_retry_policy(RetryPolicy::none())
@@ -278,11 +319,18 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
                 ledger.as_ref(),
             ))
     });
-    let mut failed = false;
+    // A failure the config causes (a key that cannot be sent as a header) is exit 2, whatever
+    // the other API said; an API unreachable or refusing the credentials is exit 4.
+    let mut failed: Option<Exit> = None;
     let mut report = |label: &str, result: Result<String, ApiError>| match result {
         Ok(detail) => println!("{label}: ok — {detail}"),
         Err(e) => {
-            failed = true;
+            let config = matches!(e, ApiError::Config { .. });
+            failed = Some(if config || failed == Some(Exit::Config) {
+                Exit::Config
+            } else {
+                Exit::Unavailable
+            });
             println!("{label}: FAILED — {e}");
         }
     };
@@ -310,7 +358,20 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
         }
     });
     report("farmflow", f);
-    Ok(if failed { Exit::Unavailable } else { Exit::Ok })
+    Ok(failed.unwrap_or(Exit::Ok))
+}
+
+/// The state DB's request ledger, read-only, for `check`: it waits for the other processes'
+/// requests to leave room and records none of its own. `None` when it cannot be opened (the
+/// rate then holds within the command).
+fn read_only_ledger(settings: &Settings) -> Option<Arc<dyn GrantLedger>> {
+    match engine::request_ledger_read_only(&settings.state.path) {
+        Ok(ledger) => Some(ledger),
+        Err(e) => {
+            tracing::warn!(error = %e, "http.ratelimit.unshared");
+            None
+        }
+    }
 }
 
 /// The state DB's request ledger, for a command that may run beside a daemon or right after a
@@ -352,11 +413,13 @@ pub fn demo(format: LogFormat) -> Result<Exit, CliError> {
     Ok(Exit::Ok)
 }
 
-/// `farmsync sandbox`.
+/// `farmsync sandbox`: serves the two fakes, printing their URLs and credentials and a complete
+/// config for them (or writing it to `write_config`), until Ctrl-C.
 pub fn sandbox(
     kounta_port: u16,
     farmflow_port: u16,
     seed_data: Option<&std::path::Path>,
+    write_config: Option<&std::path::Path>,
     format: LogFormat,
 ) -> Result<Exit, CliError> {
     crate::telemetry::init(format, "info", Vec::new());
@@ -365,16 +428,56 @@ pub fn sandbox(
             .map_err(|e| CliError::new(Exit::Config, e.to_string()))?,
         None => crate::sandbox::sample_farm(),
     };
+    if let Some(path) = write_config {
+        crate::ops::may_write_sandbox_config(path)?;
+    }
+    // The sandbox's state DB lives as long as the sandbox: a new one starts with new ids.
+    let state = tempfile::Builder::new()
+        .prefix("farmsync-sandbox-")
+        .tempdir()
+        .map_err(|e| {
+            CliError::new(
+                Exit::Unavailable,
+                format!("cannot make a state directory: {e}"),
+            )
+        })?;
+    let state_path = state.path().join("farmsync.db");
     let options = crate::sandbox::SandboxOptions {
         kounta_port,
         farmflow_port,
         ..crate::sandbox::SandboxOptions::default()
     };
-    runtime()?
-        .block_on(crate::sandbox::serve(options, data, async {
-            let _ = tokio::signal::ctrl_c().await;
-        }))
-        .map_err(|e| CliError::new(Exit::Unavailable, format!("cannot serve the sandbox: {e}")))?;
+    let announce = |sandbox: &crate::sandbox::Sandbox| {
+        println!("{}", sandbox.banner());
+        let config = sandbox.config_toml(&state_path);
+        match write_config {
+            Some(path) => {
+                crate::ops::write_sandbox_config(path, &config)?;
+                println!(
+                    "config written to {0}: try farmsync --config {0} check",
+                    path.display()
+                );
+            }
+            None => print!("{config}"),
+        }
+        use std::io::Write;
+        std::io::stdout().flush()
+    };
+    let rt = runtime()?;
+    // Ctrl-C or SIGTERM: either way the state directory goes with the sandbox. Caught from
+    // before the sandbox announces itself, so a stop right after is as clean.
+    let signals = rt.block_on(async { StopSignals::install() })?;
+    rt.block_on(crate::sandbox::serve_with(
+        options,
+        data,
+        announce,
+        async move {
+            let mut signals = signals;
+            signals.next().await;
+        },
+    ))
+    .map_err(|e| CliError::new(Exit::Unavailable, format!("cannot serve the sandbox: {e}")))?;
+    drop(state);
     Ok(Exit::Ok)
 }
 
@@ -518,6 +621,39 @@ pub(crate) fn oauth_tokens(
     }
 }
 
+/// [`oauth_tokens`] for `check`, which only reads the state DB: tokens are read read-only, and
+/// a rotated one (a refresh with the lock held) is kept through [`crate::store::DbTokens`],
+/// which never migrates the DB.
+fn oauth_tokens_read_only(
+    settings: &Settings,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(Arc<dyn TokenStore>, Option<InstanceLock>), CliError> {
+    if settings.kounta.auth == KountaAuthMode::Basic {
+        return Ok((Arc::new(MemoryTokenStore::new()), None));
+    }
+    let store: Arc<dyn TokenStore> = Arc::new(crate::store::DbTokens::new(&settings.state.path));
+    match take_lock(settings) {
+        Ok(lock) => Ok((store, Some(lock))),
+        Err(held) => {
+            let probe = KountaClient::new(engine::kounta_options(settings), store.clone())
+                .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+            let needs = rt
+                .block_on(probe.needs_refresh())
+                .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
+            if needs {
+                return Err(CliError::new(
+                    Exit::Unavailable,
+                    format!(
+                        "{}; the Kounta token needs a refresh, which only the lock holder may do — try again while the daemon is running a sync, or stop it",
+                        held.message
+                    ),
+                ));
+            }
+            Ok((store, None))
+        }
+    }
+}
+
 fn webhook_error(e: ApiError) -> CliError {
     match e {
         ApiError::Validation { .. } => CliError::new(
@@ -541,9 +677,9 @@ async fn webhooks_register(settings: &Settings, client: &KountaClient) -> Result
             || matches!(h, url::Host::Ipv6(ip) if ip.is_loopback() || ip.is_unspecified())
             || matches!(h, url::Host::Domain("localhost"))
     }) {
-        eprintln!(
-            "farmsync: note: webhooks.public_url is {public_url}, which a hosted CRM cannot reach; set it to the address Kounta should post to"
-        );
+        crate::telemetry::hint(&format!(
+            "note: webhooks.public_url is {public_url}, which a hosted CRM cannot reach; set it to the address Kounta should post to"
+        ));
     }
     let secret = &settings.webhooks.shared_secret;
     let existing = client.webhooks().await.map_err(webhook_error)?;

@@ -457,7 +457,7 @@ impl SettingsBuilder {
             })?;
             let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
                 path: path.clone(),
-                message: e.to_string().trim_end().to_owned(),
+                message: syntax_error(&text, &e, &known),
             })?;
             layers.push(flatten(&table, &Origin::File(path.clone()), &known)?);
         }
@@ -495,6 +495,47 @@ impl SettingsBuilder {
             .collect();
         raw.validate(origins)
     }
+}
+
+/// A TOML syntax error, told without quoting the file: the parser's own message prints the
+/// offending line, which may hold a secret. Says the line, the column, the key when the line
+/// sets one farmsync knows, and what was wrong.
+fn syntax_error(text: &str, error: &toml::de::Error, known: &[String]) -> String {
+    // The parser's description of the problem ("invalid basic string", "expected `=`") is one
+    // line of its own words; only its rendering adds the file's text.
+    let what = error.message().lines().next().unwrap_or_default().trim();
+    let Some(span) = error.span() else {
+        return format!("TOML syntax error: {what}");
+    };
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    let key = key_at(text, line_start, known)
+        .map(|k| format!(" (key {k})"))
+        .unwrap_or_default();
+    format!("TOML syntax error at line {line}, column {column}{key}: {what}")
+}
+
+/// The known key the line starting at `line_start` sets, going by the last table header above
+/// it. Only a key in `known` is named: whatever else the line holds may be a secret's text.
+fn key_at(text: &str, line_start: usize, known: &[String]) -> Option<String> {
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let (name, _) = line.split_once('=')?;
+    let name = name.trim().trim_matches(|c| c == '"' || c == '\'');
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))?
+        .trim_matches(|c| c == '[' || c == ']')
+        .trim();
+    let key = format!("{section}.{name}");
+    known.contains(&key).then_some(key)
 }
 
 /// Every key the defaults define, plus the optional ones and the `_file` forms of secrets.

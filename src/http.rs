@@ -295,8 +295,59 @@ impl fmt::Display for DecodeError {
 
 /// A short, single-line excerpt of a body for an error message: whitespace and control
 /// characters collapsed, customer contact details masked, at most [`EXCERPT_CHARS`] characters.
+/// Only the body's first [`EXCERPT_SCAN_BYTES`] are read.
 pub fn excerpt(body: &[u8]) -> String {
-    excerpt_text(&String::from_utf8_lossy(body))
+    let (head, cut) = excerpt_head(body);
+    finish_excerpt(&String::from_utf8_lossy(head), cut)
+}
+
+/// The most of a body an excerpt reads. An answer may be up to [`MAX_BODY_BYTES`]; copying,
+/// masking and scanning all of it to keep [`EXCERPT_CHARS`] characters would cost a gigabyte of
+/// memory for one error message. A few KiB hold any error text a person reads.
+pub const EXCERPT_SCAN_BYTES: usize = 4096;
+
+/// The start of `body` an excerpt reads, ending on a character boundary, and whether it was cut.
+fn excerpt_head(body: &[u8]) -> (&[u8], bool) {
+    if body.len() <= EXCERPT_SCAN_BYTES {
+        return (body, false);
+    }
+    let mut end = EXCERPT_SCAN_BYTES;
+    // Step back over UTF-8 continuation bytes, so the cut never splits a character.
+    while end > EXCERPT_SCAN_BYTES - 3 && body[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    (&body[..end], true)
+}
+
+/// The excerpt of `text`, the start of a body: when the body was cut, the word the cut went
+/// through is dropped (a half email or phone number would slip past the masks) and `…` says so.
+fn finish_excerpt(text: &str, cut: bool) -> String {
+    if !cut {
+        return excerpt_text(text);
+    }
+    let kept = match text.rfind(|c: char| c.is_whitespace() || "\"',;<>{}[]".contains(c)) {
+        Some(at) => &text[..at],
+        None => "",
+    };
+    let mut out = excerpt_text(kept);
+    if !out.ends_with('…') {
+        out.push('…');
+    }
+    out
+}
+
+/// Drops the end of `text` when it is the start of one of `secrets`: the cut of an excerpt went
+/// through that secret, so the redactor could not recognise it.
+fn trim_partial_secret<'a>(text: &mut String, secrets: impl Iterator<Item = &'a str>) {
+    for secret in secrets {
+        let longest = (1..secret.len())
+            .rev()
+            .filter(|k| secret.is_char_boundary(*k))
+            .find(|k| text.ends_with(&secret[..*k]));
+        if let Some(k) = longest {
+            text.truncate(text.len() - k);
+        }
+    }
 }
 
 /// [`excerpt`] over text already decoded.
@@ -678,11 +729,18 @@ impl HttpCore {
         self.counters.snapshot()
     }
 
-    /// Adds a value that must be blanked out of every excerpt.
+    /// Adds a value that must be blanked out of every excerpt, and of every log line from now
+    /// on (a token rotated in during the run is registered with the log redactor here).
     pub fn add_secret(&self, secret: &SecretString) {
         if secret.expose_secret().len() >= 4 {
+            crate::telemetry::register_secret(secret.expose_secret());
             let mut secrets = self.secrets.write().unwrap_or_else(|e| e.into_inner());
-            secrets.push(secret.clone());
+            if !secrets
+                .iter()
+                .any(|s| s.expose_secret() == secret.expose_secret())
+            {
+                secrets.push(secret.clone());
+            }
         }
     }
 
@@ -696,9 +754,16 @@ impl HttpCore {
         text
     }
 
-    /// An excerpt of `body` with every known secret blanked out.
+    /// An excerpt of `body` with every known secret blanked out. Only the body's first
+    /// [`EXCERPT_SCAN_BYTES`] are read; where they cut a secret short, its start is dropped too.
     pub fn excerpt(&self, body: &[u8]) -> String {
-        excerpt_text(&self.redact(&String::from_utf8_lossy(body)))
+        let (head, cut) = excerpt_head(body);
+        let mut text = self.redact(&String::from_utf8_lossy(head));
+        if cut {
+            let secrets = self.secrets.read().unwrap_or_else(|e| e.into_inner());
+            trim_partial_secret(&mut text, secrets.iter().map(|s| s.expose_secret()));
+        }
+        finish_excerpt(&text, cut)
     }
 
     /// A decode error for `body`, its excerpt redacted.
@@ -1467,5 +1532,65 @@ mod contact_tests {
             excerpt(b"<h1>502 Bad Gateway</h1>"),
             "<h1>502 Bad Gateway</h1>"
         );
+    }
+}
+
+#[cfg(test)]
+mod excerpt_cut_tests {
+    use super::*;
+
+    fn core_with_secret(secret: &str) -> HttpCore {
+        let core = HttpCore::new(Api::Farmflow, Duration::from_secs(5), 60).unwrap();
+        core.add_secret(&SecretString::from(secret.to_owned()));
+        core
+    }
+
+    #[test]
+    fn an_excerpt_reads_only_the_start_of_a_body() {
+        // Cut first, then masked: what lies past the first few KiB is never copied or scanned
+        // (an answer may be hundreds of MiB), so it cannot reach the excerpt either.
+        let mut body = vec![b' '; 2 * EXCERPT_SCAN_BYTES];
+        body.extend_from_slice(b"text far down the body");
+        assert_eq!(excerpt(&body), "…");
+        let core = core_with_secret("s3cr3t-value");
+        assert_eq!(core.excerpt(&body), "…");
+        let mut short = b"error: ".to_vec();
+        short.extend(std::iter::repeat_n(b' ', EXCERPT_SCAN_BYTES));
+        short.extend_from_slice(b"detail");
+        assert_eq!(excerpt(&short), "error:…");
+    }
+
+    #[test]
+    fn the_cut_never_leaves_part_of_a_secret_or_a_contact() {
+        let secret = "s3cr3t-value-0123";
+        let core = core_with_secret(secret);
+        for at in 1..secret.len() {
+            // The body's first EXCERPT_SCAN_BYTES end `at` bytes into the secret, which is
+            // spaced from what comes before so the excerpt reaches it.
+            let mut body = vec![b' '; EXCERPT_SCAN_BYTES - at];
+            body.extend_from_slice(secret.as_bytes());
+            body.extend_from_slice(b" and more");
+            let e = core.excerpt(&body);
+            assert!(!e.contains(&secret[..at.min(4)]), "cut at {at}: {e:?}");
+        }
+        // A secret with a space in it, cut after the space: the redactor cannot recognise
+        // what is left, so the excerpt drops the secret's start itself.
+        let spaced = "open sesame-42";
+        let core = core_with_secret(spaced);
+        for at in 1..spaced.len() {
+            let mut body = vec![b' '; EXCERPT_SCAN_BYTES - at];
+            body.extend_from_slice(spaced.as_bytes());
+            let e = core.excerpt(&body);
+            assert!(!e.contains("open"), "cut at {at}: {e:?}");
+        }
+        // A phone number cut short by the limit is no longer a phone to the mask: it is
+        // dropped with the word it is in.
+        let mut body = vec![b' '; EXCERPT_SCAN_BYTES - 6];
+        body.extend_from_slice(b"0412345678 more");
+        assert_eq!(excerpt(&body), "…");
+        // A character split by the cut is not half kept.
+        let mut body = vec![b'a'; EXCERPT_SCAN_BYTES - 1];
+        body.extend_from_slice("é tail".as_bytes());
+        assert!(!excerpt(&body).contains('\u{fffd}'));
     }
 }

@@ -11,6 +11,8 @@
 //! - [`config`]: settings — built-in defaults, a file, environment — strictly validated.
 //! - [`telemetry`]: the tracing subscriber (pretty or JSON lines) and secret redaction.
 //! - [`demo`]: `farmsync demo`, a small farm synced in the sandbox.
+//! - [`ops`]: the command line's edge: usage errors and panics in the log format, the
+//!   sandbox's config file.
 //! - [`ids`]: identifier newtypes (`KountaId`, `FarmflowId`, `ReferenceId`).
 //! - [`customer`]: the canonical customer, field mapping and normalisation.
 //! - [`country`]: country spellings to ISO alpha-2 and back.
@@ -47,6 +49,7 @@ pub mod lock;
 pub mod metrics;
 pub mod observe;
 pub mod operator;
+pub mod ops;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
@@ -38,6 +38,9 @@ impl LogFormat {
     }
 }
 
+/// The format [`init`] chose, for lines written beside the subscriber ([`hint`]).
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
 /// Installs the global subscriber writing to stderr. `level` is used unless `RUST_LOG` is set.
 pub fn init(format: LogFormat, level: &str, secrets: Vec<String>) {
     // The scheduler crate narrates its own housekeeping at info; keep it to warnings unless
@@ -52,7 +55,12 @@ pub fn init(format: LogFormat, level: &str, secrets: Vec<String>) {
         .unwrap_or_else(|| {
             quiet(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")))
         });
-    let writer = RedactingWriter::new(io::stderr, secrets);
+    let _ = FORMAT.set(format);
+    let registered = Secrets::global();
+    for secret in &secrets {
+        registered.add_permanent(secret);
+    }
+    let writer = RedactingWriter::with_secrets(io::stderr, registered.clone());
     let registry = tracing_subscriber::registry().with(filter);
     // A second init (tests, `demo` inside one process) keeps the first subscriber.
     let _ = match format {
@@ -68,24 +76,170 @@ pub fn init(format: LogFormat, level: &str, secrets: Vec<String>) {
     };
 }
 
+/// How many secrets learnt while running (rotated OAuth tokens) are masked: the newest ones. An
+/// older token was rotated away that many times over, so it no longer opens anything, and a
+/// daemon refreshing for a year must not check every log line against thousands of them.
+const MAX_LEARNT_SECRETS: usize = 64;
+
+/// The secrets a [`RedactingWriter`] masks: the config's, kept for the whole run, and those
+/// learnt while running (OAuth tokens a refresh rotated in), each in every spelling a log line
+/// may carry it — as is, JSON-escaped (the JSON format escapes `"`, `\` and control
+/// characters), Debug-quoted (a field recorded with `?`), and both.
+#[derive(Clone, Default)]
+pub struct Secrets(Arc<RwLock<SecretList>>);
+
+#[derive(Default)]
+struct SecretList {
+    permanent: Vec<String>,
+    learnt: std::collections::VecDeque<String>,
+    /// Every spelling of every secret, longest first.
+    masks: Vec<String>,
+}
+
+impl SecretList {
+    fn rebuild(&mut self) {
+        let mut masks: Vec<String> = Vec::new();
+        for secret in self.permanent.iter().chain(self.learnt.iter()) {
+            for spelling in spellings(secret) {
+                if !masks.contains(&spelling) {
+                    masks.push(spelling);
+                }
+            }
+        }
+        // Longest first, so a secret containing another is masked whole.
+        masks.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        self.masks = masks;
+    }
+}
+
+/// The ways `secret` may be written into a log line.
+fn spellings(secret: &str) -> Vec<String> {
+    let json = |s: &str| {
+        let quoted = serde_json::to_string(s).unwrap_or_default();
+        quoted
+            .strip_prefix('"')
+            .and_then(|q| q.strip_suffix('"'))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let debug = |s: &str| {
+        let quoted = format!("{s:?}");
+        quoted[1..quoted.len() - 1].to_owned()
+    };
+    let mut all = vec![secret.to_owned(), json(secret), debug(secret)];
+    all.push(json(&all[2]));
+    all.retain(|s| !s.is_empty());
+    all.dedup();
+    all
+}
+
+/// Secrets shorter than this are not masked: masking "a" would garble every line, and such a
+/// secret is not one.
+const MIN_SECRET_CHARS: usize = 4;
+
+impl Secrets {
+    /// The process's secrets, which [`init`] masks on stderr and [`register_secret`] adds to.
+    pub fn global() -> &'static Secrets {
+        static GLOBAL: OnceLock<Secrets> = OnceLock::new();
+        GLOBAL.get_or_init(Secrets::default)
+    }
+
+    /// A set holding `secrets` for good.
+    pub fn new(secrets: impl IntoIterator<Item = String>) -> Secrets {
+        let set = Secrets::default();
+        for secret in secrets {
+            set.add_permanent(&secret);
+        }
+        set
+    }
+
+    /// Masks `secret` for the rest of the process (the config's secrets).
+    pub fn add_permanent(&self, secret: &str) {
+        if secret.chars().count() < MIN_SECRET_CHARS {
+            return;
+        }
+        let mut list = self.write();
+        if !list.permanent.iter().any(|s| s == secret) {
+            list.permanent.push(secret.to_owned());
+            list.rebuild();
+        }
+    }
+
+    /// Masks `secret`, learnt while running (a rotated token), among the newest
+    /// [`MAX_LEARNT_SECRETS`] learnt.
+    pub fn add_learnt(&self, secret: &str) {
+        if secret.chars().count() < MIN_SECRET_CHARS {
+            return;
+        }
+        let mut list = self.write();
+        if list
+            .permanent
+            .iter()
+            .chain(list.learnt.iter())
+            .any(|s| s == secret)
+        {
+            return;
+        }
+        list.learnt.push_back(secret.to_owned());
+        while list.learnt.len() > MAX_LEARNT_SECRETS {
+            list.learnt.pop_front();
+        }
+        list.rebuild();
+    }
+
+    /// Whether `secret` is masked.
+    pub fn contains(&self, secret: &str) -> bool {
+        let list = self.read();
+        list.permanent
+            .iter()
+            .chain(list.learnt.iter())
+            .any(|s| s == secret)
+    }
+
+    /// `text` with every spelling of every secret replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        let list = self.read();
+        let mut text = text.to_owned();
+        for mask in &list.masks {
+            if text.contains(mask.as_str()) {
+                text = text.replace(mask.as_str(), "[redacted]");
+            }
+        }
+        text
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SecretList> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SecretList> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Masks `secret` in everything logged from now on: an OAuth token rotated in during the run
+/// (the HTTP clients register every token they learn).
+pub fn register_secret(secret: &str) {
+    Secrets::global().add_learnt(secret);
+}
+
 /// A [`MakeWriter`] that buffers each log line and masks secrets before writing it.
 #[derive(Clone)]
 pub struct RedactingWriter<M> {
     inner: M,
-    secrets: Arc<Vec<String>>,
+    secrets: Secrets,
 }
 
 impl<M> RedactingWriter<M> {
-    /// Wraps `inner`; empty secrets and secrets shorter than 4 characters are not masked
-    /// (masking "a" would garble every line, and such a secret is not one).
+    /// Wraps `inner`, masking `secrets` (empty ones and those shorter than 4 characters are not
+    /// masked).
     pub fn new(inner: M, secrets: Vec<String>) -> Self {
-        let mut secrets: Vec<String> = secrets.into_iter().filter(|s| s.len() >= 4).collect();
-        // Longest first, so a secret containing another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        RedactingWriter {
-            inner,
-            secrets: Arc::new(secrets),
-        }
+        Self::with_secrets(inner, Secrets::new(secrets))
+    }
+
+    /// Wraps `inner`, masking whatever `secrets` holds when each line is written.
+    pub fn with_secrets(inner: M, secrets: Secrets) -> Self {
+        RedactingWriter { inner, secrets }
     }
 }
 
@@ -108,7 +262,7 @@ where
 pub struct LineBuffer<W: Write> {
     buf: Vec<u8>,
     inner: W,
-    secrets: Arc<Vec<String>>,
+    secrets: Secrets,
 }
 
 impl<W: Write> Write for LineBuffer<W> {
@@ -124,15 +278,77 @@ impl<W: Write> Write for LineBuffer<W> {
 
 impl<W: Write> Drop for LineBuffer<W> {
     fn drop(&mut self) {
-        let mut text = String::from_utf8_lossy(&self.buf).into_owned();
-        for secret in self.secrets.iter() {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "[redacted]");
-            }
-        }
+        let text = self.secrets.redact(&String::from_utf8_lossy(&self.buf));
         let _ = self.inner.write_all(text.as_bytes());
         let _ = self.inner.flush();
     }
+}
+
+/// Writes a command's last word to stderr — its error, or a hint for the person at the
+/// terminal — masked like every log line: `farmsync: <text>` as text, or, with the JSON format,
+/// one JSON object like every other stderr line (`message` is `event`, the text is under
+/// `field`, plus `extra` fields).
+pub fn say(
+    format: LogFormat,
+    level: tracing::Level,
+    event: &str,
+    field: &str,
+    text: &str,
+    extra: &[(&str, Value)],
+) {
+    let line = match format {
+        LogFormat::Pretty => format!("farmsync: {text}\n"),
+        LogFormat::Json => {
+            let mut object = Map::new();
+            object.insert(
+                "timestamp".into(),
+                Value::String(
+                    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                ),
+            );
+            object.insert("level".into(), Value::String(level.to_string()));
+            object.insert("message".into(), Value::String(event.to_owned()));
+            object.insert(field.into(), Value::String(text.to_owned()));
+            for (key, value) in extra {
+                object.insert((*key).to_owned(), value.clone());
+            }
+            object.insert("target".into(), Value::String("farmsync".into()));
+            let mut line = Value::Object(object).to_string();
+            line.push('\n');
+            line
+        }
+    };
+    let masked = Secrets::global().redact(&line);
+    let mut stderr = io::stderr().lock();
+    let _ = stderr.write_all(masked.as_bytes());
+    let _ = stderr.flush();
+}
+
+/// A failed command's error, the last line it writes (`command.failed` with `error` and
+/// `exit_code` in JSON).
+pub fn command_failed(format: LogFormat, message: &str, exit_code: u8) {
+    say(
+        format,
+        tracing::Level::ERROR,
+        "command.failed",
+        "error",
+        message,
+        &[("exit_code", Value::from(exit_code))],
+    );
+}
+
+/// A hint for the operator beside the command's output, in the format [`init`] chose
+/// (`command.hint` with `hint` in JSON).
+pub fn hint(text: &str) {
+    let format = FORMAT.get().copied().unwrap_or(LogFormat::Pretty);
+    say(
+        format,
+        tracing::Level::WARN,
+        "command.hint",
+        "hint",
+        text,
+        &[],
+    );
 }
 
 /// Span fields recorded for the JSON layer.
@@ -332,6 +548,68 @@ mod tests {
         tracing::subscriber::with_default(sub, || tracing::warn!("key was s3cr3t-XYZ"));
         let text = pretty.text();
         assert!(text.contains("key was [redacted]"), "{text}");
+    }
+
+    #[test]
+    fn secrets_are_masked_however_a_line_escapes_them() {
+        // JSON escapes `"` and `\`, and a field recorded with `?` is Debug-quoted (escaped too):
+        // none of those spellings may slip past the mask.
+        let secret = r#"pa"ss\w0rd-9"#;
+        let logs = CapturedLogs::default();
+        tracing::subscriber::with_default(json_subscriber(&logs, vec![secret.into()]), || {
+            tracing::info!(header = %format!("Bearer {secret}"), "display");
+            tracing::info!(token = ?secret, "debug");
+            tracing::info!("in the message: {secret}");
+        });
+        let text = logs.text();
+        for escaped in [r#"pa\"ss"#, r#"pa\\\"ss"#, "ss\\w0rd", "w0rd-9"] {
+            assert!(!text.contains(escaped), "{escaped} in {text}");
+        }
+        assert_eq!(text.matches("[redacted]").count(), 3, "{text}");
+        for line in logs.json_lines().unwrap() {
+            assert!(line["message"].as_str().is_some(), "{line:?}");
+        }
+
+        let pretty = CapturedLogs::default();
+        let sub = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(RedactingWriter::new(pretty.clone(), vec![secret.into()]))
+                .with_ansi(false),
+        );
+        tracing::subscriber::with_default(sub, || tracing::warn!(token = ?secret, "m"));
+        let text = pretty.text();
+        assert!(!text.contains("w0rd-9"), "{text}");
+        assert!(
+            text.contains("token=[redacted]") || text.contains("token=\"[redacted]\""),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_secret_learnt_while_running_is_masked_from_then_on() {
+        let secrets = Secrets::new(vec!["configured-key".into()]);
+        let logs = CapturedLogs::default();
+        let sub = tracing_subscriber::registry()
+            .with(EnvFilter::new("trace"))
+            .with(JsonLayer::new(RedactingWriter::with_secrets(
+                logs.clone(),
+                secrets.clone(),
+            )));
+        tracing::subscriber::with_default(sub, || {
+            secrets.add_learnt("rotated-token-1");
+            tracing::info!(token = "rotated-token-1", key = "configured-key", "after");
+        });
+        let text = logs.text();
+        assert!(!text.contains("rotated-token-1"), "{text}");
+        assert!(!text.contains("configured-key"), "{text}");
+        assert!(secrets.contains("rotated-token-1"));
+        // Only the newest learnt secrets are kept; the configured ones stay for good.
+        for n in 0..MAX_LEARNT_SECRETS {
+            secrets.add_learnt(&format!("later-token-{n}"));
+        }
+        assert!(!secrets.contains("rotated-token-1"));
+        assert!(secrets.contains("configured-key"));
+        assert!(secrets.contains(&format!("later-token-{}", MAX_LEARNT_SECRETS - 1)));
     }
 
     #[test]

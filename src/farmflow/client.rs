@@ -367,12 +367,12 @@ impl FarmflowClient {
         .iter()
         .any(|word| lower.contains(word))
         {
-            return self.auth_error(raw.status.as_u16(), &self.core.redact(&message));
+            return self.auth_error(raw.status.as_u16(), &self.core.excerpt(message.as_bytes()));
         }
         ApiError::Validation {
             api: Api::Farmflow,
             status: raw.status.as_u16(),
-            message: excerpt_text(&self.core.redact(&message)),
+            message: self.core.excerpt(message.as_bytes()),
         }
     }
 
@@ -420,7 +420,7 @@ impl FarmflowClient {
             .ok()
             .and_then(|v| crate::http::lenient::error_message(&v));
         let text = match message {
-            Some(message) => excerpt_text(&self.core.redact(&message)),
+            Some(message) => self.core.excerpt(message.as_bytes()),
             None => self.core.excerpt(&raw.body),
         };
         if text.is_empty() {

@@ -905,7 +905,7 @@ impl KountaClient {
     /// The CRM's explanation of an error answer, or an excerpt of a body that is not JSON.
     fn explanation(&self, raw: &Raw) -> String {
         let text = match decode::error_message(&raw.body) {
-            Some(message) => crate::http::excerpt_text(&self.core.redact(&message)),
+            Some(message) => self.core.excerpt(message.as_bytes()),
             None => self.core.excerpt(&raw.body),
         };
         if text.is_empty() {

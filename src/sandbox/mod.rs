@@ -204,6 +204,62 @@ impl Sandbox {
         )
     }
 
+    /// A complete farmsync config for these fakes, to save as a file: their URLs and
+    /// credentials (basic auth; the OAuth refresh token and the webhook signing token are
+    /// there, commented or unused, for trying those), with the state DB at `state_path`.
+    pub fn config_toml(&self, state_path: &std::path::Path) -> String {
+        let k = &self.kounta;
+        let f = &self.farmflow;
+        let q = |text: &str| toml::Value::String(text.to_owned()).to_string();
+        format!(
+            "{SANDBOX_CONFIG_FIRST_LINE}\n\
+             # {kounta_url} and {farmflow_url}, valid while that sandbox runs. Try:\n\
+             #   farmsync --config FILE check\n\
+             #   farmsync --config FILE sync --dry-run\n\
+             #   farmsync --config FILE sync\n\
+             \n\
+             [state]\n\
+             # Removed when the sandbox stops: a new sandbox starts afresh, with new ids.\n\
+             path = {state}\n\
+             \n\
+             [kounta]\n\
+             base_url = {kounta}\n\
+             company_id = {cid}\n\
+             auth = \"basic\"\n\
+             client_id = {client_id}\n\
+             client_secret = {secret}\n\
+             # To try OAuth: auth = \"oauth\" and\n\
+             # refresh_token = {refresh}\n\
+             \n\
+             [farmflow]\n\
+             base_url = {farmflow}\n\
+             api_key = {key}\n\
+             auth_header = {header}\n\
+             auth_prefix = {prefix}\n\
+             \n\
+             [webhooks]\n\
+             # The sandbox CRM signs its deliveries with this token. To receive them: enabled =\n\
+             # true, a shared_secret, then `farmsync --config FILE webhooks register` and\n\
+             # `farmsync --config FILE run`.\n\
+             enabled = false\n\
+             signature_token = {signing}\n\
+             {SANDBOX_CONFIG_LAST_LINE}\n",
+            kounta_url = self.kounta_url(),
+            farmflow_url = self.farmflow_url(),
+            state = q(&state_path.display().to_string()),
+            kounta = q(&self.kounta_url()),
+            cid = k.company_id(),
+            client_id = q(k.client_id()),
+            secret = q(k.client_secret()),
+            refresh = q(&k.refresh_token()),
+            farmflow = q(&self.farmflow_url()),
+            key = q(f.api_key()),
+            header = q(f.auth_header()),
+            prefix = q(f.auth_prefix()),
+            signing = q(k.signature_token()),
+        )
+    }
+
     /// Stops both fakes: open connections are dropped (hung requests included) and pending
     /// webhook deliveries abandoned; returns when every task has ended.
     pub async fn shutdown(self) {
@@ -213,6 +269,12 @@ impl Sandbox {
     }
 }
 
+/// The first line of [`Sandbox::config_toml`].
+pub const SANDBOX_CONFIG_FIRST_LINE: &str = "# farmsync config for the sandbox at";
+
+/// The last line of [`Sandbox::config_toml`]: what to copy ends here.
+pub const SANDBOX_CONFIG_LAST_LINE: &str = "# end of the farmsync config";
+
 /// Serves both fakes loaded with `data` until `shutdown` completes, printing their URLs and
 /// credentials to stdout first (`farmsync sandbox`).
 pub async fn serve(
@@ -220,11 +282,34 @@ pub async fn serve(
     data: SampleData,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(
+        options,
+        data,
+        |sandbox| {
+            println!("{}", sandbox.banner());
+            Ok(())
+        },
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`], with `announce` saying what is served once both fakes listen and hold `data`
+/// (an error from it stops the sandbox).
+pub async fn serve_with(
+    options: SandboxOptions,
+    data: SampleData,
+    announce: impl FnOnce(&Sandbox) -> std::io::Result<()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let sandbox = Sandbox::start(options).await?;
     sandbox
         .seed(&data)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    println!("{}", sandbox.banner());
+    if let Err(e) = announce(&sandbox) {
+        sandbox.shutdown().await;
+        return Err(e);
+    }
     shutdown.await;
     sandbox.shutdown().await;
     Ok(())

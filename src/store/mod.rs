@@ -11,6 +11,7 @@ mod model;
 mod ops;
 mod schema;
 mod shared;
+mod tokens;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -26,6 +27,7 @@ pub use ledger::RequestLedger;
 pub use model::{FieldChange, Link, LinkState, Parked};
 pub use ops::{AnnouncedHealth, MetricLabels, MetricOp, MetricUpdate, MetricValue};
 pub use shared::{KOUNTA_TOKENS, SharedStore};
+pub use tokens::DbTokens;
 
 use crate::customer::Customer;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
@@ -47,7 +49,7 @@ pub enum StoreError {
     },
     /// The DB is older than this farmsync and must be migrated by a writer first.
     #[error(
-        "the state DB {path} has schema version {found}; run `farmsync sync` once to upgrade it to {supported}"
+        "the state DB {path} has schema version {found}, older than this farmsync's {supported}; run farmsync sync or restart the service to upgrade the state DB (commands that only read never change it)"
     )]
     NeedsMigration {
         path: PathBuf,
@@ -201,6 +203,8 @@ pub struct Attention {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Opened with [`Store::open_read_only`]: every write fails.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -231,6 +235,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_owned(),
+            read_only: false,
         };
         store.migrate()?;
         for suffix in ["-wal", "-shm"] {
@@ -247,12 +252,15 @@ impl Store {
         let mut store = Store {
             conn,
             path: PathBuf::from(":memory:"),
+            read_only: false,
         };
         store.migrate()?;
         Ok(store)
     }
 
-    /// Opens an existing state DB read-only; creates nothing (for `status`).
+    /// Opens an existing state DB read-only, for the commands that only read it (`status`,
+    /// `check`, `sync --dry-run`): creates nothing and never migrates. A DB older than this
+    /// farmsync is [`StoreError::NeedsMigration`]: a writer (`sync`, `run`) upgrades it.
     pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_owned()));
@@ -265,6 +273,7 @@ impl Store {
         let store = Store {
             conn,
             path: path.to_owned(),
+            read_only: true,
         };
         let found = store.schema_version()?;
         if found > schema::CURRENT_VERSION {
@@ -287,6 +296,11 @@ impl Store {
     /// The DB's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether this store was opened read-only ([`Store::open_read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Whether this store lives in memory only ([`Store::open_in_memory`]).

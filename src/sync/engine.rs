@@ -232,6 +232,12 @@ pub fn request_ledger(path: &Path) -> Result<Arc<dyn GrantLedger>, StoreError> {
     Ok(Arc::new(RequestLedger::open(path)?))
 }
 
+/// [`request_ledger`] for a process that only reads the state DB (`check`, a dry run): it
+/// counts the others' requests and records none of its own.
+pub fn request_ledger_read_only(path: &Path) -> Result<Arc<dyn GrantLedger>, StoreError> {
+    Ok(Arc::new(RequestLedger::open_read_only(path)?))
+}
+
 /// The limiter of `per_minute` requests for `api` (over [`rate_window`]), sharing its grants
 /// through `ledger` when there is one.
 pub fn rate_limiter(
@@ -267,8 +273,31 @@ impl Engine {
         store: SharedStore,
         allow_mass_delete: bool,
     ) -> Result<Engine, ApiError> {
-        let path = store.blocking(|s| (!s.is_in_memory()).then(|| s.path().to_owned()));
-        let ledger = path.and_then(|path| match request_ledger(&path) {
+        let tokens = Arc::new(store.clone());
+        Self::from_settings_with_tokens(settings, store, tokens, allow_mass_delete)
+    }
+
+    /// [`Engine::from_settings`] with rotated OAuth tokens kept in `tokens`: a dry run reads a
+    /// read-only `store` (whose ledger it then only reads) and keeps tokens in the state DB
+    /// through [`crate::store::DbTokens`].
+    pub fn from_settings_with_tokens(
+        settings: &Settings,
+        store: SharedStore,
+        tokens: Arc<dyn crate::kounta::auth::TokenStore>,
+        allow_mass_delete: bool,
+    ) -> Result<Engine, ApiError> {
+        let (path, read_only) = store.blocking(|s| {
+            (
+                (!s.is_in_memory()).then(|| s.path().to_owned()),
+                s.is_read_only(),
+            )
+        });
+        let open_ledger = if read_only {
+            request_ledger_read_only
+        } else {
+            request_ledger
+        };
+        let ledger = path.and_then(|path| match open_ledger(&path) {
             Ok(ledger) => Some(ledger),
             Err(e) => {
                 // The rate still holds within this process.
@@ -276,8 +305,8 @@ impl Engine {
                 None
             }
         });
-        let kounta = KountaClient::new(kounta_options(settings), Arc::new(store.clone()))?
-            .with_rate_limiter(rate_limiter(
+        let kounta =
+            KountaClient::new(kounta_options(settings), tokens)?.with_rate_limiter(rate_limiter(
                 Api::Kounta,
                 settings.kounta.requests_per_minute,
                 ledger.as_ref(),
