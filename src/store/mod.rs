@@ -315,6 +315,21 @@ impl Store {
             .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
+    /// Creates a state DB at `path` as an older farmsync left it: migrated up to `version`
+    /// only. For upgrade tests.
+    #[doc(hidden)]
+    pub fn create_at_version(path: &Path, version: i64) -> Result<(), StoreError> {
+        create_private(path)?;
+        let mut conn = Connection::open(path)?;
+        for (index, sql) in schema::MIGRATIONS.iter().enumerate().take(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", index as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
     fn migrate(&mut self) -> Result<(), StoreError> {
         let found = self.schema_version()?;
         if found > schema::CURRENT_VERSION {

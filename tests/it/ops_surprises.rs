@@ -47,11 +47,7 @@ async fn commands_that_only_read_never_migrate_an_older_state_db() {
     let sb = sandbox().await;
     let w = Workdir::new(&sandbox_config(&sb, ""));
     // A state DB as the previous farmsync left it: schema 1, before the request ledger.
-    Store::open(&w.state_path()).unwrap();
-    let conn = Connection::open(w.state_path()).unwrap();
-    conn.execute_batch("DROP TABLE request_grants; PRAGMA user_version = 1;")
-        .unwrap();
-    drop(conn);
+    Store::create_at_version(&w.state_path(), 1).unwrap();
     let before = std::fs::read(w.state_path()).unwrap();
 
     for args in [
@@ -59,6 +55,9 @@ async fn commands_that_only_read_never_migrate_an_older_state_db() {
         vec!["status", "--json"],
         vec!["check"],
         vec!["sync", "--dry-run"],
+        vec!["history"],
+        vec!["conflicts", "--json"],
+        vec!["deletes"],
     ] {
         let out = run(&w, &args).await;
         let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
