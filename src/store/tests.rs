@@ -496,3 +496,57 @@ mod ledger {
         RequestLedger::open(&path).unwrap();
     }
 }
+
+#[test]
+fn history_keeps_applied_and_unconfirmed_writes_only_and_is_pruned_by_age() {
+    let (_dir, mut store) = temp_store();
+    let mut write = |op: &str, written: Written| {
+        let id = store
+            .begin_intent(&NewIntent {
+                run_id: "r1".into(),
+                side: Side::Kounta,
+                op: op.into(),
+                reference_id: Some(ReferenceId::for_farmflow(FarmflowId(7))),
+                kounta_id: Some(KountaId(70)),
+                farmflow_id: Some(FarmflowId(7)),
+                payload: "{}".into(),
+                watermark: None,
+                cycle: "quick".into(),
+                changes: vec![FieldChange {
+                    field: "phone".into(),
+                    before: "1".into(),
+                    after: "2".into(),
+                }],
+            })
+            .unwrap();
+        store.settle_intent(id, op, None, written).unwrap();
+    };
+    write("update", Written::Applied);
+    write("tag", Written::No);
+    write("unlink", Written::Unconfirmed);
+    let rows = store.history(&HistoryFilter::default()).unwrap();
+    let kept: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(kept, vec![("unlink", "unconfirmed"), ("update", "applied")]);
+    assert!(
+        rows.iter()
+            .all(|e| e.cycle == "quick" && e.kounta_id == Some(70))
+    );
+    let by_crm = store
+        .history(&HistoryFilter {
+            reference: Some("crm:70".into()),
+            limit: Some(1),
+            ..HistoryFilter::default()
+        })
+        .unwrap();
+    assert_eq!(by_crm.len(), 1);
+    assert_eq!(
+        store.prune_history(now() - 60).unwrap(),
+        0,
+        "young rows stay"
+    );
+    assert_eq!(store.prune_history(now() + 1).unwrap(), 2);
+    assert!(store.history(&HistoryFilter::default()).unwrap().is_empty());
+}
