@@ -298,9 +298,11 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     // With OAuth a check may have to refresh, which rotates the refresh token: it then needs
     // the lock; while a daemon holds it, the stored access token is tried first.
     let (tokens, lock) = oauth_tokens_read_only(settings, &rt)?;
-    // Beside a daemon, the check's requests wait for the rate's room; it records none of its
-    // own (it writes nothing to the state DB).
-    let ledger = state.and_then(|_| read_only_ledger(settings));
+    // Beside a daemon or a sync, the check's requests wait for the rate's room and are
+    // recorded in the request ledger, so the others count them too: the rate holds across
+    // processes. That row is all a check ever writes; the state DB is at the current schema
+    // (it was opened read-only above), so nothing is migrated.
+    let ledger = state.and_then(|_| command_ledger(settings));
     let kounta = KountaClient::new(engine::kounta_options(settings), tokens).map(|c| {
         let c = c
             .with_retry_policy(RetryPolicy::none())
@@ -359,19 +361,6 @@ pub fn check(settings: &Settings) -> Result<Exit, CliError> {
     });
     report("farmflow", f);
     Ok(failed.unwrap_or(Exit::Ok))
-}
-
-/// The state DB's request ledger, read-only, for `check`: it waits for the other processes'
-/// requests to leave room and records none of its own. `None` when it cannot be opened (the
-/// rate then holds within the command).
-fn read_only_ledger(settings: &Settings) -> Option<Arc<dyn GrantLedger>> {
-    match engine::request_ledger_read_only(&settings.state.path) {
-        Ok(ledger) => Some(ledger),
-        Err(e) => {
-            tracing::warn!(error = %e, "http.ratelimit.unshared");
-            None
-        }
-    }
 }
 
 /// The state DB's request ledger, for a command that may run beside a daemon or right after a
