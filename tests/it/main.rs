@@ -15,6 +15,7 @@ mod daemon_support;
 mod daemon_units;
 mod daemon_worker;
 mod proof_crash;
+mod proof_crash_scope;
 mod proof_daemon;
 mod proof_input;
 mod proof_security;

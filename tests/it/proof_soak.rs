@@ -1016,6 +1016,7 @@ fn the_soak_checks_see_losses_duplicates_and_one_sided_people() {
         ff,
         links: Vec::new(),
         unsettled: Vec::new(),
+        queue: Vec::new(),
     };
     let model = Model::default();
     let before = world(vec![crm(1, 1)], vec![ff(301, 1), ff(302, 2)]);
