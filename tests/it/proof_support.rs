@@ -300,9 +300,10 @@ impl World {
     }
 
     /// What a settled deletion queue must not hold: an entry a person decided (a cycle carries
-    /// every decision out, then takes the entry off), or an entry whose link is a tombstone or
-    /// gone (its deletion was applied, or its twin recreated under a new link): either would
-    /// wait in `farmsync deletes` and `status` forever.
+    /// every decision out, then takes the entry off) unless its link waits by design (parked,
+    /// or its delete blocked by an order), or an entry whose link is a tombstone or gone (its
+    /// deletion was applied, or its twin recreated under a new link): either would wait in
+    /// `farmsync deletes` and `status` forever.
     pub fn queue_problems(&self) -> Vec<String> {
         let by_reference: BTreeMap<&str, &Link> = self
             .links
@@ -311,13 +312,18 @@ impl World {
             .collect();
         let mut out = Vec::new();
         for q in &self.queue {
-            if let Some(decision) = q.decision {
+            let link = by_reference.get(q.reference_id.as_str());
+            let waits =
+                link.is_some_and(|l| l.parked.is_some() || l.state == LinkState::DeleteBlocked);
+            if let Some(decision) = q.decision
+                && !waits
+            {
                 out.push(format!(
                     "queued {} of {} was {decision:?} but is still queued",
                     q.action, q.reference_id
                 ));
             }
-            match by_reference.get(q.reference_id.as_str()) {
+            match link {
                 None => out.push(format!(
                     "queued {} of {} names no link",
                     q.action, q.reference_id
