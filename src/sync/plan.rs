@@ -1209,6 +1209,21 @@ impl<'a> Planner<'a> {
             });
             return;
         }
+        if let Some(reason) = self
+            .w
+            .full
+            .get(&d.kounta_id)
+            .and_then(|r| self.w.policy.parked_by(&r.tags))
+        {
+            // Out of scope (DESIGN.md, "Operator control"), as a parked link is: the CRM customer
+            // is left alone — the deletion neither shown nor, rejected by a person, undone by a
+            // recreation in FarmFlow — until it is in scope again.
+            self.actions.push(Action::Skip {
+                subject: Subject::Kounta(d.kounta_id),
+                reason: SkipReason::Parked { reason },
+            });
+            return;
+        }
         if !self.w.input.direct.farmflow_gone.contains(&d.farmflow_id) {
             // Absent from FarmFlow's list only: read it by id before tagging or tombstoning.
             self.needs_farmflow_reads.insert(d.farmflow_id);

@@ -635,6 +635,51 @@ fn a_reference_to_a_deleted_farmflow_customer_becomes_a_tombstone() {
     assert_converged(&mut sim);
 }
 
+/// A CRM customer out of scope is left alone when its reference names a deleted FarmFlow
+/// customer too, as a parked link is: neither tagged nor (the deletion rejected) recreated in
+/// FarmFlow. `sync_model_scope` found the recreation of an untagged one after a lost state DB
+/// (`known_scope_a_rejected_dangling_deletion_of_an_untagged_customer`).
+#[test]
+fn a_reference_to_a_deleted_farmflow_customer_out_of_scope_is_left_alone() {
+    for (tags, kounta_tag) in [
+        (vec!["farmsync-pause"], ""),
+        (vec!["Newsletter"], "wholesale"),
+    ] {
+        let mut sim = Sim::default();
+        sim.policy.kounta_tag = kounta_tag.to_owned();
+        let mut k = kounta(1, "Old", "Gone", "old@example.com", "");
+        k.reference_id = "farmflow:77".into();
+        k.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        sim.add_kounta(k);
+        for i in 0..3 {
+            let mut k = kounta(10 + i, "Live", "One", &format!("l{i}@example.com"), "");
+            k.reference_id = format!("farmflow:{}", 100 + i);
+            k.tags = vec!["wholesale".into()];
+            sim.add_kounta(k);
+            sim.add_farmflow(
+                100 + i,
+                farmflow("Live", "One", &format!("l{i}@example.com"), ""),
+            );
+        }
+        let p = sim.sync(Reads::All);
+        assert_eq!(p.counts.tagged, 0, "{tags:?}: {:#?}", p.actions);
+        assert_eq!(p.counts.farmflow_creates + p.counts.recreated, 0);
+        assert!(sim.link_of(FarmflowId(77)).is_none(), "{tags:?}");
+        assert!(
+            p.actions.iter().any(|a| matches!(
+                a,
+                Action::Skip {
+                    subject: Subject::Kounta(KountaId(1)),
+                    reason: SkipReason::Parked { .. },
+                }
+            )),
+            "{:#?}",
+            p.actions
+        );
+        assert_converged(&mut sim);
+    }
+}
+
 #[test]
 fn a_lost_state_db_relinks_through_reference_ids_with_no_creates() {
     let mut sim = Sim::default();
