@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::support::{farmsync, text};
 use crate::sync_matrix::three_linked;
 use crate::sync_support::{
-    Harness, assert_no_duplicates, assert_settled_state, crm_person, ff_person, link_state,
-    linked_people,
+    Harness, assert_in_agreement, assert_no_duplicates, assert_settled_state, crm_person,
+    ff_person, link_state, linked_people,
 };
 
 /// Runs the binary on the harness's state DB (no credentials: these commands need none).
@@ -747,6 +747,35 @@ async fn a_lost_crm_create_taken_out_of_scope_before_its_recovery_is_parked_not_
         parked.contains(&(gil_f, Some(Parked::Untagged))),
         "{parked:?}"
     );
+}
+
+/// The settled-state checks know that a deletion waiting for a person leaves its link as it
+/// is, and that a customer out of scope is left alone (it may disagree); an in-scope customer
+/// that disagrees is still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_state_checks_allow_waiting_deletions_and_parked_customers() {
+    let h = Harness::with_settings(&[
+        ("sync.deletes", "approve"),
+        ("sync.kounta_tag", "wholesale"),
+    ])
+    .await;
+    let pairs = linked_people(&h, 4).await;
+    let (gone_k, _) = pairs[0];
+    let (parked_k, parked_f) = pairs[1];
+    let (_, edited_f) = pairs[2];
+    h.sb.kounta().backoffice_delete(gone_k);
+    h.sb.kounta().edit(parked_k, |c| c.tags.clear());
+    h.run_ok().await;
+    h.sb.farmflow().edit(parked_f, |c| c.city = "Cowra".into());
+    h.converge().await;
+    assert_eq!(h.run_ok().await.summary.queued, 1);
+    assert_settled_state(&h).await;
+
+    h.sb.farmflow().edit(edited_f, |c| c.city = "Cowra".into());
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_in_agreement(&h);
+    }));
+    assert!(caught.is_err(), "an in-scope disagreement is caught");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
