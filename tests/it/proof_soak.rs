@@ -1273,7 +1273,8 @@ async fn soak(mode: Mode) {
         "{label} seed {seed}:\n{}",
         violations.join("\n")
     );
-    if model.wholesale {
+    // A soak of a few runs (an exact replay of an early failure) may decide nothing.
+    if model.wholesale && cycles >= 30 {
         let did = |what: &str| ops.0.get(what).copied().unwrap_or(0);
         assert!(
             did("farmflow delete approved") + did("crm tag approved") > 0
