@@ -2243,10 +2243,20 @@ fn check_settled_scope(
 async fn scenario(ops: Vec<Op>, arming: Arming, scope: Option<Deletes>) -> Tally {
     let mut options = SandboxOptions::default();
     options.kounta.page_size = PAGE_SIZE;
+    // The scope model's few people make a deletion or two a large share of the links: the
+    // guard (which has its own tests) would hold most of them back, and little would wait for
+    // a person to decide.
     let settings: &[(&str, &str)] = match scope {
         None => &[],
-        Some(Deletes::Auto) => &[("sync.kounta_tag", SCOPE_TAG)],
-        Some(Deletes::Approve) => &[("sync.kounta_tag", SCOPE_TAG), ("sync.deletes", "approve")],
+        Some(Deletes::Auto) => &[
+            ("sync.kounta_tag", SCOPE_TAG),
+            ("sync.max_delete_fraction", "1.0"),
+        ],
+        Some(Deletes::Approve) => &[
+            ("sync.kounta_tag", SCOPE_TAG),
+            ("sync.max_delete_fraction", "1.0"),
+            ("sync.deletes", "approve"),
+        ],
     };
     let h = Harness::start_with(options, settings).await;
     let mut case = Case {
@@ -2546,6 +2556,28 @@ fn known_scope_a_rejected_dangling_deletion_of_an_untagged_customer() {
             Op::Sync(Fault::ReadHtml(Read::CrmList, 1)),
             Op::Scope(1, ScopeOp::Untag),
             Op::Decide(0, false),
+        ],
+    );
+}
+
+/// A deletion is queued (P3 deleted in the CRM), then a person deletes P3 in FarmFlow too
+/// and rejects the queued deletion: nothing is left to carry out, and the entry must leave
+/// the queue rather than wait there for ever (fixed with the crash campaign's finding: a
+/// queued deletion whose link is a tombstone leaves the queue).
+#[test]
+fn known_scope_a_queued_deletion_whose_customer_goes_from_both_sides_leaves_the_queue() {
+    replay_scope(
+        Deletes::Approve,
+        vec![
+            Op::New(Side::Crm, 3, Contact::Both),
+            Op::Walkin(0, Contact::Both),
+            Op::New(Side::Crm, 0, Contact::Both),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Crm, 3),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Ff, 3),
+            Op::Sync(Fault::Clean),
+            Op::DecideAll(false),
         ],
     );
 }
