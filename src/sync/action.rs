@@ -547,7 +547,8 @@ pub enum Action {
     },
     /// Take a link off the deletion queue: its deletion was applied, it was rejected and the
     /// twin recreated, or the record read back (it reappeared). Follows the subject's writes,
-    /// so a failed write leaves the entry queued.
+    /// so a failed write leaves the entry queued; a run that stopped between the two leaves a
+    /// tombstone, which the next plan takes off the queue.
     Unqueue {
         /// The link.
         reference_id: ReferenceId,

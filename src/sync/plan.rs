@@ -673,6 +673,21 @@ impl<'a> Planner<'a> {
 
     fn plan_link(&mut self, link: &'a Link) {
         if link.state == LinkState::Tombstone {
+            if self
+                .w
+                .input
+                .decisions
+                .queued
+                .contains_key(&link.reference_id)
+            {
+                // Nothing is left to decide: the deletion was carried out, or the twin recreated
+                // under a new link, by a run that stopped before it took the entry off the queue
+                // (or the record went from both sides meanwhile).
+                self.actions.push(Action::Unqueue {
+                    reference_id: link.reference_id.clone(),
+                    why: "its link is a tombstone; nothing is left to decide",
+                });
+            }
             if self.w.farmflow.contains_key(&link.farmflow_id) {
                 self.skip_link(link, SkipReason::LinkedToTombstone);
                 self.attention.push(Attention {
@@ -1202,6 +1217,21 @@ impl<'a> Planner<'a> {
             self.actions.push(Action::Skip {
                 subject: Subject::Kounta(d.kounta_id),
                 reason: SkipReason::GuardTripped,
+            });
+            return;
+        }
+        if let Some(reason) = self
+            .w
+            .full
+            .get(&d.kounta_id)
+            .and_then(|r| self.w.policy.parked_by(&r.tags))
+        {
+            // Out of scope (DESIGN.md, "Operator control"), as a parked link is: the CRM customer
+            // is left alone — the deletion neither shown nor, rejected by a person, undone by a
+            // recreation in FarmFlow — until it is in scope again.
+            self.actions.push(Action::Skip {
+                subject: Subject::Kounta(d.kounta_id),
+                reason: SkipReason::Parked { reason },
             });
             return;
         }

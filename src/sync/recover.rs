@@ -120,9 +120,6 @@ async fn settle_kounta_create(
         warn!(reference_id = %reference, count = ids.len(), "sync.journal.duplicates");
     }
     reread.extend(ids.iter().copied());
-    // A recreation's link still names the deleted CRM customer: move it to the new one, with
-    // no CRM snapshot, so the next plan compares both sides afresh and never reads the old
-    // customer's absence as a deletion.
     let existing = engine
         .store
         .call({
@@ -130,13 +127,38 @@ async fn settle_kounta_create(
             move |s| s.link(&reference)
         })
         .await?;
-    if let Some(mut link) = existing
-        && link.kounta_id != Some(kounta_id)
-    {
-        link.kounta_id = Some(kounta_id);
-        link.kounta_snapshot = None;
-        link.kounta_verified = false;
-        link.state = LinkState::Active;
+    let row = match existing {
+        // A recreation's link still names the deleted CRM customer: move it to the new one,
+        // with no CRM snapshot, so the next plan compares both sides afresh and never reads the
+        // old customer's absence as a deletion.
+        Some(mut link) if link.kounta_id != Some(kounta_id) => {
+            link.kounta_id = Some(kounta_id);
+            link.kounta_snapshot = None;
+            link.kounta_verified = false;
+            link.state = LinkState::Active;
+            Some(link)
+        }
+        Some(_) => None,
+        // A create's link, as its answer would have stored it, without snapshots (the next plan
+        // compares both sides afresh). Left to the plan's matching, a customer a person paused
+        // or took the `kounta_tag` off meanwhile would not be linked as created — it would be
+        // re-tagged, or, unlinked, created again once a listing left it out.
+        None => Some(Link {
+            reference_id: reference.clone(),
+            farmflow_id: reference.farmflow_id(),
+            kounta_id: Some(kounta_id),
+            kounta_snapshot: None,
+            farmflow_snapshot: None,
+            kounta_verified: false,
+            state: LinkState::Active,
+            last_verified_at: None,
+            last_synced_at: Some(now()),
+            last_error: None,
+            consecutive_failures: 0,
+            parked: None,
+        }),
+    };
+    if let Some(link) = row {
         engine.store.call(move |s| s.upsert_link(&link)).await?;
     }
     info!(reference_id = %reference, kounta_id = kounta_id.0, "sync.journal.found");

@@ -20,6 +20,7 @@ mod ops_leaks;
 mod ops_metrics;
 mod ops_surprises;
 mod proof_crash;
+mod proof_crash_scope;
 mod proof_daemon;
 mod proof_input;
 mod proof_security;

@@ -8,7 +8,8 @@
 //! A second campaign also kills the recovering run after its first write. A third keeps
 //! listings faulty while the killed run and the two runs after it read them (live customers
 //! left out of both sides' lists, the CRM's pages drifting forward and back, FarmFlow's list
-//! lagging), then turns the faults off for the convergence check.
+//! lagging), then turns the faults off for the convergence check. `proof_crash_scope` runs the
+//! same machinery on a wholesale farm with `deletes = "approve"` and a `kounta_tag`.
 //!
 //! A test-only fault (`FARMSYNC_TEST_FAULT=skip-journal-recovery`, read in
 //! `src/sync/recover.rs` in debug builds only) stops farmsync from settling its journal; the
@@ -25,10 +26,12 @@ use farmsync::sandbox::{
 };
 use tokio::sync::Semaphore;
 
+use farmsync::store::{HistoryEntry, HistoryFilter, Store};
+
 use crate::proof_support::{
-    FAULTY_RERUNS, ListingFaults, Side, World, converge, converge_and_check, kill_after_write,
-    listing_faults_served, omissions_confirmed, run_farmsync, sandbox_config,
-    sync_with_listing_faults,
+    FAULTY_RERUNS, ListingFaults, Side, World, converge, converge_and_check, crm_name, ff_name,
+    fold, kill_after_write, listing_faults_served, omissions_confirmed, run_farmsync,
+    sandbox_config, sync_with_listing_faults,
 };
 use crate::support::{Workdir, text};
 
@@ -44,7 +47,7 @@ static GATE: Semaphore = Semaphore::const_new(3);
 
 /// Whether listings misbehave while the killed run and the runs after it read them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Listings {
+pub(crate) enum Listings {
     /// Every listing is whole and current.
     Whole,
     /// The phase's `listing_faults` are on for the killed run and `FAULTY_RERUNS` runs after
@@ -110,37 +113,81 @@ fn listing_faults(phase: Phase) -> ListingFaults {
             drifts: DRIFTS,
             lag: 2,
         },
+        Phase::WholesaleFirstSync | Phase::WholesaleDecided => {
+            unreachable!("the wholesale campaign keeps its listings whole")
+        }
     }
 }
 
-/// Which run of the scenario is killed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+/// Which run of which scenario is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
     /// The first run over both sides' customers: links, creates and updates.
     FirstSync,
     /// The run after people deleted and edited on both sides: deletes, blocked deletes, tags,
     /// a recreation, updates, a conflict and creates.
     AfterChanges,
+    /// The wholesale farm's first run, with `deletes = "approve"` and a `kounta_tag` (see
+    /// `proof_crash_scope`): links, creates with the tag, a matched twin tagged, updates;
+    /// walk-ins and paused customers left alone.
+    WholesaleFirstSync,
+    /// The wholesale farm's run after a person decided queued deletions: approved ones applied
+    /// (a FarmFlow delete, a CRM tag), rejected ones recreated (on either side), edits,
+    /// creates, a new deletion queued, parked and paused customers left alone.
+    WholesaleDecided,
+}
+
+impl Phase {
+    /// The `[sync]` section farmsync runs this phase with.
+    fn config(self) -> &'static str {
+        match self {
+            Phase::FirstSync | Phase::AfterChanges => "",
+            Phase::WholesaleFirstSync | Phase::WholesaleDecided => crate::proof_crash_scope::CONFIG,
+        }
+    }
+
+    /// The customers both sides hold when the phase's sandbox starts.
+    fn data(self) -> SampleData {
+        match self {
+            Phase::FirstSync | Phase::AfterChanges => scenario(),
+            Phase::WholesaleFirstSync | Phase::WholesaleDecided => {
+                crate::proof_crash_scope::wholesale_farm()
+            }
+        }
+    }
+
+    /// The phase's own rules, which every outcome of it (crashed or not) must keep.
+    fn rules(self, world: &World) -> Vec<String> {
+        match self {
+            Phase::FirstSync | Phase::AfterChanges => Vec::new(),
+            Phase::WholesaleFirstSync => crate::proof_crash_scope::rules(false, world),
+            Phase::WholesaleDecided => crate::proof_crash_scope::rules(true, world),
+        }
+    }
 }
 
 /// The k-th write of the uncrashed run: which side, which write of that side, what it was.
 #[derive(Debug, Clone)]
-struct CrashPoint {
-    phase: Phase,
-    k: usize,
-    side: Side,
+pub(crate) struct CrashPoint {
+    pub(crate) phase: Phase,
+    pub(crate) k: usize,
+    pub(crate) side: Side,
     nth: u64,
-    what: String,
+    /// The request: side, endpoint, path.
+    pub(crate) what: String,
+    /// The write as the uncrashed run's history keeps it: side, action and whose record
+    /// (`kounta tag fern0 field`); empty when the history does not line up with the requests.
+    pub(crate) op: String,
 }
 
 /// What one crash point came to.
 #[derive(Debug)]
-struct Verdict {
-    point: CrashPoint,
+pub(crate) struct Verdict {
+    pub(crate) point: CrashPoint,
     /// Invariant violations; empty when the point passed.
-    violations: Vec<String>,
+    pub(crate) violations: Vec<String>,
     /// Runs after the crash, the last of which wrote nothing.
-    reruns: usize,
+    pub(crate) reruns: usize,
     /// The recovering run was killed after its first write too.
     killed_twice: bool,
     /// Live records the listings left out (or showed stale) while the faults were on.
@@ -283,11 +330,15 @@ fn people_change(sb: &Sandbox) {
 async fn prepare(phase: Phase, data: &SampleData) -> (Sandbox, Workdir) {
     let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
     sb.seed(data).unwrap();
-    let w = Workdir::new(&sandbox_config(&sb, ""));
-    if phase == Phase::AfterChanges {
-        let out = run_farmsync(&w, &["sync"], &[]).await;
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        people_change(&sb);
+    let w = Workdir::new(&sandbox_config(&sb, phase.config()));
+    match phase {
+        Phase::AfterChanges => {
+            let out = run_farmsync(&w, &["sync"], &[]).await;
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+            people_change(&sb);
+        }
+        Phase::WholesaleDecided => crate::proof_crash_scope::prepare_decided(&sb, &w).await,
+        Phase::FirstSync | Phase::WholesaleFirstSync => {}
     }
     sb.kounta().reset_stats();
     sb.farmflow().reset_stats();
@@ -305,8 +356,10 @@ async fn uncrashed(
     if let Some(faults) = listings.killed(phase) {
         faults.arm(&sb);
     }
+    let history_before = history(&w).len();
     let out = run_farmsync(&w, &["sync"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let written = history(&w).split_off(history_before);
 
     let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
     for r in sb.kounta().request_log() {
@@ -321,7 +374,15 @@ async fn uncrashed(
     }
     log.sort_by_key(|(at, _, _)| *at);
     let (mut kounta, mut farmflow) = (0, 0);
-    let points = log
+    let lined_up = written.len() == log.len()
+        && written.iter().zip(&log).all(|(h, (_, side, _))| {
+            h.side
+                == match side {
+                    Side::Kounta => "kounta",
+                    Side::Farmflow => "farmflow",
+                }
+        });
+    let mut points: Vec<CrashPoint> = log
         .into_iter()
         .enumerate()
         .map(|(i, (_, side, what))| {
@@ -341,6 +402,7 @@ async fn uncrashed(
                 side,
                 nth,
                 what,
+                op: String::new(),
             }
         })
         .collect();
@@ -368,7 +430,60 @@ async fn uncrashed(
         "{:?}",
         world.broken_links()
     );
+    let (queue, rules) = (world.queue_problems(), phase.rules(&world));
+    assert!(queue.is_empty(), "{phase:?}, uncrashed: {queue:?}");
+    assert!(rules.is_empty(), "{phase:?}, uncrashed: {rules:?}");
+    if lined_up {
+        for (point, h) in points.iter_mut().zip(&written) {
+            point.op = format!("{} {} {}", h.side, h.action, whose(h, &world));
+        }
+    }
+    sb.shutdown().await;
     (points, world)
+}
+
+/// Every history row of the state DB behind `w`, oldest first (none before the first run).
+fn history(w: &Workdir) -> Vec<HistoryEntry> {
+    if !w.state_path().exists() {
+        return Vec::new();
+    }
+    let store = Store::open_read_only(&w.state_path()).expect("state DB");
+    let mut rows = store.history(&HistoryFilter::default()).expect("history");
+    rows.reverse();
+    rows
+}
+
+/// Whose record a history row wrote: the name its CRM or FarmFlow customer has in `world`, or
+/// the name the write set or removed.
+fn whose(h: &HistoryEntry, world: &World) -> String {
+    let crm = h
+        .kounta_id
+        .and_then(|k| world.crm.iter().find(|c| c.id == k))
+        .map(crm_name);
+    let ff = || {
+        h.farmflow_id
+            .and_then(|f| world.ff.iter().find(|c| c.id == f))
+            .map(ff_name)
+    };
+    let written = || {
+        let value = |field: &str| {
+            h.changes.iter().find(|c| c.field == field).map(|c| {
+                fold(if c.after.is_empty() {
+                    &c.before
+                } else {
+                    &c.after
+                })
+            })
+        };
+        Some(format!(
+            "{} {}",
+            value("first_name")?,
+            value("last_name").unwrap_or_default()
+        ))
+    };
+    crm.or_else(ff)
+        .or_else(written)
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// Where the killed runs of a crash point log (appended, one after the other).
@@ -457,6 +572,9 @@ async fn crash_at(
 
     let (found, reruns) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;
     violations.extend(found);
+    if let Ok(world) = World::read(&sb, &w.state_path()) {
+        violations.extend(point.phase.rules(&world));
+    }
     sb.shutdown().await;
     Verdict {
         point,
@@ -469,16 +587,16 @@ async fn crash_at(
 }
 
 /// Every crash point of the runs of `phases`, a few at a time, in order.
-async fn campaign(
+pub(crate) async fn campaign(
     phases: &[Phase],
     fault_env: &'static [(&'static str, &'static str)],
     twice: bool,
     listings: Listings,
 ) -> (usize, Vec<Verdict>) {
-    let data = Arc::new(scenario());
     let mut tasks = tokio::task::JoinSet::new();
     let mut total = 0;
     for &phase in phases {
+        let data = Arc::new(phase.data());
         let (points, expected) = uncrashed(phase, &data, listings).await;
         let expected = Arc::new(expected);
         total += points.len();
@@ -494,21 +612,26 @@ async fn campaign(
     while let Some(v) = tasks.join_next().await {
         verdicts.push(v.expect("crash point task"));
     }
-    verdicts.sort_by_key(|v| (v.point.phase == Phase::AfterChanges, v.point.k));
+    verdicts.sort_by_key(|v| (v.point.phase, v.point.k));
     (total, verdicts)
 }
 
 /// Fails listing every crash point that broke an invariant.
-fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
+pub(crate) fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
     let failed: Vec<String> = verdicts
         .iter()
         .filter(|v| !v.violations.is_empty())
         .map(|v| {
             format!(
-                "{:?} k={} ({}): {}",
+                "{:?} k={} ({}{}): {}",
                 v.point.phase,
                 v.point.k,
                 v.point.what,
+                if v.point.op.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", v.point.op)
+                },
                 v.violations.join("\n    ")
             )
         })
@@ -740,6 +863,7 @@ fn the_checks_see_duplicates_dangling_links_and_lost_customers() {
         }],
         links: vec![link(301, 1)],
         unsettled: Vec::new(),
+        queue: Vec::new(),
     };
     assert!(healthy.duplicate_people().is_empty());
     assert!(healthy.broken_links().is_empty());

@@ -12,6 +12,17 @@
 //! n runs instead of a time bound (for an exact replay of a printed run count).
 //! `FARMSYNC_SOAK_LISTING=any` lets the listing faults hide anyone, including the records whose
 //! absence the engine cannot yet question (see `ListingFaults`).
+//!
+//! The wholesale soak (`random_people_and_faults_with_deletes_waiting_for_a_person_...`) runs
+//! the same with `[sync] deletes = "approve"` and `kounta_tag = "wholesale"`: most CRM customers
+//! people type in carry the tag, walk-ins do not; people also add and remove the tag and the
+//! pause tag; between runs a person approves or rejects queued deletions through the store API.
+//! After every run, besides the checks above: nothing left FarmFlow and no CRM customer was
+//! tagged `farmflow-deleted` unless a person approved it, farmsync created no FarmFlow customer
+//! from a CRM customer out of scope (untagged or paused), and neither side of a paused
+//! customer, or of a link parked while its CRM customer is still out of scope, was written.
+//! Once converged, the deletion queue holds no decision left undone. It soaks 12 s by default;
+//! the same variables steer it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -25,7 +36,9 @@ use farmsync::sandbox::{
     Access, Endpoint, FarmflowEndpoint, FarmflowRecord, Fault, FaultAction, KountaEndpoint,
     KountaRecord, KountaRecordAddress, RequestRecord, Sandbox, SandboxOptions, When,
 };
-use farmsync::store::{LinkState, SharedStore, Side as StoreSide, Store};
+use farmsync::store::{
+    DeleteDecision, LinkState, QueuedDelete, SharedStore, Side as StoreSide, Store,
+};
 use farmsync::sync::engine::{Engine, Outcome, RunOptions, farmflow_options, kounta_options};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -34,6 +47,33 @@ use crate::proof_support::{World, digits, fold, listing_faults_served};
 
 /// The tag the CRM customer gets when FarmFlow loses it (the default `deleted_tag`).
 const DELETED_TAG: &str = "farmflow-deleted";
+/// The wholesale soak's `kounta_tag`.
+const SCOPE_TAG: &str = "wholesale";
+/// The default `pause_tag`.
+const PAUSE_TAG: &str = "farmsync-pause";
+/// In the wholesale soak, the chance that a person's action adds or removes a tag.
+const SCOPE_OP_RATE: f64 = 0.1;
+/// In the wholesale soak, the chance that a CRM customer a person types in is wholesale.
+const TAGGED_RATE: f64 = 0.8;
+
+/// How farmsync is configured for a soak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The defaults: deletions applied at once, every CRM customer in scope.
+    Default,
+    /// `deletes = "approve"` and `kounta_tag = "wholesale"`.
+    Wholesale,
+}
+
+/// Whether a tag list holds `tag` (as farmsync compares them: trimmed, any case).
+fn has(tags: &[String], tag: &str) -> bool {
+    tags.iter().any(|t| t.trim().eq_ignore_ascii_case(tag))
+}
+
+/// Whether a CRM customer syncs in the wholesale soak: it carries the tag and is not paused.
+fn in_scope(c: &KountaRecord) -> bool {
+    has(&c.tags, SCOPE_TAG) && !has(&c.tags, PAUSE_TAG)
+}
 /// The client's per-request timeout: hangs cost this much each.
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// Runs after the faults stop before one writes nothing: DESIGN.md promises agreement within
@@ -75,12 +115,34 @@ struct Model {
     ff_tokens: BTreeMap<i64, u32>,
     /// People entered on both sides whom no run has linked yet.
     unlinked_twins: BTreeSet<u32>,
+    /// The soak runs with `deletes = "approve"` and `kounta_tag` (`Mode::Wholesale`).
+    wholesale: bool,
+    /// FarmFlow ids whose queued deletion a person approved, while the entry is queued.
+    ff_delete_approved: BTreeSet<i64>,
+    /// CRM ids whose queued tag (FarmFlow lost the customer) a person approved, while queued.
+    tag_approved: BTreeSet<i64>,
 }
 
 impl Model {
     /// Whether the record with this last name is a twin no run has linked yet.
     fn is_unlinked_twin(&self, last_name: &str) -> bool {
         token(last_name).is_some_and(|t| self.unlinked_twins.contains(&t))
+    }
+
+    /// Forgets approvals whose entry left the queue: carried out, or its record came back.
+    fn prune_approvals(&mut self, queue: &[QueuedDelete]) {
+        let ff: BTreeSet<i64> = queue
+            .iter()
+            .filter(|q| q.action == "delete_farmflow")
+            .map(|q| q.farmflow_id)
+            .collect();
+        let crm: BTreeSet<i64> = queue
+            .iter()
+            .filter(|q| q.action != "delete_farmflow")
+            .filter_map(|q| q.kounta_id)
+            .collect();
+        self.ff_delete_approved.retain(|id| ff.contains(id));
+        self.tag_approved.retain(|id| crm.contains(id));
     }
 
     /// Remembers whose every FarmFlow record in `world` is, and which twins are linked now.
@@ -149,11 +211,24 @@ fn person_acts(sb: &Sandbox, model: &mut Model, ops: &mut Ops, rng: &mut StdRng)
     let ff = sb.farmflow().customers();
     model.next_version += 1;
     let version = model.next_version;
+    if model.wholesale && rng.random_bool(SCOPE_OP_RATE) {
+        scope_acts(sb, &crm, ops, rng);
+        return;
+    }
+    // In the wholesale soak most CRM customers people type in are wholesale; the rest are
+    // walk-ins, which never reach FarmFlow.
+    let mode = model.wholesale;
+    let wholesale = |c: &mut KountaRecord, rate: f64, rng: &mut StdRng| {
+        if mode && rng.random_bool(rate) {
+            c.tags.push(SCOPE_TAG.into());
+        }
+    };
     match rng.random_range(0..100) {
         0..15 => {
             model.next_token += 1;
-            sb.kounta()
-                .insert(crm_person(model.next_token, version, rng));
+            let mut c = crm_person(model.next_token, version, rng);
+            wholesale(&mut c, TAGGED_RATE, rng);
+            sb.kounta().insert(c);
             ops.add("crm create");
         }
         15..30 => {
@@ -167,7 +242,9 @@ fn person_acts(sb: &Sandbox, model: &mut Model, ops: &mut Ops, rng: &mut StdRng)
             // Until they are linked nobody edits them, or nothing would say they are one.
             model.next_token += 1;
             let t = model.next_token;
-            let c = crm_person(t, version, rng);
+            let mut c = crm_person(t, version, rng);
+            // An untagged CRM twin is linked (and tagged) all the same, never duplicated.
+            wholesale(&mut c, 0.5, rng);
             let f = FarmflowRecord {
                 firstname: c.first_name.clone(),
                 ..ff_person(t, version, rng)
@@ -240,6 +317,74 @@ fn person_acts(sb: &Sandbox, model: &mut Model, ops: &mut Ops, rng: &mut StdRng)
             ops.add("farmflow recurring order");
         }
         _ => ops.add("nothing (no record to act on)"),
+    }
+}
+
+/// A person adds or removes the wholesale tag or the pause tag of a CRM customer.
+fn scope_acts(sb: &Sandbox, crm: &[KountaRecord], ops: &mut Ops, rng: &mut StdRng) {
+    if crm.is_empty() {
+        ops.add("nothing (no record to act on)");
+        return;
+    }
+    let c = &crm[rng.random_range(0..crm.len())];
+    let (tag, what) = if rng.random_bool(0.6) {
+        (SCOPE_TAG, ["crm tag added", "crm tag removed"])
+    } else {
+        (PAUSE_TAG, ["crm paused", "crm unpaused"])
+    };
+    let had = has(&c.tags, tag);
+    sb.kounta().edit(c.id, |c| {
+        if had {
+            c.tags.retain(|t| !t.trim().eq_ignore_ascii_case(tag));
+        } else {
+            c.tags.push(tag.into());
+        }
+    });
+    ops.add(what[usize::from(had)]);
+}
+
+/// A person looks at the deletion queue and decides some of what waits: approves (remembered
+/// in `model`), rejects, or leaves it for later (`all`: decides everything).
+async fn person_decides(
+    store: &SharedStore,
+    model: &mut Model,
+    ops: &mut Ops,
+    rng: &mut StdRng,
+    all: bool,
+) {
+    let queue = store.call(|s| s.delete_queue()).await.unwrap();
+    model.prune_approvals(&queue);
+    for q in queue.into_iter().filter(|q| q.decision.is_none()) {
+        let decision = match rng.random_range(0..10) {
+            0..3 => DeleteDecision::Approved,
+            3..5 => DeleteDecision::Rejected,
+            _ if all => {
+                if rng.random_bool(0.5) {
+                    DeleteDecision::Approved
+                } else {
+                    DeleteDecision::Rejected
+                }
+            }
+            _ => continue,
+        };
+        let reference = q.reference_id.clone();
+        let reached = store
+            .call(move |s| s.decide_delete(Some(&reference), decision))
+            .await
+            .unwrap();
+        assert_eq!(reached, 1, "{q:?}");
+        match (decision, q.action.as_str()) {
+            (DeleteDecision::Approved, "delete_farmflow") => {
+                model.ff_delete_approved.insert(q.farmflow_id);
+                ops.add("farmflow delete approved");
+            }
+            (DeleteDecision::Approved, _) => {
+                model.tag_approved.extend(q.kounta_id);
+                ops.add("crm tag approved");
+            }
+            (DeleteDecision::Rejected, "delete_farmflow") => ops.add("farmflow delete rejected"),
+            (DeleteDecision::Rejected, _) => ops.add("crm tag rejected"),
+        }
     }
 }
 
@@ -626,6 +771,99 @@ fn check_run(before: &World, after: &World, model: &Model) -> Vec<String> {
             out.push(format!("crm customer {k} is held by links {refs:?}"));
         }
     }
+    if model.wholesale {
+        out.extend(check_scope(before, after, model));
+    }
+    out
+}
+
+/// The wholesale soak's rules of one run: no deletion shown without a person's approval, no
+/// FarmFlow customer created from a CRM customer out of scope, and out-of-scope customers left
+/// alone — a paused one always, an untagged one once its link is parked.
+fn check_scope(before: &World, after: &World, model: &Model) -> Vec<String> {
+    let mut out = Vec::new();
+    let ff_now: BTreeMap<i64, &FarmflowRecord> = after.ff.iter().map(|f| (f.id, f)).collect();
+    let crm_now: BTreeMap<i64, &KountaRecord> = after.crm.iter().map(|c| (c.id, c)).collect();
+    let ff_before: BTreeSet<i64> = before.ff.iter().map(|f| f.id).collect();
+    for f in &before.ff {
+        if !ff_now.contains_key(&f.id) && !model.ff_delete_approved.contains(&f.id) {
+            out.push(format!(
+                "farmflow customer {} (person {}) was deleted, which nobody approved",
+                f.id,
+                token(&f.lastname).unwrap_or(0)
+            ));
+        }
+    }
+    for c in &before.crm {
+        let tagged = crm_now
+            .get(&c.id)
+            .is_some_and(|n| has(&n.tags, DELETED_TAG));
+        if tagged && !has(&c.tags, DELETED_TAG) && !model.tag_approved.contains(&c.id) {
+            out.push(format!(
+                "crm customer {} (person {}) was tagged {DELETED_TAG}, which nobody approved",
+                c.id,
+                token(&c.last_name).unwrap_or(0)
+            ));
+        }
+    }
+    for f in after.ff.iter().filter(|f| !ff_before.contains(&f.id)) {
+        let t = token(&f.lastname);
+        let source: Vec<&KountaRecord> = before
+            .crm
+            .iter()
+            .filter(|c| token(&c.last_name) == t)
+            .collect();
+        if !source.iter().any(|c| in_scope(c)) {
+            out.push(format!(
+                "farmflow customer {} (person {}) was created, but its crm customer is out of \
+                 scope: {source:?}",
+                f.id,
+                t.unwrap_or(0)
+            ));
+        }
+    }
+    // Left alone: paused customers, and customers whose link is parked while they are still
+    // out of scope (the engine saw them so; a tag it has not read yet may still be written).
+    let parked: BTreeSet<i64> = before
+        .links
+        .iter()
+        .filter(|l| l.state == LinkState::Active && l.parked.is_some())
+        .filter_map(|l| l.kounta_id.map(|k| k.0))
+        .collect();
+    for c in &before.crm {
+        let paused = has(&c.tags, PAUSE_TAG);
+        let left_alone = paused || (parked.contains(&c.id) && !in_scope(c));
+        if !left_alone {
+            continue;
+        }
+        let t = token(&c.last_name);
+        let why = if paused { "paused" } else { "parked" };
+        if let Some(now) = crm_now.get(&c.id)
+            && *now != c
+        {
+            out.push(format!(
+                "{why} crm customer {} (person {}) was written:\n  before {c:?}\n  after  {now:?}",
+                c.id,
+                t.unwrap_or(0)
+            ));
+        }
+        for f in before.ff.iter().filter(|f| token(&f.lastname) == t) {
+            match ff_now.get(&f.id) {
+                Some(now) if *now == f => {}
+                Some(now) => out.push(format!(
+                    "the farmflow twin {} of {why} person {} was written:\n  before {f:?}\n  \
+                     after  {now:?}",
+                    f.id,
+                    t.unwrap_or(0)
+                )),
+                None => out.push(format!(
+                    "the farmflow twin {} of {why} person {} was deleted",
+                    f.id,
+                    t.unwrap_or(0)
+                )),
+            }
+        }
+    }
     out
 }
 
@@ -633,6 +871,8 @@ fn check_run(before: &World, after: &World, model: &Model) -> Vec<String> {
 /// explains why not; and the state DB is clean (links point at records, journal settled).
 fn check_converged(world: &World, model: &Model) -> Vec<String> {
     let mut out = world.broken_links();
+    out.extend(world.queue_problems());
+    let queued_crm: BTreeSet<i64> = world.queue.iter().filter_map(|q| q.kounta_id).collect();
     let (crm, ff) = by_token(world, &mut out);
     let crm_by_id: BTreeMap<i64, &KountaRecord> = world.crm.iter().map(|c| (c.id, c)).collect();
     let ff_by_id: BTreeMap<i64, &FarmflowRecord> = world.ff.iter().map(|c| (c.id, c)).collect();
@@ -647,6 +887,8 @@ fn check_converged(world: &World, model: &Model) -> Vec<String> {
             .and_then(|ids| ids.first())
             .map(|id| ff_by_id[id]);
         match (c, f) {
+            // Out of scope (wholesale soak): each side keeps its own.
+            (Some(c), Some(_)) if model.wholesale && !in_scope(c) => {}
             (Some(c), Some(f)) => {
                 let address = c.primary_address.clone().unwrap_or_default();
                 let pairs = [
@@ -682,6 +924,13 @@ fn check_converged(world: &World, model: &Model) -> Vec<String> {
                     }
                 }
             }
+            // A walk-in, a paused customer, or one parked when FarmFlow lost it; or a deletion
+            // still waiting for a person.
+            (Some(c), None) if model.wholesale && !in_scope(c) => {}
+            (Some(c), None)
+                if model.wholesale
+                    && model.tokens_ff_deleted.contains(&t)
+                    && queued_crm.contains(&c.id) => {}
             (Some(c), None) => {
                 if !model.tokens_ff_deleted.contains(&t) {
                     out.push(format!(
@@ -754,12 +1003,30 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
+    soak(Mode::Default).await;
+}
+
+/// The soak with `deletes = "approve"` and `kounta_tag = "wholesale"`: walk-ins, tags added and
+/// removed, pauses, and a person deciding queued deletions between runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_people_and_faults_with_deletes_waiting_for_a_person_and_a_kounta_tag() {
+    soak(Mode::Wholesale).await;
+}
+
+async fn soak(mode: Mode) {
+    let label = match mode {
+        Mode::Default => "soak",
+        Mode::Wholesale => "wholesale soak",
+    };
     let seed = env_u64("FARMSYNC_SOAK_SEED").unwrap_or_else(rand::random);
-    let secs = env_u64("FARMSYNC_SOAK_SECS").unwrap_or(25);
+    let secs = env_u64("FARMSYNC_SOAK_SECS").unwrap_or(match mode {
+        Mode::Default => 25,
+        Mode::Wholesale => 12,
+    });
     let cycles_wanted = env_u64("FARMSYNC_SOAK_CYCLES");
     let anyone = std::env::var("FARMSYNC_SOAK_LISTING").is_ok_and(|v| v == "any");
     println!(
-        "soak seed {seed} (replay: FARMSYNC_SOAK_SEED={seed}{})",
+        "{label} seed {seed} (replay: FARMSYNC_SOAK_SEED={seed}{})",
         if anyone {
             " FARMSYNC_SOAK_LISTING=any"
         } else {
@@ -782,8 +1049,15 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state.db");
     let env = |k: &str, v: String| (k.to_owned(), v);
+    let scope = match mode {
+        Mode::Default => Vec::new(),
+        Mode::Wholesale => vec![
+            env("FARMSYNC__SYNC__DELETES", "approve".into()),
+            env("FARMSYNC__SYNC__KOUNTA_TAG", SCOPE_TAG.into()),
+        ],
+    };
     let settings = Settings::builder()
-        .env_vars([
+        .env_vars(scope.into_iter().chain([
             env("FARMSYNC__STATE__PATH", state.display().to_string()),
             env("FARMSYNC__KOUNTA__BASE_URL", sb.kounta_url()),
             env(
@@ -801,13 +1075,16 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
                 sb.farmflow().api_key().into(),
             ),
             env("FARMSYNC__FARMFLOW__REQUESTS_PER_MINUTE", "1000000".into()),
-        ])
+        ]))
         .build()
         .unwrap();
     let store = SharedStore::new(Store::open(&state).unwrap());
     let mut eng = engine(&settings, &store, TIMEOUT);
 
-    let mut model = Model::default();
+    let mut model = Model {
+        wholesale: mode == Mode::Wholesale,
+        ..Model::default()
+    };
     let mut ops = Ops::default();
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
@@ -923,19 +1200,26 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
         let violations = check_run(&before, &after, &model);
         assert!(
             violations.is_empty(),
-            "seed {seed}, run {cycles} ({:?}; listing faults {listing:?}, {served} served, {} \
-             confirmed present):\n{}\n\nthe people involved, before and after:\n{}",
+            "{label} seed {seed}, run {cycles} ({:?}; listing faults {listing:?}, {served} \
+             served, {} confirmed present):\n{}\n\nthe people involved, before and after:\n{}",
             report.outcome,
             report.omissions,
             violations.join("\n"),
             involved(&violations, &before, &after)
         );
+        if model.wholesale {
+            person_decides(&store, &mut model, &mut ops, &mut rng, false).await;
+        }
     }
 
     // Faults off (the normalising writes stay) after one more round of people's changes: the
     // runs must settle to one that writes nothing.
     for _ in 0..10 {
         person_acts(&sb, &mut model, &mut ops, &mut rng);
+    }
+    if model.wholesale {
+        // Every deletion waiting so far is decided: the runs below must carry each out.
+        person_decides(&store, &mut model, &mut ops, &mut rng, true).await;
     }
     sb.kounta().heal();
     sb.farmflow().heal();
@@ -959,18 +1243,19 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
         sb.farmflow().omissions_served(),
     );
     println!(
-        "soak seed {seed}: {cycles} runs in {:.1} s ({restarts} restarts), {} person operations \
+        "{label} seed {seed}: {cycles} runs in {:.1} s ({restarts} restarts), {} person operations \
          {:?}, {requests} requests, {injected} faults injected {faults:?}, {} listing faults \
          injected (crm {crm_served}, farmflow {ff_served}), {confirmed_present} omissions \
          confirmed present by a read by id, run outcomes {outcomes:?}; {} crm and {} farmflow \
-         customers at the end; converged after {:?} fault-free runs (replay exactly: \
-         FARMSYNC_SOAK_SEED={seed} FARMSYNC_SOAK_CYCLES={cycles}{})",
+         customers at the end, {} deletions still queued; converged after {:?} fault-free runs \
+         (replay exactly: FARMSYNC_SOAK_SEED={seed} FARMSYNC_SOAK_CYCLES={cycles}{})",
         started.elapsed().as_secs_f64(),
         ops.total(),
         ops.0,
         crm_served + ff_served,
         world.crm.len(),
         world.ff.len(),
+        world.queue.len(),
         converged_after,
         if anyone {
             " FARMSYNC_SOAK_LISTING=any"
@@ -980,14 +1265,24 @@ async fn random_people_and_faults_never_lose_or_duplicate_anyone() {
     );
     assert!(
         converged_after.is_some(),
-        "seed {seed}: still writing after {MAX_CONVERGENCE_RUNS} fault-free runs"
+        "{label} seed {seed}: still writing after {MAX_CONVERGENCE_RUNS} fault-free runs"
     );
     let violations = check_converged(&world, &model);
     assert!(
         violations.is_empty(),
-        "seed {seed}:\n{}",
+        "{label} seed {seed}:\n{}",
         violations.join("\n")
     );
+    // A soak of a few runs (an exact replay of an early failure) may decide nothing.
+    if model.wholesale && cycles >= 30 {
+        let did = |what: &str| ops.0.get(what).copied().unwrap_or(0);
+        assert!(
+            did("farmflow delete approved") + did("crm tag approved") > 0
+                && did("farmflow delete rejected") + did("crm tag rejected") > 0,
+            "{label} seed {seed}: a person neither approved nor rejected a deletion: {:?}",
+            ops.0
+        );
+    }
     assert!(injected > 0 && ops.total() > 0, "the soak did nothing");
     assert!(
         crm_served > 0 && ff_served > 0,
@@ -1016,6 +1311,7 @@ fn the_soak_checks_see_losses_duplicates_and_one_sided_people() {
         ff,
         links: Vec::new(),
         unsettled: Vec::new(),
+        queue: Vec::new(),
     };
     let model = Model::default();
     let before = world(vec![crm(1, 1)], vec![ff(301, 1), ff(302, 2)]);
@@ -1039,4 +1335,56 @@ fn the_soak_checks_see_losses_duplicates_and_one_sided_people() {
             .any(|v| v.contains("person 2 is in farmflow only")),
         "{found:?}"
     );
+}
+
+/// The wholesale soak's checks can fail: a FarmFlow customer gone without an approval, and one
+/// created from a walk-in, are each reported; an approved deletion is not.
+#[test]
+fn the_wholesale_soak_checks_see_unapproved_deletions_and_walkins_created_in_farmflow() {
+    let crm = |id, t: u32, tags: &[&str]| KountaRecord {
+        id,
+        first_name: "Ada".into(),
+        last_name: format!("Soak{t}"),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        ..KountaRecord::default()
+    };
+    let ff = |id, t: u32| FarmflowRecord {
+        id,
+        firstname: "Ada".into(),
+        lastname: format!("Soak{t}"),
+        ..FarmflowRecord::default()
+    };
+    let world = |crm: Vec<KountaRecord>, ff: Vec<FarmflowRecord>| World {
+        crm,
+        ff,
+        links: Vec::new(),
+        unsettled: Vec::new(),
+        queue: Vec::new(),
+    };
+    let mut model = Model {
+        wholesale: true,
+        ..Model::default()
+    };
+    model.tokens_crm_deleted.insert(1);
+    let before = world(vec![crm(2, 2, &[])], vec![ff(301, 1)]);
+    let deleted = world(vec![crm(2, 2, &[])], Vec::new());
+    let found = check_run(&before, &deleted, &model);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("was deleted, which nobody approved")),
+        "{found:?}"
+    );
+    model.ff_delete_approved.insert(301);
+    assert!(check_run(&before, &deleted, &model).is_empty());
+
+    let walkin = world(vec![crm(2, 2, &[])], vec![ff(301, 1), ff(302, 2)]);
+    let found = check_run(&before, &walkin, &model);
+    assert!(
+        found.iter().any(|f| f.contains("out of scope")),
+        "{found:?}"
+    );
+    let before = world(vec![crm(2, 2, &[SCOPE_TAG])], vec![ff(301, 1)]);
+    let wholesale = world(vec![crm(2, 2, &[SCOPE_TAG])], vec![ff(301, 1), ff(302, 2)]);
+    assert!(check_run(&before, &wholesale, &model).is_empty());
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Output;
 
 use farmsync::sandbox::{FarmflowRecord, KountaRecord, Sandbox};
-use farmsync::store::{Intent, Link, LinkState, Store};
+use farmsync::store::{Intent, Link, LinkState, QueuedDelete, Store};
 
 use crate::support::Workdir;
 
@@ -44,8 +44,18 @@ pub fn writes(sb: &Sandbox) -> u64 {
     sb.kounta().stats().writes + sb.farmflow().stats().writes
 }
 
-/// The links and the unsettled journal entries of the state DB at `path`.
-pub fn store_state(path: &Path) -> Result<(Vec<Link>, Vec<Intent>), String> {
+/// What the state DB at `path` holds that the checks read.
+pub struct StoreState {
+    /// Every link row.
+    pub links: Vec<Link>,
+    /// Journal entries not settled.
+    pub unsettled: Vec<Intent>,
+    /// The deletion queue (`[sync] deletes = "approve"`).
+    pub queue: Vec<QueuedDelete>,
+}
+
+/// The links, the unsettled journal entries and the deletion queue of the state DB at `path`.
+pub fn store_state(path: &Path) -> Result<StoreState, String> {
     let store = Store::open_read_only(path).map_err(|e| format!("state DB unreadable: {e}"))?;
     let links = store
         .links()
@@ -53,7 +63,14 @@ pub fn store_state(path: &Path) -> Result<(Vec<Link>, Vec<Intent>), String> {
     let unsettled = store
         .unsettled_intents()
         .map_err(|e| format!("journal unreadable: {e}"))?;
-    Ok((links, unsettled))
+    let queue = store
+        .delete_queue()
+        .map_err(|e| format!("deletion queue unreadable: {e}"))?;
+    Ok(StoreState {
+        links,
+        unsettled,
+        queue,
+    })
 }
 
 /// Trimmed and case-folded.
@@ -119,18 +136,36 @@ pub struct World {
     pub links: Vec<Link>,
     /// Journal entries not settled.
     pub unsettled: Vec<Intent>,
+    /// Deletions waiting for a person (`[sync] deletes = "approve"`), decided or not.
+    pub queue: Vec<QueuedDelete>,
 }
 
 impl World {
     /// Reads both fakes and the state DB at `state`.
     pub fn read(sb: &Sandbox, state: &Path) -> Result<World, String> {
-        let (links, unsettled) = store_state(state)?;
+        let StoreState {
+            links,
+            unsettled,
+            queue,
+        } = store_state(state)?;
         Ok(World {
             crm: sb.kounta().customers(),
             ff: sb.farmflow().customers(),
             links,
             unsettled,
+            queue,
         })
+    }
+
+    /// Whether a link may name a record that is gone without being broken: a queued deletion
+    /// leaves its link as it is until a person decides, and a parked link (out of scope) is
+    /// never deleted, whatever happened to either record.
+    fn waits_by_design(&self, link: &Link) -> bool {
+        link.parked.is_some()
+            || self
+                .queue
+                .iter()
+                .any(|q| q.reference_id == link.reference_id.as_str())
     }
 
     /// Duplicates on either side: two records with one folded name, one folded email or one
@@ -190,7 +225,9 @@ impl World {
         let mut kounta_owners: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
         for l in &self.links {
             let reference = l.reference_id.as_str();
+            let waits = self.waits_by_design(l);
             match l.state {
+                LinkState::Active if waits => {}
                 LinkState::Active => {
                     if !ff.contains(&l.farmflow_id.0) {
                         out.push(format!(
@@ -206,7 +243,7 @@ impl World {
                     }
                 }
                 LinkState::DeleteBlocked => {
-                    if !ff.contains(&l.farmflow_id.0) {
+                    if !ff.contains(&l.farmflow_id.0) && !waits {
                         out.push(format!(
                             "delete-blocked link {reference} names a missing farmflow customer"
                         ));
@@ -242,7 +279,9 @@ impl World {
                             c.id, c.reference_id, l.kounta_id
                         ));
                     }
-                    if !id.parse::<i64>().is_ok_and(|id| ff.contains(&id)) {
+                    if !id.parse::<i64>().is_ok_and(|id| ff.contains(&id))
+                        && !self.waits_by_design(l)
+                    {
                         out.push(format!(
                             "crm customer {} names {}, which does not exist",
                             c.id, c.reference_id
@@ -258,6 +297,62 @@ impl World {
             ));
         }
         out
+    }
+
+    /// What a settled deletion queue must not hold: an entry a person decided (a cycle carries
+    /// every decision out, then takes the entry off) unless its link waits by design (parked,
+    /// or its delete blocked by an order), or an entry whose link is a tombstone or gone (its
+    /// deletion was applied, or its twin recreated under a new link): either would wait in
+    /// `farmsync deletes` and `status` forever.
+    pub fn queue_problems(&self) -> Vec<String> {
+        let by_reference: BTreeMap<&str, &Link> = self
+            .links
+            .iter()
+            .map(|l| (l.reference_id.as_str(), l))
+            .collect();
+        let mut out = Vec::new();
+        for q in &self.queue {
+            let link = by_reference.get(q.reference_id.as_str());
+            let waits =
+                link.is_some_and(|l| l.parked.is_some() || l.state == LinkState::DeleteBlocked);
+            if let Some(decision) = q.decision
+                && !waits
+            {
+                out.push(format!(
+                    "queued {} of {} was {decision:?} but is still queued",
+                    q.action, q.reference_id
+                ));
+            }
+            match link {
+                None => out.push(format!(
+                    "queued {} of {} names no link",
+                    q.action, q.reference_id
+                )),
+                Some(l) if l.state == LinkState::Tombstone => out.push(format!(
+                    "queued {} of {} names a tombstone",
+                    q.action, q.reference_id
+                )),
+                Some(_) => {}
+            }
+        }
+        out
+    }
+
+    /// The queue by person: what approving would do, whose record survives (by name), and the
+    /// decision. Ids left out: a crash may change which ids a create gets.
+    pub fn queued_people(&self) -> BTreeSet<(String, String, String)> {
+        self.queue
+            .iter()
+            .map(|q| {
+                let crm = q
+                    .kounta_id
+                    .and_then(|k| self.crm.iter().find(|c| c.id == k))
+                    .map(crm_name);
+                let ff = self.ff.iter().find(|c| c.id == q.farmflow_id).map(ff_name);
+                let who = crm.or(ff).unwrap_or_else(|| "nobody".to_owned());
+                (q.action.clone(), who, format!("{:?}", q.decision))
+            })
+            .collect()
     }
 
     /// Every person on each side by name, with the fields that must survive (ids and
@@ -290,13 +385,20 @@ impl World {
         (crm, ff)
     }
 
-    /// How these people differ from `expected`'s: lost, extra or changed, side by side.
+    /// How these people differ from `expected`'s: lost, extra or changed, side by side; and the
+    /// deletion queue, by person.
     pub fn differences_from(&self, expected: &World) -> Vec<String> {
         let mut out = Vec::new();
         let (crm, ff) = self.people();
         let (want_crm, want_ff) = expected.people();
         compare("crm", &crm, &want_crm, &mut out);
         compare("farmflow", &ff, &want_ff, &mut out);
+        let (queued, want_queued) = (self.queued_people(), expected.queued_people());
+        if queued != want_queued {
+            out.push(format!(
+                "the deletion queue differs from the uncrashed outcome:\n  got  {queued:?}\n  want {want_queued:?}"
+            ));
+        }
         out
     }
 }
@@ -376,6 +478,7 @@ pub async fn converge_and_check(
         Ok(world) => {
             violations.extend(world.duplicate_people());
             violations.extend(world.broken_links());
+            violations.extend(world.queue_problems());
             violations.extend(world.differences_from(expected));
         }
         Err(e) => violations.push(e),

@@ -21,6 +21,28 @@
 //!   unless a rule says otherwise (see `check_settled`); both sides hold the same normalised
 //!   values; and for people nobody deleted, every value is one the model accepts (`Truth`).
 //!
+//! `sync_model_scope` runs the basic faults with `[sync] kounta_tag = "wholesale"`, and
+//! `deletes = "approve"` in two cases of three (DESIGN.md, "Operator control"). People also
+//! type in walk-ins (no tag) and twins whose CRM record lacks the tag, add and remove the tag
+//! and the pause tag, and approve or reject what waits in the deletion queue (`Decide`,
+//! `DecideAll`, through the store as `farmsync deletes` does). Its model adds
+//! (`check_scope_run`, `check_settled_scope`):
+//! - with `approve`, nothing leaves FarmFlow and no CRM customer is tagged `farmflow-deleted`
+//!   unless a person approved that queued deletion;
+//! - nothing is created in FarmFlow from a CRM customer out of scope (untagged or paused);
+//! - a customer the sync must leave alone is written on neither side and deleted from neither:
+//!   a paused one always (every write needs a full read, which shows the tag), an untagged one
+//!   once linked — in a run that reads everything, or after a clean run saw it so with no tag
+//!   changed since (`Model::left_alone`); a parked link's FarmFlow customer is never deleted;
+//! - the tag is added only to a customer the sync creates in the CRM or links for the first
+//!   time, never put back on a linked one a person took it off;
+//! - once settled: in-scope pairs agree; a one-sided person is explained by a deletion shown,
+//!   blocked or still waiting for a person, a walk-in, a pause or a park; and every decision a
+//!   person made was carried out (a rejected deletion recreated, once: no duplicates).
+//!
+//! The scope model judges from the sandboxes, the people's operations and the queue a person
+//! sees, never from the link table.
+//!
 //! `sync_model_omissions` leaves out exactly the open limits below (see its doc for how); the
 //! `known_*` tests at the end replay, with every fault armed as written, shrunk failures it
 //! found that the engine now passes.
@@ -54,10 +76,11 @@
 //!   when the same list has already proved it lags (it left out a customer the sync knows).
 //!
 //! Replay and longer runs: a failing case is shrunk and its seed saved to
-//! `tests/proptest-regressions/sync_model_{basic,omissions}.txt`, which the next run replays
-//! first. Each model test prints its figures (`-- --nocapture`): cases, operations, runs,
-//! listing faults armed and not armed, seconds. `FARMSYNC_MODEL_CASES=<n>` (or
-//! `PROPTEST_CASES=<n>`) runs n cases (default `DEFAULT_CASES`);
+//! `tests/proptest-regressions/sync_model_{basic,omissions,scope}.txt`, which the next run
+//! replays first. Each model test prints its figures (`-- --nocapture`): cases, operations,
+//! runs, listing faults armed and not armed, deletions queued and decided, seconds.
+//! `FARMSYNC_MODEL_CASES=<n>` (or `PROPTEST_CASES=<n>`) runs n cases in each model test
+//! (default `DEFAULT_CASES`, `SCOPE_CASES` for `sync_model_scope`);
 //! `FARMSYNC_MODEL_OPS=<n>` allows up to n operations a case (default 25);
 //! `FARMSYNC_MODEL_FAULTS=crm-omit,ff-lag` limits the omissions model to those kinds of lying
 //! listing (`crm-omit`, `crm-drift`, `crm-delete-mid-list`, `ff-omit`, `ff-lag`,
@@ -73,6 +96,7 @@ use farmsync::sandbox::{
     self as fake, FarmflowEndpoint, FarmflowRecord, FaultAction, KountaEndpoint, KountaRecord,
     KountaRecordAddress, RecurringStatus, SandboxOptions, Target, When,
 };
+use farmsync::store::{DeleteDecision, QueuedDelete};
 use farmsync::sync::engine::{Outcome, RunOptions, RunReport};
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
@@ -84,6 +108,10 @@ use crate::sync_support::Harness;
 const PEOPLE: u8 = 6;
 /// The tag the CRM customer gets when FarmFlow loses it (the default `deleted_tag`).
 const DELETED_TAG: &str = "farmflow-deleted";
+/// `sync_model_scope`'s `kounta_tag`.
+const SCOPE_TAG: &str = "wholesale";
+/// The default `pause_tag`.
+const PAUSE_TAG: &str = "farmsync-pause";
 /// CRM list page size: small, so a handful of people spans several pages.
 const PAGE_SIZE: usize = 2;
 
@@ -217,6 +245,29 @@ enum Op {
     Sync(Fault),
     /// The state DB is lost between runs.
     LoseDb,
+    // `sync_model_scope` only:
+    /// A person types customer `slot` into the CRM without the `kounta_tag` (a walk-in).
+    Walkin(u8, Contact),
+    /// A person adds or removes a tag of the customer's CRM record.
+    Scope(u8, ScopeOp),
+    /// A person approves (`true`) or rejects one queued deletion that waits for them, if any
+    /// does: the n-th, counting round.
+    Decide(u8, bool),
+    /// A person approves (`true`) or rejects every queued deletion waiting for them.
+    DecideAll(bool),
+}
+
+/// What a person does to a CRM customer's tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ScopeOp {
+    /// Adds the `kounta_tag`.
+    Tag,
+    /// Removes the `kounta_tag`.
+    Untag,
+    /// Adds the `pause_tag`.
+    Pause,
+    /// Removes the `pause_tag`.
+    Unpause,
 }
 
 fn side() -> impl Strategy<Value = Side> {
@@ -348,6 +399,40 @@ fn create() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (side(), slot(), contact()).prop_map(|(s, p, c)| Op::New(s, p, c)),
         1 => slot().prop_map(Op::Twins),
+    ]
+}
+
+/// Creates in `sync_model_scope`: CRM customers with the tag (`New`), walk-ins without it, and
+/// twins whose CRM record lacks it (matching links them and adds it).
+fn scope_create() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (side(), slot(), contact()).prop_map(|(s, p, c)| Op::New(s, p, c)),
+        1 => (slot(), contact()).prop_map(|(p, c)| Op::Walkin(p, c)),
+        1 => slot().prop_map(Op::Twins),
+    ]
+}
+
+/// `sync_model_scope`'s operations: the basic ones, tags added and removed, and a person's
+/// decisions on queued deletions.
+fn scope_op(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Op> {
+    let tags = prop_oneof![
+        Just(ScopeOp::Tag),
+        Just(ScopeOp::Untag),
+        Just(ScopeOp::Pause),
+        Just(ScopeOp::Unpause),
+    ];
+    prop_oneof![
+        2 => scope_create(),
+        5 => (side(), slot(), field()).prop_map(|(s, p, f)| Op::Edit(s, p, f)),
+        5 => (side(), slot()).prop_map(|(s, p)| Op::Del(s, p)),
+        1 => slot().prop_map(Op::Recurring),
+        1 => (slot(), prop_oneof![Just(Due::Past), Just(Due::Future)])
+            .prop_map(|(p, d)| Op::OneOff(p, d)),
+        3 => (slot(), tags).prop_map(|(p, t)| Op::Scope(p, t)),
+        6 => (0..4u8, any::<bool>()).prop_map(|(n, a)| Op::Decide(n, a)),
+        2 => any::<bool>().prop_map(Op::DecideAll),
+        6 => fault.prop_map(Op::Sync),
+        1 => Just(Op::LoseDb),
     ]
 }
 
@@ -654,6 +739,48 @@ struct Person {
     /// A CRM edit made after the pair settled must win over the FarmFlow deletion made in the
     /// same gap: FarmFlow gets the person back.
     crm_edit_wins: bool,
+    // `sync_model_scope`:
+    /// The CRM record was out of scope at some point (a walk-in, the tag removed, a pause):
+    /// values are not judged, and a one-sided end may be a park.
+    out_of_scope_ever: bool,
+    /// A person changed the CRM record's tags since the last clean run: the sync may not have
+    /// read the change yet (only a full read shows tags).
+    scope_touched: bool,
+    /// A clean run ended (since the state DB was last lost) with the person on both sides and
+    /// the CRM record not paused: such a pair is linked, and a link outlives a pause or a lost
+    /// tag.
+    linked: bool,
+    /// The last clean run that saw the CRM record ended with the person linked and the record
+    /// out of scope: the link is parked (nothing written either way, nothing deleted) until a
+    /// run reads the record in scope again.
+    parked_seen: bool,
+    /// What a person approved of the deletion queued for this person, while it waits.
+    approved: Option<Queued>,
+}
+
+/// What a queued deletion does once approved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Queued {
+    /// Deletes the FarmFlow customer (the CRM one is gone).
+    DeleteFf,
+    /// Tags the CRM customer (the FarmFlow one is gone).
+    TagCrm,
+}
+
+/// `sync_model_scope`'s `[sync] deletes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deletes {
+    Auto,
+    Approve,
+}
+
+fn has_tag(c: &KountaRecord, tag: &str) -> bool {
+    c.tags.iter().any(|t| t.trim().eq_ignore_ascii_case(tag))
+}
+
+/// Whether a CRM record syncs under `kounta_tag`: it carries the tag and is not paused.
+fn in_scope(c: &KountaRecord) -> bool {
+    has_tag(c, SCOPE_TAG) && !has_tag(c, PAUSE_TAG)
 }
 
 /// Why a person's link may be rebuilt without snapshots. DESIGN.md step 3 then says "treat
@@ -764,6 +891,11 @@ struct Model {
     /// again (a ghost of a record farmsync holds no link for). For the rest of the case,
     /// FarmFlow lag is not armed.
     ff_ghost_possible: bool,
+    /// `sync_model_scope`: `kounta_tag` is set, and deletions are applied so.
+    scope: Option<Deletes>,
+    /// The person of every id either side ever held (a queued deletion names ids).
+    crm_ids: BTreeMap<i64, u8>,
+    ff_ids: BTreeMap<i64, u8>,
 }
 
 impl Model {
@@ -777,7 +909,62 @@ impl Model {
             ff_at_clean: BTreeSet::new(),
             ff_write_lost: false,
             ff_ghost_possible: false,
+            scope: None,
+            crm_ids: BTreeMap::new(),
+            ff_ids: BTreeMap::new(),
         }
+    }
+
+    /// Remembers whose every id in `census` is.
+    fn remember_ids(&mut self, census: &Census) {
+        for (p, records) in &census.crm {
+            for c in records {
+                self.crm_ids.insert(c.id, *p);
+            }
+        }
+        for (p, records) in &census.ff {
+            for f in records {
+                self.ff_ids.insert(f.id, *p);
+            }
+        }
+    }
+
+    /// The person a queued deletion is for (by the ids it names), and what approving does.
+    fn owner(&self, q: &QueuedDelete) -> Option<(u8, Queued)> {
+        let kind = if q.action == "delete_farmflow" {
+            Queued::DeleteFf
+        } else {
+            Queued::TagCrm
+        };
+        let p = q
+            .kounta_id
+            .and_then(|k| self.crm_ids.get(&k))
+            .or_else(|| self.ff_ids.get(&q.farmflow_id))?;
+        Some((*p, kind))
+    }
+
+    /// Forgets approvals whose entry left the queue (carried out, or its record came back).
+    fn prune_approvals(&mut self, queue: &[QueuedDelete]) {
+        let waiting: BTreeSet<(u8, Queued)> = queue.iter().filter_map(|q| self.owner(q)).collect();
+        for (p, person) in self.people.iter_mut().enumerate() {
+            if let Some(kind) = person.approved
+                && !waiting.contains(&(p as u8, kind))
+            {
+                person.approved = None;
+            }
+        }
+    }
+
+    /// Whether the sync leaves the person alone this run, as far as the model can tell: the
+    /// CRM record is paused (every write needs a full read, which shows it), or out of scope
+    /// while linked and seen so — by this run, when it reads everything, or by the last clean
+    /// run with no tag changed since.
+    fn left_alone(&self, p: u8, c: &KountaRecord, clean: bool) -> bool {
+        let person = &self.people[usize::from(p)];
+        has_tag(c, PAUSE_TAG)
+            || (!in_scope(c)
+                && person.linked
+                && (clean || (person.parked_seen && !person.scope_touched)))
     }
 
     fn person(&mut self, p: u8) -> &mut Person {
@@ -848,6 +1035,10 @@ impl Model {
             person.settled_runs = 0;
             person.gap_settled = false;
             person.synced = false;
+            // The links, the parks and the deletion queue went with it.
+            person.linked = false;
+            person.parked_seen = false;
+            person.approved = None;
         }
     }
 
@@ -884,6 +1075,17 @@ impl Model {
             }
             if clean && after.crm(p).is_some() && after.ff(p).is_some() {
                 person.synced = true;
+            }
+            if clean && self.scope.is_some() {
+                person.scope_touched = false;
+                if let (Some(c), Some(_)) = (after.crm(p), after.ff(p))
+                    && !has_tag(c, PAUSE_TAG)
+                {
+                    person.linked = true;
+                }
+                if let Some(c) = after.crm(p) {
+                    person.parked_seen = person.linked && !in_scope(c);
+                }
             }
             if clean {
                 person.fresh_twins = false;
@@ -1061,6 +1263,8 @@ struct RunContext {
     deleted_mid_list: Option<u8>,
     /// FarmFlow's order lists were unreadable for the whole run: no delete may depend on them.
     orders_unreadable: bool,
+    /// No fault was armed: the run reads every CRM record in full (tags included).
+    clean: bool,
 }
 
 /// What every run must leave: no duplicates, nobody lost, no false tombstone tag.
@@ -1101,6 +1305,105 @@ fn check_run(model: &Model, run: &RunContext, after: &Census) -> Vec<String> {
                     c.id
                 ));
             }
+        }
+    }
+    if let Some(deletes) = model.scope {
+        out.extend(check_scope_run(model, deletes, run, after));
+    }
+    out
+}
+
+/// `sync_model_scope`'s rules of one run (DESIGN.md, "Operator control"): with `deletes =
+/// "approve"` nothing leaves FarmFlow and no CRM customer is tagged `farmflow-deleted` that a
+/// person did not approve; nothing is created in FarmFlow from a CRM customer out of scope;
+/// a customer the sync leaves alone (`Model::left_alone`) is written on neither side and
+/// deleted from neither; and the `kounta_tag` is added only to a customer the sync creates in
+/// the CRM or links for the first time, never put back on a linked one a person took it off.
+fn check_scope_run(
+    model: &Model,
+    deletes: Deletes,
+    run: &RunContext,
+    after: &Census,
+) -> Vec<String> {
+    let before = &run.before;
+    let mut out = Vec::new();
+    for p in 0..PEOPLE {
+        let person = &model.people[usize::from(p)];
+        let parked_unseen_since = person.parked_seen && !person.scope_touched;
+        if before.on_ff(p) && !after.on_ff(p) {
+            if deletes == Deletes::Approve && person.approved != Some(Queued::DeleteFf) {
+                out.push(format!(
+                    "the run deleted P{p} from FarmFlow, which nobody approved"
+                ));
+            }
+            if parked_unseen_since {
+                out.push(format!(
+                    "the run deleted P{p} from FarmFlow although the link was parked"
+                ));
+            }
+        }
+        let tagged = |c: &KountaRecord| has_tag(c, DELETED_TAG);
+        if let (Some(b), Some(a)) = (before.crm(p), after.crm(p))
+            && b.id == a.id
+            && !tagged(b)
+            && tagged(a)
+        {
+            if deletes == Deletes::Approve && person.approved != Some(Queued::TagCrm) {
+                out.push(format!(
+                    "the run tagged CRM {} (P{p}) {DELETED_TAG}, which nobody approved",
+                    a.id
+                ));
+            }
+            if model.left_alone(p, b, run.clean) || parked_unseen_since {
+                out.push(format!(
+                    "the run tagged CRM {} (P{p}) {DELETED_TAG} although it is left alone",
+                    a.id
+                ));
+            }
+        }
+        if !before.on_ff(p) && after.on_ff(p) && !before.crm(p).is_some_and(in_scope) {
+            out.push(format!(
+                "the run created P{p} in FarmFlow from a CRM customer out of scope: {:?}",
+                before.crm.get(&p)
+            ));
+        }
+        if let Some(b) = before.crm(p)
+            && model.left_alone(p, b, run.clean)
+        {
+            if let Some(a) = after
+                .crm
+                .get(&p)
+                .and_then(|v| v.iter().find(|c| c.id == b.id))
+                && a != b
+            {
+                out.push(format!(
+                    "the run wrote P{p}'s CRM record, which it leaves alone:\n    before {b:?}\n    after  {a:?}"
+                ));
+            }
+            for f in before.ff.get(&p).into_iter().flatten() {
+                match after.ff.get(&p).and_then(|v| v.iter().find(|a| a.id == f.id)) {
+                    Some(a) if a == f => {}
+                    Some(a) => out.push(format!(
+                        "the run wrote P{p}'s FarmFlow record, which it leaves alone:\n    before {f:?}\n    after  {a:?}"
+                    )),
+                    None => out.push(format!(
+                        "the run deleted P{p}'s FarmFlow record {}, which it leaves alone",
+                        f.id
+                    )),
+                }
+            }
+        }
+        if let (Some(b), Some(a)) = (before.crm(p), after.crm(p))
+            && b.id == a.id
+            && !has_tag(b, SCOPE_TAG)
+            && has_tag(a, SCOPE_TAG)
+            && (person.linked || has_tag(b, PAUSE_TAG))
+        {
+            out.push(format!(
+                "the run put {SCOPE_TAG} back on CRM {} (P{p}), a linked customer a person took \
+                 it off",
+                a.id
+            ));
         }
     }
     out
@@ -1199,6 +1502,8 @@ struct Case {
     arming: Arming,
     done: Vec<String>,
     tally: Tally,
+    /// Every deletion ever queued, by reference.
+    queued: BTreeSet<String>,
 }
 
 /// Which listing faults a case arms.
@@ -1219,6 +1524,9 @@ struct Tally {
     /// Listing faults armed, and drawn but not armed (open limits).
     lies_armed: u64,
     lies_not_armed: u64,
+    /// Deletions queued for a person, and those a person decided (`sync_model_scope`).
+    queued: u64,
+    decisions: u64,
 }
 
 impl Tally {
@@ -1228,6 +1536,8 @@ impl Tally {
         self.runs += other.runs;
         self.lies_armed += other.lies_armed;
         self.lies_not_armed += other.lies_not_armed;
+        self.queued += other.queued;
+        self.decisions += other.decisions;
     }
 }
 
@@ -1278,7 +1588,10 @@ fn person_acts(case: &mut Case, op: &Op) {
             }
             let values = match side {
                 Side::Crm => {
-                    let c = crm_new(p, contact, "Ann");
+                    let mut c = crm_new(p, contact, "Ann");
+                    if model.scope.is_some() {
+                        c.tags.push(SCOPE_TAG.into());
+                    }
                     h.sb.kounta().insert(c.clone());
                     crm_canon(&c)
                 }
@@ -1378,7 +1691,37 @@ fn person_acts(case: &mut Case, op: &Op) {
                     .add_one_time_order(id, &date.format("%Y-%m-%d").to_string());
             }
         }
-        Op::Sync(_) | Op::LoseDb => unreachable!("not a person's operation"),
+        Op::Walkin(p, contact) => {
+            if model.people[p as usize].created {
+                return;
+            }
+            let c = crm_new(p, contact, "Walk");
+            h.sb.kounta().insert(c.clone());
+            model.created(p, &crm_canon(&c), false);
+            model.person(p).out_of_scope_ever = true;
+        }
+        Op::Scope(p, op) => {
+            let Some(id) = crm_id(h, p) else { return };
+            let (tag, add) = match op {
+                ScopeOp::Tag => (SCOPE_TAG, true),
+                ScopeOp::Untag => (SCOPE_TAG, false),
+                ScopeOp::Pause => (PAUSE_TAG, true),
+                ScopeOp::Unpause => (PAUSE_TAG, false),
+            };
+            h.sb.kounta().edit(id, |c| {
+                c.tags.retain(|t| !t.trim().eq_ignore_ascii_case(tag));
+                if add {
+                    c.tags.push(tag.into());
+                }
+            });
+            let now = h.sb.kounta().get(id).expect("just edited");
+            let person = model.person(p);
+            person.scope_touched = true;
+            person.out_of_scope_ever |= !in_scope(&now);
+        }
+        Op::Sync(_) | Op::LoseDb | Op::Decide(..) | Op::DecideAll(_) => {
+            unreachable!("not a person's operation on a customer")
+        }
     }
 }
 
@@ -1615,11 +1958,14 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
     if let Some(p) = deleted_mid_list {
         case.model.deleted(p, Side::Crm);
     }
+    case.model.remember_ids(&before);
+    case.model.remember_ids(&after);
     let run = RunContext {
         before,
         protect,
         deleted_mid_list,
         orders_unreadable: matches!(fault, Fault::OrdersEmpty(_)),
+        clean: fault == Fault::Clean,
     };
     let violations = check_run(&case.model, &run, &after);
     fail_if_any(case, "after a run", &violations);
@@ -1654,12 +2000,77 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
         ff_write_cut_short: matches!(fault, Fault::Crash(Side::Ff, _)) && report.is_none(),
     };
     case.model.run_ended(&seen, &before, &after);
+    if case.model.scope.is_some() {
+        let queue = delete_queue(&case.h).await;
+        for q in &queue {
+            if case.queued.insert(q.reference_id.clone()) {
+                case.tally.queued += 1;
+            }
+        }
+        case.model.prune_approvals(&queue);
+    }
+}
+
+/// The deletion queue, as `farmsync deletes` shows it.
+async fn delete_queue(h: &Harness) -> Vec<QueuedDelete> {
+    h.engine
+        .store
+        .call(|s| s.delete_queue())
+        .await
+        .expect("the deletion queue")
+}
+
+/// A person decides queued deletions that wait for them, through the store, as `farmsync
+/// deletes approve|reject` does: the `nth` (counting round), or all of them (`None`).
+async fn decide(case: &mut Case, nth: Option<u8>, approve: bool) {
+    let census = Census::take(&case.h);
+    case.model.remember_ids(&census);
+    let decision = if approve {
+        DeleteDecision::Approved
+    } else {
+        DeleteDecision::Rejected
+    };
+    let waiting: Vec<QueuedDelete> = delete_queue(&case.h)
+        .await
+        .into_iter()
+        .filter(|q| q.decision.is_none())
+        .collect();
+    let picked = nth.map(|n| usize::from(n) % waiting.len().max(1));
+    for (i, q) in waiting.into_iter().enumerate() {
+        if picked.is_some_and(|n| n != i) {
+            continue;
+        }
+        let Some((p, kind)) = case.model.owner(&q) else {
+            panic!("a queued deletion of nobody: {q:?}");
+        };
+        let reference = q.reference_id.clone();
+        let reached = case
+            .h
+            .engine
+            .store
+            .call(move |s| s.decide_delete(Some(&reference), decision))
+            .await
+            .expect("decide");
+        assert_eq!(reached, 1, "{q:?}");
+        if approve {
+            case.model.person(p).approved = Some(kind);
+        }
+        case.tally.decisions += 1;
+    }
 }
 
 async fn step(case: &mut Case, op: &Op) {
     match *op {
         Op::Sync(fault) => {
             sync(case, fault, RunOptions::default()).await;
+        }
+        Op::Decide(n, approve) => {
+            decide(case, Some(n), approve).await;
+            case.done.push(format!("{op:?}"));
+        }
+        Op::DecideAll(approve) => {
+            decide(case, None, approve).await;
+            case.done.push(format!("{op:?}"));
         }
         Op::LoseDb => {
             let census = Census::take(&case.h);
@@ -1703,17 +2114,157 @@ async fn settle(case: &mut Case) {
         }),
     );
     let census = Census::take(&case.h);
-    let violations = check_settled(&case.model, &case.h, &census);
+    let violations = match case.model.scope {
+        None => check_settled(&case.model, &case.h, &census),
+        Some(deletes) => {
+            let queue = delete_queue(&case.h).await;
+            check_settled_scope(&case.model, deletes, &case.h, &census, &queue)
+        }
+    };
     fail_if_any(case, "once settled", &violations);
 }
 
-async fn scenario(ops: Vec<Op>, arming: Arming) -> Tally {
+/// What `sync_model_scope`'s systems must show once settled: in-scope pairs agree (and, for
+/// people never out of scope nor deleted, hold values the model accepts); a one-sided person is
+/// explained by a deletion shown, blocked or still waiting for a person, by a walk-in, a pause
+/// or a park; and every decision a person made on a queued deletion was carried out, unless
+/// the customer went out of scope or an order blocks it.
+fn check_settled_scope(
+    model: &Model,
+    deletes: Deletes,
+    h: &Harness,
+    census: &Census,
+    queue: &[QueuedDelete],
+) -> Vec<String> {
+    let mut out = census.duplicates();
+    let entries = |p: u8| -> Vec<&QueuedDelete> {
+        queue
+            .iter()
+            .filter(|q| model.owner(q).is_some_and(|(o, _)| o == p))
+            .collect()
+    };
+    for p in 0..PEOPLE {
+        let person = &model.people[p as usize];
+        if !person.created {
+            continue;
+        }
+        let waiting =
+            deletes == Deletes::Approve && entries(p).iter().any(|q| q.decision.is_none());
+        let protected_now = census
+            .ff(p)
+            .is_some_and(|f| protected(h, f.id, model.today));
+        let tagged = |c: &KountaRecord| has_tag(c, DELETED_TAG);
+        match (census.crm(p), census.ff(p)) {
+            (Some(c), Some(f)) if in_scope(c) => {
+                let (cv, fv) = (crm_canon(c), ff_canon(f));
+                for field in FIELDS {
+                    if cv[&field] != fv[&field] {
+                        out.push(format!(
+                            "P{p} disagrees on {field:?}: CRM {:?}, FarmFlow {:?}",
+                            cv[&field], fv[&field]
+                        ));
+                    }
+                }
+                if tagged(c) {
+                    out.push(format!(
+                        "P{p} is in FarmFlow ({}) yet CRM {} is tagged {DELETED_TAG}",
+                        f.id, c.id
+                    ));
+                }
+                if !person.crm_deleted && !person.ff_deleted && !person.out_of_scope_ever {
+                    for (field, truth) in &person.fields {
+                        if !truth.accepted.contains(&cv[field]) {
+                            out.push(format!(
+                                "P{p}'s {field:?} is {:?} on both sides; the model expects one of {:?}",
+                                cv[field], truth.accepted
+                            ));
+                        }
+                    }
+                }
+            }
+            // Out of scope: paused or parked, each side keeps its own.
+            (Some(_), Some(_)) => {}
+            // A walk-in, a paused customer, or one parked when FarmFlow lost it.
+            (Some(c), None) if !in_scope(c) => {}
+            (Some(c), None) => {
+                if !person.ff_deleted {
+                    out.push(format!(
+                        "P{p} is in the CRM only ({}) and in scope, yet nobody deleted them in \
+                         FarmFlow",
+                        c.id
+                    ));
+                } else if !tagged(c) && !waiting && !person.out_of_scope_ever {
+                    out.push(format!(
+                        "P{p} was deleted in FarmFlow, and CRM {} is neither tagged \
+                         {DELETED_TAG}, nor back in FarmFlow, nor waiting for a person",
+                        c.id
+                    ));
+                }
+            }
+            (None, Some(f)) => {
+                let no_contact = !has_contact(&ff_canon(f));
+                let explained = no_contact
+                    || (person.crm_deleted
+                        && (protected_now || waiting || person.out_of_scope_ever));
+                if !explained {
+                    out.push(format!(
+                        "P{p} is in FarmFlow only ({}): {}",
+                        f.id,
+                        if person.crm_deleted {
+                            "the CRM deletion was neither applied, nor undone, nor waits for \
+                             a person"
+                        } else {
+                            "nobody deleted them in the CRM, and they have contact details"
+                        }
+                    ));
+                }
+            }
+            (None, None) => {
+                if !person.crm_deleted && !person.ff_deleted {
+                    out.push(format!(
+                        "lost: P{p} is on neither side, and nobody deleted them"
+                    ));
+                }
+            }
+        }
+        let undone: Vec<&QueuedDelete> = entries(p)
+            .into_iter()
+            .filter(|q| q.decision.is_some())
+            .collect();
+        if !undone.is_empty() && !person.out_of_scope_ever && !protected_now {
+            out.push(format!(
+                "a person's decision on P{p}'s queued deletion was not carried out: {undone:?}"
+            ));
+        }
+    }
+    out
+}
+
+async fn scenario(ops: Vec<Op>, arming: Arming, scope: Option<Deletes>) -> Tally {
     let mut options = SandboxOptions::default();
     options.kounta.page_size = PAGE_SIZE;
-    let h = Harness::start_with(options, &[]).await;
+    // The scope model's few people make a deletion or two a large share of the links: the
+    // guard (which has its own tests) would hold most of them back, and little would wait for
+    // a person to decide.
+    let settings: &[(&str, &str)] = match scope {
+        None => &[],
+        Some(Deletes::Auto) => &[
+            ("sync.kounta_tag", SCOPE_TAG),
+            ("sync.max_delete_fraction", "1.0"),
+        ],
+        Some(Deletes::Approve) => &[
+            ("sync.kounta_tag", SCOPE_TAG),
+            ("sync.max_delete_fraction", "1.0"),
+            ("sync.deletes", "approve"),
+        ],
+    };
+    let h = Harness::start_with(options, settings).await;
     let mut case = Case {
         h,
-        model: Model::new(),
+        model: Model {
+            scope,
+            ..Model::new()
+        },
         arming,
         done: Vec::new(),
         tally: Tally {
@@ -1721,6 +2272,7 @@ async fn scenario(ops: Vec<Op>, arming: Arming) -> Tally {
             ops: ops.len() as u64,
             ..Tally::default()
         },
+        queued: BTreeSet::new(),
     };
     for op in &ops {
         step(&mut case, op).await;
@@ -1733,15 +2285,16 @@ fn env_number(name: &str) -> Option<u32> {
     std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
 }
 
-/// Cases a model test runs by default: both together take about 30 s in a debug build on
-/// 2 cores. `FARMSYNC_MODEL_CASES` runs more.
-const DEFAULT_CASES: u32 = 384;
+/// Cases `sync_model_basic` and `sync_model_omissions` each run by default. With
+/// `SCOPE_CASES` the three take as long as the two did with 384 each (a scope case costs about
+/// what a basic one does). `FARMSYNC_MODEL_CASES` runs more.
+const DEFAULT_CASES: u32 = 320;
 
-fn config(regressions: &'static str) -> ProptestConfig {
+fn config(default_cases: u32, regressions: &'static str) -> ProptestConfig {
     ProptestConfig {
         cases: env_number("FARMSYNC_MODEL_CASES")
             .or_else(|| env_number("PROPTEST_CASES"))
-            .unwrap_or(DEFAULT_CASES),
+            .unwrap_or(default_cases),
         max_shrink_iters: 400,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
         ..ProptestConfig::default()
@@ -1763,13 +2316,40 @@ fn ops(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Vec<Op>> {
     })
 }
 
-fn block_on(ops: Vec<Op>, arming: Arming) -> Tally {
+/// A `sync_model_scope` case: how deletions are applied, then a few people typed in and a
+/// run that links them (so that deletions, tags and pauses meet linked customers), then the
+/// operations, with the scope operations among them; most cases end with a run and a person
+/// deciding whatever waits (deletions made late would otherwise only be queued while the case
+/// settles).
+fn scope_ops() -> impl Strategy<Value = (Option<Deletes>, Vec<Op>)> {
+    let deletes = prop_oneof![1 => Just(Deletes::Auto), 2 => Just(Deletes::Approve)];
+    let first =
+        proptest::collection::vec(scope_create(), 3..=usize::from(PEOPLE)).prop_map(|mut first| {
+            first.push(Op::Sync(Fault::Clean));
+            first
+        });
+    let then = proptest::collection::vec(
+        scope_op(basic_fault().boxed()),
+        0..=max_ops() - usize::from(PEOPLE) - 1,
+    );
+    let last = prop_oneof![
+        1 => Just(Vec::new()),
+        2 => any::<bool>().prop_map(|a| vec![Op::Sync(Fault::Clean), Op::DecideAll(a)]),
+    ];
+    (deletes, first, then, last).prop_map(|(deletes, mut first, then, last)| {
+        first.extend(then);
+        first.extend(last);
+        (Some(deletes), first)
+    })
+}
+
+fn block_on(ops: Vec<Op>, arming: Arming, scope: Option<Deletes>) -> Tally {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(scenario(ops, arming))
+    rt.block_on(scenario(ops, arming, scope))
 }
 
 /// How generated cases arm listing faults: outside the open limits, unless
@@ -1783,25 +2363,32 @@ fn generated_arming() -> Arming {
 
 /// Runs a model test's cases (its saved failures first), prints its figures, and fails with
 /// the shrunk failure if any case failed.
-fn run_model(name: &str, fault: BoxedStrategy<Fault>, regressions: &'static str) {
+fn run_model(
+    name: &str,
+    cases: impl Strategy<Value = (Option<Deletes>, Vec<Op>)>,
+    default_cases: u32,
+    regressions: &'static str,
+) {
     let started = Instant::now();
     let arming = generated_arming();
     let total = RefCell::new(Tally::default());
-    let mut runner = TestRunner::new(config(regressions));
-    let result = runner.run(&ops(fault), |ops| {
-        let tally = block_on(ops, arming);
+    let mut runner = TestRunner::new(config(default_cases, regressions));
+    let result = runner.run(&cases, |(scope, ops)| {
+        let tally = block_on(ops, arming, scope);
         total.borrow_mut().add(&tally);
         Ok(())
     });
     let t = total.into_inner();
     println!(
         "{name}: {} cases passed ({} operations, {} runs); listing faults armed {}, not armed \
-         {} (open limits); {:.1} s",
+         {} (open limits); {} deletions queued for a person, {} decided; {:.1} s",
         t.cases,
         t.ops,
         t.runs,
         t.lies_armed,
         t.lies_not_armed,
+        t.queued,
+        t.decisions,
         started.elapsed().as_secs_f64()
     );
     if let Err(failure) = result {
@@ -1815,7 +2402,8 @@ fn run_model(name: &str, fault: BoxedStrategy<Fault>, regressions: &'static str)
 fn sync_model_basic() {
     run_model(
         "sync_model_basic",
-        basic_fault().boxed(),
+        ops(basic_fault().boxed()).prop_map(|ops| (None, ops)),
+        DEFAULT_CASES,
         "tests/proptest-regressions/sync_model_basic.txt",
     );
 }
@@ -1847,8 +2435,27 @@ fn sync_model_basic() {
 fn sync_model_omissions() {
     run_model(
         "sync_model_omissions",
-        omission_fault().boxed(),
+        ops(omission_fault().boxed()).prop_map(|ops| (None, ops)),
+        DEFAULT_CASES,
         "tests/proptest-regressions/sync_model_omissions.txt",
+    );
+}
+
+/// Cases `sync_model_scope` runs by default (see `DEFAULT_CASES`).
+const SCOPE_CASES: u32 = 128;
+
+/// The basic model with `kounta_tag = "wholesale"`, and `deletes = "approve"` in two cases of
+/// three (DESIGN.md, "Operator control"): people also type in walk-ins (no tag) and twins
+/// whose CRM record lacks the tag, add and remove the tag and the pause tag, and approve or
+/// reject queued deletions (`Decide`, `DecideAll`). After every run `check_scope_run` holds
+/// besides the basic rules; once settled, `check_settled_scope`.
+#[test]
+fn sync_model_scope() {
+    run_model(
+        "sync_model_scope",
+        scope_ops(),
+        SCOPE_CASES,
+        "tests/proptest-regressions/sync_model_scope.txt",
     );
 }
 
@@ -1859,7 +2466,7 @@ fn sync_model_omissions() {
 
 /// Replays a shrunk case with every fault armed.
 fn replay(ops: Vec<Op>) {
-    block_on(ops, Arming::AsWritten);
+    block_on(ops, Arming::AsWritten, None);
 }
 
 /// A linked customer missing from FarmFlow's list is not deleted: its CRM twin must not be
@@ -1921,4 +2528,56 @@ fn known_twin_lagged_out_of_farmflows_list_above_a_listed_customer() {
         Op::Twins(0),
         Op::Sync(Fault::FfLag(1)),
     ]);
+}
+
+// ----- what the scope model found ----------------------------------------------------------------
+//
+// Shrunk failures of `sync_model_scope` that the engine now passes, replayed as written.
+
+/// Replays a shrunk `sync_model_scope` case.
+fn replay_scope(deletes: Deletes, ops: Vec<Op>) {
+    block_on(ops, Arming::AsWritten, Some(deletes));
+}
+
+/// After a lost state DB a CRM customer names a FarmFlow customer a person deleted: the
+/// deletion is queued; a person takes the CRM customer out of scope, then rejects the
+/// deletion. It must not be recreated in FarmFlow from a customer out of scope.
+#[test]
+fn known_scope_a_rejected_dangling_deletion_of_an_untagged_customer() {
+    replay_scope(
+        Deletes::Approve,
+        vec![
+            Op::Walkin(2, Contact::Both),
+            Op::New(Side::Crm, 1, Contact::Both),
+            Op::Twins(3),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Ff, 1),
+            Op::LoseDb,
+            Op::Sync(Fault::ReadHtml(Read::CrmList, 1)),
+            Op::Scope(1, ScopeOp::Untag),
+            Op::Decide(0, false),
+        ],
+    );
+}
+
+/// A deletion is queued (P3 deleted in the CRM), then a person deletes P3 in FarmFlow too
+/// and rejects the queued deletion: nothing is left to carry out, and the entry must leave
+/// the queue rather than wait there for ever (fixed with the crash campaign's finding: a
+/// queued deletion whose link is a tombstone leaves the queue).
+#[test]
+fn known_scope_a_queued_deletion_whose_customer_goes_from_both_sides_leaves_the_queue() {
+    replay_scope(
+        Deletes::Approve,
+        vec![
+            Op::New(Side::Crm, 3, Contact::Both),
+            Op::Walkin(0, Contact::Both),
+            Op::New(Side::Crm, 0, Contact::Both),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Crm, 3),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Ff, 3),
+            Op::Sync(Fault::Clean),
+            Op::DecideAll(false),
+        ],
+    );
 }

@@ -13,8 +13,8 @@ use serde_json::Value;
 use crate::support::{farmsync, text};
 use crate::sync_matrix::three_linked;
 use crate::sync_support::{
-    Harness, assert_no_duplicates, assert_settled_state, crm_person, ff_person, link_state,
-    linked_people,
+    Harness, assert_in_agreement, assert_no_duplicates, assert_settled_state, crm_person,
+    ff_person, link_state, linked_people,
 };
 
 /// Runs the binary on the harness's state DB (no credentials: these commands need none).
@@ -685,6 +685,97 @@ async fn a_paused_unlinked_customer_is_neither_linked_nor_duplicated() {
     h.run_ok().await;
     assert_eq!(h.crm_for(twin).unwrap().id, paused);
     assert_no_duplicates(&h.sb);
+}
+
+/// A CRM create whose answer was lost is settled by looking it up; a person paused the new
+/// customer, or took the `kounta_tag` off it, before that: it is parked like any linked
+/// customer — not tagged again, and not created a second time when a listing leaves it out.
+/// (The wholesale soak found the duplicate: seed 16223878565588451390, 6 s, run 16.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_crm_create_taken_out_of_scope_before_its_recovery_is_parked_not_made_twice() {
+    let h = Harness::with_settings(&[("sync.kounta_tag", "wholesale")]).await;
+    // Listed throughout: the listing that leaves the two out is not empty.
+    h.sb.kounta().insert(tagged(
+        crm_person("Hal", "Hill", "hal@example.com", "0412 300 003"),
+        "wholesale",
+    ));
+    let fay_f =
+        h.sb.farmflow()
+            .insert(ff_person("Fay", "Farm", "fay@example.com", "0412 300 001"));
+    let gil_f =
+        h.sb.farmflow()
+            .insert(ff_person("Gil", "Grove", "gil@example.com", "0412 300 002"));
+    // Both creates in the CRM are applied and their answers lost.
+    h.sb.kounta().inject(Fault::new(
+        KountaEndpoint::Create,
+        When::Every,
+        FaultAction::ApplyThenDrop,
+    ));
+    h.run().await;
+    h.sb.kounta().clear_faults();
+    assert_eq!(h.unsettled().await.len(), 2);
+    let fay_k = h.crm_named("Fay").unwrap().id;
+    let gil_k = h.crm_named("Gil").unwrap().id;
+    h.sb.kounta()
+        .edit(fay_k, |c| c.tags.push("farmsync-pause".into()));
+    h.sb.kounta().edit(gil_k, |c| c.tags.clear());
+
+    h.run_ok().await;
+    // A lagging replica: the listing leaves both out.
+    h.sb.kounta().omit_from_list([fay_k, gil_k]);
+    h.run_ok().await;
+    h.sb.kounta().clear_faults();
+    h.assert_quiet().await;
+
+    assert_no_duplicates(&h.sb);
+    assert_eq!(h.sb.kounta().customers().len(), 3, "nobody created twice");
+    assert!(
+        h.sb.kounta().get(gil_k).unwrap().tags.is_empty(),
+        "the tag a person removed is not put back"
+    );
+    let parked: Vec<(i64, Option<Parked>)> = h
+        .links()
+        .await
+        .into_iter()
+        .map(|l| (l.farmflow_id.0, l.parked))
+        .collect();
+    assert!(
+        parked.contains(&(fay_f, Some(Parked::Paused))),
+        "{parked:?}"
+    );
+    assert!(
+        parked.contains(&(gil_f, Some(Parked::Untagged))),
+        "{parked:?}"
+    );
+}
+
+/// The settled-state checks know that a deletion waiting for a person leaves its link as it
+/// is, and that a customer out of scope is left alone (it may disagree); an in-scope customer
+/// that disagrees is still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_state_checks_allow_waiting_deletions_and_parked_customers() {
+    let h = Harness::with_settings(&[
+        ("sync.deletes", "approve"),
+        ("sync.kounta_tag", "wholesale"),
+    ])
+    .await;
+    let pairs = linked_people(&h, 4).await;
+    let (gone_k, _) = pairs[0];
+    let (parked_k, parked_f) = pairs[1];
+    let (_, edited_f) = pairs[2];
+    h.sb.kounta().backoffice_delete(gone_k);
+    h.sb.kounta().edit(parked_k, |c| c.tags.clear());
+    h.run_ok().await;
+    h.sb.farmflow().edit(parked_f, |c| c.city = "Cowra".into());
+    h.converge().await;
+    assert_eq!(h.run_ok().await.summary.queued, 1);
+    assert_settled_state(&h).await;
+
+    h.sb.farmflow().edit(edited_f, |c| c.city = "Cowra".into());
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_in_agreement(&h);
+    }));
+    assert!(caught.is_err(), "an in-scope disagreement is caught");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

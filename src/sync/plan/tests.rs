@@ -308,6 +308,58 @@ fn deleted_in_the_crm_is_deleted_in_farmflow_after_confirmation() {
     assert_converged(&mut sim);
 }
 
+/// A run that stopped between a decided deletion's write and taking the entry off the queue
+/// (killed right after an approved FarmFlow delete or CRM tag, or after a rejected deletion's
+/// recreation replaced the link) leaves a tombstone with its entry still queued: the next plan
+/// takes it off, or it would wait in `farmsync deletes` and `status` for ever. The crash
+/// campaign on a wholesale farm found it (`proof_crash_scope`, 4 of 35 crash points).
+#[test]
+fn a_queued_deletion_whose_link_is_a_tombstone_leaves_the_queue() {
+    let (mut sim, kid, fid) = linked();
+    sim.crm.remove(&kid);
+    sim.sync(Reads::All);
+    assert_eq!(sim.link_of(fid).unwrap().state, LinkState::Tombstone);
+    let reference = ReferenceId::for_farmflow(fid);
+    let policy = Policy {
+        deletes: DeleteMode::Approve,
+        ..sim.policy.clone()
+    };
+    let (links, list, farmflow) = (sim.link_rows(), sim.kounta_list(), sim.farmflow_list());
+    let full: HashMap<KountaId, KountaCustomer> =
+        sim.crm.iter().map(|(k, c)| (*k, c.clone())).collect();
+    for decision in [
+        Some(DeleteDecision::Approved),
+        Some(DeleteDecision::Rejected),
+        None,
+    ] {
+        let decisions = Decisions {
+            queued: [(reference.clone(), decision)].into(),
+            ..Decisions::default()
+        };
+        let input = PlanInput {
+            farmflow: &farmflow,
+            kounta_list: &list,
+            kounta_list_complete: true,
+            kounta_full: &full,
+            links: &links,
+            orders: None,
+            direct: &DirectReads::default(),
+            decisions: &decisions,
+            today: sim.today,
+        };
+        let p = plan(&input, &policy);
+        assert!(
+            p.actions.iter().any(|a| matches!(
+                a,
+                Action::Unqueue { reference_id, .. } if *reference_id == reference
+            )),
+            "{decision:?}: {:#?}",
+            p.actions
+        );
+        assert_eq!(p.remote_writes(), 0);
+    }
+}
+
 #[test]
 fn a_delete_needs_orders_first() {
     let (mut sim, kid, _) = linked();
@@ -581,6 +633,51 @@ fn a_reference_to_a_deleted_farmflow_customer_becomes_a_tombstone() {
     assert_eq!(link.state, LinkState::Tombstone);
     assert_eq!(link.kounta_id, Some(KountaId(1)));
     assert_converged(&mut sim);
+}
+
+/// A CRM customer out of scope is left alone when its reference names a deleted FarmFlow
+/// customer too, as a parked link is: neither tagged nor (the deletion rejected) recreated in
+/// FarmFlow. `sync_model_scope` found the recreation of an untagged one after a lost state DB
+/// (`known_scope_a_rejected_dangling_deletion_of_an_untagged_customer`).
+#[test]
+fn a_reference_to_a_deleted_farmflow_customer_out_of_scope_is_left_alone() {
+    for (tags, kounta_tag) in [
+        (vec!["farmsync-pause"], ""),
+        (vec!["Newsletter"], "wholesale"),
+    ] {
+        let mut sim = Sim::default();
+        sim.policy.kounta_tag = kounta_tag.to_owned();
+        let mut k = kounta(1, "Old", "Gone", "old@example.com", "");
+        k.reference_id = "farmflow:77".into();
+        k.tags = tags.iter().map(|t| (*t).to_owned()).collect();
+        sim.add_kounta(k);
+        for i in 0..3 {
+            let mut k = kounta(10 + i, "Live", "One", &format!("l{i}@example.com"), "");
+            k.reference_id = format!("farmflow:{}", 100 + i);
+            k.tags = vec!["wholesale".into()];
+            sim.add_kounta(k);
+            sim.add_farmflow(
+                100 + i,
+                farmflow("Live", "One", &format!("l{i}@example.com"), ""),
+            );
+        }
+        let p = sim.sync(Reads::All);
+        assert_eq!(p.counts.tagged, 0, "{tags:?}: {:#?}", p.actions);
+        assert_eq!(p.counts.farmflow_creates + p.counts.recreated, 0);
+        assert!(sim.link_of(FarmflowId(77)).is_none(), "{tags:?}");
+        assert!(
+            p.actions.iter().any(|a| matches!(
+                a,
+                Action::Skip {
+                    subject: Subject::Kounta(KountaId(1)),
+                    reason: SkipReason::Parked { .. },
+                }
+            )),
+            "{:#?}",
+            p.actions
+        );
+        assert_converged(&mut sim);
+    }
 }
 
 #[test]
