@@ -22,8 +22,8 @@ use std::path::Path;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::cli::{CliError, Exit};
 use crate::config::{Needs, Settings};
+use crate::exit::{CliError, Exit};
 use crate::farmflow::client::FarmflowClient;
 use crate::http::{Api, ApiError, Raw, RetryPolicy};
 use crate::kounta::client::KountaClient;

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::customer::Field;
-use crate::sync::policy::{
+use crate::policy::{
     ConflictWinner, CountryFormat, DeleteMode, Direction, FarmflowDelete, FieldDirections,
     KountaOnFarmflowDelete, Policy,
 };

@@ -10,8 +10,20 @@ use std::fmt;
 use std::str::FromStr;
 
 use celes::Country;
+use serde::{Deserialize, Serialize};
 
-use crate::sync::policy::CountryFormat;
+/// How farmsync writes FarmFlow's free-text `country`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountryFormat {
+    /// `US`
+    Alpha2,
+    /// `USA`
+    #[default]
+    Alpha3,
+    /// `United States`
+    Name,
+}
 
 /// An ISO 3166-1 country, known by its alpha-2 code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

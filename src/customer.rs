@@ -9,10 +9,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::country::CountryCode;
+use crate::country::CountryFormat;
 use crate::farmflow::model::FarmflowFields;
 use crate::ids::ReferenceId;
 use crate::kounta::model::{KountaAddress, KountaCustomer, KountaCustomerWrite, KountaListItem};
-use crate::sync::policy::CountryFormat;
 
 /// One customer as farmsync compares it: the fields both systems hold.
 ///

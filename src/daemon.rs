@@ -48,8 +48,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::cli::Exit;
 use crate::config::Settings;
+use crate::exit::Exit;
 use crate::lock::{InstanceLock, LockError};
 use crate::observe::RunObserver;
 use crate::store::{SharedStore, Store, StoreError};

@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::ids::Api;
 pub use crate::ratelimit::RateLimiter;
 
 /// The `User-Agent` every request carries.
@@ -30,34 +31,6 @@ pub const MAX_BODY_BYTES: usize = 256 << 20;
 
 /// Longest excerpt of a response body an error carries, in characters.
 pub const EXCERPT_CHARS: usize = 200;
-
-/// Which remote API a request, error or counter belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum Api {
-    /// The Kounta-style CRM.
-    Kounta,
-    /// FarmFlow.
-    Farmflow,
-}
-
-impl Api {
-    /// The config section holding this API's settings, for messages that say what to check.
-    pub fn config_section(self) -> &'static str {
-        match self {
-            Api::Kounta => "kounta",
-            Api::Farmflow => "farmflow",
-        }
-    }
-}
-
-impl fmt::Display for Api {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Api::Kounta => "Kounta",
-            Api::Farmflow => "FarmFlow",
-        })
-    }
-}
 
 /// How a request failed below HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1516,6 +1489,49 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod contact_tests {
     use super::*;
+
+    #[test]
+    fn emails_and_phones_are_masked() {
+        let text =
+            r#"cannot read: "{\"email\":\"dee.private@example.com\",\"phone\":\"0412 654 321\"…""#;
+        let masked = mask_contacts(text);
+        assert!(!masked.contains("dee.private"), "{masked}");
+        assert!(!masked.contains("0412"), "{masked}");
+        assert!(
+            masked.contains("[email]") && masked.contains("[phone]"),
+            "{masked}"
+        );
+        for phone in [
+            "+1 503 555 0142",
+            "(04) 1230-0001",
+            "02 8765 4321",
+            "0287654321",
+            "8765-4321",
+        ] {
+            let masked = mask_contacts(&format!("phone {phone}, again"));
+            assert_eq!(masked, "phone [phone], again", "{phone}");
+        }
+        assert_eq!(
+            mask_contacts("mail Tom.OBrien@Example.com."),
+            "mail [email]."
+        );
+    }
+
+    #[test]
+    fn ids_dates_and_ordinary_text_are_kept() {
+        for text in [
+            "customer 389403 (404)",
+            "one-time order 9001 due 2026-03-12",
+            "created_at 2026-11-26T12:03:30+10:00",
+            "could not reach Kounta at http://127.0.0.1:41234/v1 (timed out)",
+            "not JSON (EOF while parsing a string at line 1 column 203)",
+            "user@localhost has no domain",
+            "token at-3f9a123456789012 stays",
+            "farmflow:301 and crm 389400",
+        ] {
+            assert_eq!(mask_contacts(text), text);
+        }
+    }
 
     #[test]
     fn excerpts_mask_emails_and_phones_but_keep_the_message() {

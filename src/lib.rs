@@ -3,7 +3,8 @@
 //! Keeps the customers of a Kounta-style CRM and of FarmFlow in step, in both directions.
 //!
 //! ## Layout
-//! - [`cli`]: the command line; maps outcomes to DESIGN.md's exit codes.
+//! - [`cli`]: the command line: parses arguments and calls the command; depended on by nothing.
+//! - [`exit`]: DESIGN.md's exit codes and [`exit::CliError`], what every command returns.
 //! - [`commands`]: the commands that talk to the APIs (`sync`, `check`).
 //! - [`capture`]: `check --capture`, each read endpoint's real answer saved with people and secrets replaced.
 //! - [`daemon`]: `farmsync run` — the worker that runs every cycle, the schedule, signals, sd_notify.
@@ -29,7 +30,8 @@
 //! - [`schedule`]: the cron expression, parsed as the scheduler parses it.
 //! - [`status`]: the health report behind `farmsync status`.
 //! - [`operator`]: what people see and decide: `history`, `conflicts`, `deletes`.
-//! - [`sync`]: policy, the pure plan, apply and the run.
+//! - [`policy`]: the user's choices that steer the sync (`[sync]`, `[fields]`).
+//! - [`sync`]: the pure plan, apply and the run.
 //! - [`sandbox`]: simulated CRM and FarmFlow APIs with fault injection, for tests and trials.
 
 pub mod alerts;
@@ -41,6 +43,7 @@ pub mod country;
 pub mod customer;
 pub mod daemon;
 pub mod demo;
+pub mod exit;
 pub mod farmflow;
 pub mod http;
 pub mod ids;
@@ -50,6 +53,7 @@ pub mod metrics;
 pub mod observe;
 pub mod operator;
 pub mod ops;
+pub mod policy;
 pub mod ratelimit;
 pub mod sandbox;
 pub mod schedule;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::{CliError, Exit};
+use crate::exit::{CliError, Exit};
 use crate::telemetry::{self, LogFormat};
 
 /// Reports a command line clap refused: help and `--version` as clap prints them; a usage

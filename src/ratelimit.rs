@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::Api;
+use crate::ids::Api;
 
 /// A lease is this share of the room left in the window (at least one grant).
 const LEASE_SHARE: u64 = 8;

@@ -12,6 +12,7 @@
 //! - `rate`: rate-limit windows.
 //! - `server`: the HTTP connection loop (drops connections on demand, stops at once).
 //! - [`sample`]: the built-in small farm and seed files.
+//! - `seed`: [`SeedDataError`], shared by the seed-file loader and both fakes.
 //!
 //! ## Order of handling
 //! A request is counted, delayed by any latency knob, checked against rate limits (a `429` is
@@ -31,6 +32,7 @@ mod pipeline;
 mod pipeline_methods;
 mod rate;
 pub mod sample;
+mod seed;
 mod server;
 
 pub use farmflow::{

@@ -11,8 +11,9 @@ pub mod budget;
 pub mod engine;
 pub mod matching;
 pub mod plan;
-pub mod policy;
+pub use crate::policy;
 mod recover;
+mod run;
 
 #[cfg(test)]
 pub(crate) mod testkit;
