@@ -1,4 +1,8 @@
 //! The command line: parses arguments, runs a command, maps its outcome to an exit code.
+//!
+//! Owns the grammar (clap) and the dispatch, nothing else: each command's work, and the
+//! argument enums a command alone reads, live in the command's module. Nothing depends on this
+//! module, so a command can be moved or tested without it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,5 +1,9 @@
 //! The commands that talk to the APIs: `sync`, `check`, `run`, `webhooks`. Each shares the
 //! APIs' rates with every other farmsync on the state DB through its request ledger.
+//!
+//! Owns putting a command together — settings to clients, the engine, the lock, the request
+//! ledger — and its report. The rules of the sync stay in [`crate::sync`], the cycle loop in
+//! [`crate::daemon`]; this module holds no SQL and no request of its own.
 
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! Countries: free text (as FarmFlow holds it) to ISO 3166-1 alpha-2, and back out in the
 //! spelling a side wants.
 //!
+//! Pure, and depends on no other farmsync module; `customer` and `policy` build on it.
+//!
 //! The `celes` crate knows codes and official names; its lookups want names squeezed to
 //! lower-case letters ("unitedstatesofamerica"), and it misses a few spellings people type
 //! ("UK", "U.S.A.", "Great Britain" with a space, accented names). Text that maps to no country

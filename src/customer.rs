@@ -1,5 +1,8 @@
 //! The canonical customer both sides map to, with field mapping and normalisation.
 //!
+//! Pure: no I/O, no store, no client. It knows both wire models (to map them) and nothing
+//! about links, plans or runs.
+//!
 //! Reading: [`Customer::from_kounta`] and [`Customer::from_farmflow`] map a wire record to the
 //! canonical one, keeping that side's spelling. Comparing: [`Field::normalise`] and
 //! [`Customer::field_eq_normalised`]. Writing: [`kounta_update`], [`kounta_create`],

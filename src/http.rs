@@ -1,11 +1,11 @@
 //! Shared client plumbing: the one request path, the error taxonomy, retries with backoff,
 //! cancellation, request counters and the lenient JSON helpers both clients decode with.
 //!
-//! Both API clients describe each call as a [`Request`] (method, URL, body, whether it may be
-//! sent twice, the operation's name) and send it through [`HttpCore::send`], which waits for
+//! Both API clients describe each call as a `Request` (method, URL, body, whether it may be
+//! sent twice, the operation's name) and send it through `HttpCore::send`, which waits for
 //! the rate limiter ([`crate::ratelimit`]) before *each* attempt (so retries count against the
 //! limit too), retries what is safe to retry, ends its waits when farmsync stops, and turns
-//! what is not into a typed [`ApiError`]. [`HttpCore`] also reads the answers the same way for
+//! what is not into a typed [`ApiError`]. `HttpCore` also reads the answers the same way for
 //! both: a status that is not a success becomes the same error, worded by each API only where
 //! its credentials were refused. A client keeps only what is its own: authentication, its
 //! endpoints and its decoders. This module knows neither API's wire format and touches no
@@ -1201,7 +1201,7 @@ impl HttpCore {
 macro_rules! client_plumbing {
     ($side:literal) => {
         /// Replaces the retry policy (e.g.
-        /// [`RetryPolicy::none`]($crate::http::RetryPolicy::none) for a quick `check`).
+        /// [`RetryPolicy::none`](crate::http::RetryPolicy::none) for a quick `check`).
         pub fn with_retry_policy(mut self, policy: $crate::http::RetryPolicy) -> Self {
             self.core.set_retry_policy(policy);
             self
@@ -1216,7 +1216,7 @@ macro_rules! client_plumbing {
 
         /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
         /// a retry's backoff, a read's answer — ends at once with
-        /// [`ApiError::Cancelled`]($crate::http::ApiError::Cancelled); a write already sent
+        /// [`ApiError::Cancelled`](crate::http::ApiError::Cancelled); a write already sent
         /// still finishes. (The engine hands each run's token here.)
         pub fn cancel_waits_on(&self, cancel: ::tokio_util::sync::CancellationToken) {
             self.core.set_cancel(cancel);

@@ -1,5 +1,7 @@
 //! Identifier newtypes, so a CRM id can never be passed where a FarmFlow id is meant, and
 //! [`Api`], which names one of the two sides (for requests, errors, counters and the rate).
+//!
+//! Depends on no other farmsync module, so every module may use it.
 
 use std::fmt;
 

@@ -1,6 +1,9 @@
 //! The commands people use to see and decide (DESIGN.md, "Operator control"): `history`,
 //! `conflicts` and `deletes`.
 //!
+//! Owns these commands' arguments, their queries' shape and what the terminal shows. It calls
+//! neither API and plans nothing: a decision is a row in the store for the sync to act on.
+//!
 //! Listing reads the state DB read-only and without the single-instance lock, like `status`,
 //! so it works beside a running daemon. Deciding (`conflicts resolve`, `deletes approve` and
 //! `reject`) writes one row in one short SQLite transaction — the DB's own write lock, not the

@@ -1,4 +1,7 @@
 //! The user's choices that steer the sync (`[sync]` and `farmflow.country_format` in the config).
+//!
+//! Types only, read by [`crate::config`] and obeyed by [`crate::sync`] (which re-exports this
+//! module as `sync::policy`): no rule of the sync lives here, and nothing here does I/O.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,10 @@
 //! The per-API rate limiter, and the request ledger through which the limiters of every
 //! farmsync process on one state DB share their grants.
 //!
+//! Depends only on [`crate::ids`]: the ledger is a trait ([`GrantLedger`]) that the store
+//! implements, so the limiter never touches SQL itself; [`crate::http`] waits on it before every
+//! attempt.
+//!
 //! A limiter alone keeps one process under its rate. DESIGN.md asks more: "no minute ever
 //! carries more CRM requests than the configured rate, across processes" — a restart, a timer
 //! run right after a daemon, or `check` beside a daemon must not double it. So a limiter given a

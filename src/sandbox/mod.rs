@@ -3,7 +3,9 @@
 //!
 //! Every farmsync test runs against it, and so do `farmsync demo` and `farmsync sandbox`. It
 //! shares no code with farmsync's own clients or wire models, so a misreading of the contract
-//! on one side cannot be hidden by the same misreading on the other.
+//! on one side cannot be hidden by the same misreading on the other: it depends on no other
+//! farmsync module, and only the demo, the `sandbox` command (with [`crate::ops`], which
+//! writes its config file) and tests depend on it.
 //!
 //! ## Layout
 //! - [`kounta`]: the fake CRM and its handle [`FakeKounta`].

@@ -1,8 +1,8 @@
 //! What one run is given and what it reports: its options, the clients and store its steps
 //! work through, and its outcome and counts.
 //!
-//! Shared by the engine, apply and recover, so neither of those reaches back into the engine;
-//! `sync::engine` re-exports the public types. Holds no logic beyond the types' own.
+//! Shared by the engine, apply and recover, so neither apply nor recover reaches back into the
+//! engine; `sync::engine` re-exports the public types. Holds no logic beyond the types' own.
 
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! The shape of the code: no circle between the top-level modules of `src/`, nor between the
 //! sibling modules of one directory (`sync/`, `sandbox/`, `store/`, …), and `lib.rs`'s layout
-//! paragraph names every module.
+//! paragraph names every module, each before the modules it uses.
 //!
 //! A module depends on another when its code (tests left out) names it: `crate::other…` or,
 //! between siblings, `super::sibling…`. The scan reads the source as text, with comments,
@@ -62,6 +62,35 @@ fn the_layout_paragraph_names_every_module() {
         missing,
         Vec::<&str>::new(),
         "modules lib.rs's layout leaves out"
+    );
+}
+
+#[test]
+fn each_module_uses_only_modules_the_layout_lists_after_it() {
+    let lib = std::fs::read_to_string(src_dir().join("lib.rs")).unwrap();
+    // The rank of each module: the line of the layout list naming it.
+    let mut rank = BTreeMap::new();
+    for (n, line) in lib.lines().filter(|l| l.starts_with("//! - ")).enumerate() {
+        let names = line.split(':').next().unwrap_or_default();
+        for name in names.split("[`").skip(1) {
+            let name = name.split('`').next().unwrap_or_default();
+            rank.entry(name.to_owned()).or_insert(n);
+        }
+    }
+    let mut upward = Vec::new();
+    for (module, uses) in top_level_graph(&src_dir()) {
+        for used in uses {
+            if let (Some(a), Some(b)) = (rank.get(&module), rank.get(&used))
+                && a >= b
+            {
+                upward.push(format!("{module} uses {used}"));
+            }
+        }
+    }
+    assert_eq!(
+        upward,
+        Vec::<String>::new(),
+        "lib.rs's layout lists these the wrong way round"
     );
 }
 
