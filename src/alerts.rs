@@ -2,6 +2,10 @@
 //! healthcheck_url`), and one JSON POST each time farmsync's health changes (`[alerts]
 //! webhook_url`), never one per run.
 //!
+//! Owns the `[alerts]` requests (its own small HTTP client: the API clients' rate and retries
+//! are not for these) and the health last announced, kept in the state DB. It reads no customer
+//! and never calls either API; [`crate::observe`] decides when to ping and what to judge.
+//!
 //! Both go through one background task, in the order they were asked for, each request bounded
 //! by [`TIMEOUT`]: a slow or dead endpoint never holds a run back, and a failure is logged at
 //! warn and nothing more. The health last announced is kept in the state DB, so a restart does

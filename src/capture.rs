@@ -3,6 +3,10 @@
 //! user can check farmsync's assumptions (the API contracts beside DESIGN.md) against a live
 //! account and share the files.
 //!
+//! Sends reads only (each client's `read_raw`, through the same request path, rate and
+//! credentials as a sync) and plans nothing; besides the files in DIR it writes only what any
+//! command must (a rotated OAuth token, under the lock).
+//!
 //! What is replaced, everywhere (bodies, headers, the request's query):
 //! - secrets: every credential in the config, and any field or header whose name says token,
 //!   secret, password, key or authorization → `[secret]`;
@@ -22,8 +26,8 @@ use std::path::Path;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::cli::{CliError, Exit};
 use crate::config::{Needs, Settings};
+use crate::exit::{CliError, Exit};
 use crate::farmflow::client::FarmflowClient;
 use crate::http::{Api, ApiError, Raw, RetryPolicy};
 use crate::kounta::client::KountaClient;

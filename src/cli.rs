@@ -1,56 +1,19 @@
 //! The command line: parses arguments, runs a command, maps its outcome to an exit code.
+//!
+//! Owns the grammar (clap) and the dispatch, nothing else: each command's work, and the
+//! argument enums a command alone reads, live in the command's module. Nothing depends on this
+//! module, so a command can be moved or tested without it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ConfigError, Settings};
+use crate::commands::WebhooksAction;
+use crate::config::Settings;
+use crate::exit::{CliError, Exit};
+use crate::operator::{ConflictsAction, DeletesAction};
 use crate::telemetry::{self, LogFormat};
-
-/// The exit codes of DESIGN.md.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    /// Everything applied / healthy.
-    Ok = 0,
-    /// Some records failed (others applied) / unhealthy.
-    Failed = 1,
-    /// Configuration or usage error.
-    Config = 2,
-    /// Stopped by a safety guard.
-    Guard = 3,
-    /// Could not run: lock held, API unreachable, credentials refused.
-    Unavailable = 4,
-}
-
-impl From<Exit> for ExitCode {
-    fn from(e: Exit) -> Self {
-        ExitCode::from(e as u8)
-    }
-}
-
-/// A command's failure: what to print, and the exit code.
-#[derive(Debug)]
-pub struct CliError {
-    pub exit: Exit,
-    pub message: String,
-}
-
-impl CliError {
-    /// A failure with the given exit code.
-    pub fn new(exit: Exit, message: impl Into<String>) -> Self {
-        CliError {
-            exit,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<ConfigError> for CliError {
-    fn from(e: ConfigError) -> Self {
-        CliError::new(Exit::Config, e.to_string())
-    }
-}
 
 /// farmsync keeps the customers of a Kounta-style point-of-sale CRM and of FarmFlow in step,
 /// in both directions, without losing, duplicating or wrongly deleting anyone.
@@ -190,73 +153,6 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
-}
-
-/// Whose value a person keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TakeSide {
-    /// The CRM's value, as recorded with the conflict.
-    Kounta,
-    /// FarmFlow's value, as recorded with the conflict.
-    Farmflow,
-}
-
-/// What `farmsync conflicts` does besides listing.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-pub enum ConflictsAction {
-    /// Settle the open conflict on FIELD of REF: the chosen value is written to whichever side
-    /// lacks it at the next cycle (journalled and kept in history like any write).
-    Resolve {
-        /// The link, `farmflow:<id>` as `farmsync conflicts` shows it.
-        #[arg(value_name = "REF")]
-        reference: String,
-        /// The field: first_name, last_name, email, phone, line1, line2, city, state,
-        /// postal_code or country.
-        field: String,
-        /// Keep this side's value.
-        #[arg(
-            long,
-            value_enum,
-            conflicts_with = "dismiss",
-            required_unless_present = "dismiss"
-        )]
-        take: Option<TakeSide>,
-        /// Close the conflict as things stand; nothing is written.
-        #[arg(long)]
-        dismiss: bool,
-    },
-}
-
-/// What `farmsync deletes` does besides listing.
-#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
-pub enum DeletesAction {
-    /// Approve one waiting deletion (or all): it is applied at the next cycle.
-    Approve {
-        /// The link, `farmflow:<id>` as `farmsync deletes` shows it.
-        #[arg(value_name = "REF", required_unless_present = "all")]
-        reference: Option<String>,
-        /// Every deletion waiting now.
-        #[arg(long, conflicts_with = "reference")]
-        all: bool,
-    },
-    /// Reject one: the deleted side's customer is recreated from the other side.
-    Reject {
-        /// The link, `farmflow:<id>` as `farmsync deletes` shows it.
-        #[arg(value_name = "REF")]
-        reference: String,
-    },
-}
-
-/// What `farmsync webhooks` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
-pub enum WebhooksAction {
-    /// Register the three topics at `<public_url>/webhooks/kounta/customers/<topic>`; running it
-    /// again changes nothing.
-    Register,
-    /// List the CRM's webhook registrations, marking farmsync's own.
-    List,
-    /// Remove farmsync's registrations (those at this config's addresses).
-    Remove,
 }
 
 /// Runs the command line and returns the process's exit code.

@@ -1,10 +1,14 @@
 //! The commands that talk to the APIs: `sync`, `check`, `run`, `webhooks`. Each shares the
 //! APIs' rates with every other farmsync on the state DB through its request ledger.
+//!
+//! Owns putting a command together — settings to clients, the engine, the lock, the request
+//! ledger — and its report. The rules of the sync stay in [`crate::sync`], the cycle loop in
+//! [`crate::daemon`]; this module holds no SQL and no request of its own.
 
 use std::sync::Arc;
 
-use crate::cli::{CliError, Exit};
 use crate::config::{KountaAuthMode, Needs, Settings};
+use crate::exit::{CliError, Exit};
 use crate::farmflow::client::FarmflowClient;
 use crate::http::{Api, ApiError, RetryPolicy};
 use crate::kounta::auth::{MemoryTokenStore, TokenStore};
@@ -530,9 +534,20 @@ impl StopSignals {
     }
 }
 
+/// What `farmsync webhooks` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Subcommand)]
+pub enum WebhooksAction {
+    /// Register the three topics at `<public_url>/webhooks/kounta/customers/<topic>`; running it
+    /// again changes nothing.
+    Register,
+    /// List the CRM's webhook registrations, marking farmsync's own.
+    List,
+    /// Remove farmsync's registrations (those at this config's addresses).
+    Remove,
+}
+
 /// `farmsync webhooks register|list|remove`.
-pub fn webhooks(settings: &Settings, action: crate::cli::WebhooksAction) -> Result<Exit, CliError> {
-    use crate::cli::WebhooksAction;
+pub fn webhooks(settings: &Settings, action: WebhooksAction) -> Result<Exit, CliError> {
     if action == WebhooksAction::Register && !settings.webhooks.enabled {
         return Err(CliError::new(
             Exit::Config,

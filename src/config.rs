@@ -1,5 +1,9 @@
 //! Settings: built-in defaults, then one `--config` file, then `FARMSYNC__SECTION__KEY`
 //! environment variables; strictly validated, with every error naming the key and its source.
+//!
+//! Owns the config's shape, defaults and validation. Reads files and the environment and
+//! nothing else: no network, no state DB. Other modules take what they need from
+//! [`Settings`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +16,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::customer::Field;
-use crate::sync::policy::{
+use crate::policy::{
     ConflictWinner, CountryFormat, DeleteMode, Direction, FarmflowDelete, FieldDirections,
     KountaOnFarmflowDelete, Policy,
 };

@@ -1,6 +1,8 @@
 //! Countries: free text (as FarmFlow holds it) to ISO 3166-1 alpha-2, and back out in the
 //! spelling a side wants.
 //!
+//! Pure, and depends on no other farmsync module; `customer` and `policy` build on it.
+//!
 //! The `celes` crate knows codes and official names; its lookups want names squeezed to
 //! lower-case letters ("unitedstatesofamerica"), and it misses a few spellings people type
 //! ("UK", "U.S.A.", "Great Britain" with a space, accented names). Text that maps to no country
@@ -10,8 +12,20 @@ use std::fmt;
 use std::str::FromStr;
 
 use celes::Country;
+use serde::{Deserialize, Serialize};
 
-use crate::sync::policy::CountryFormat;
+/// How farmsync writes FarmFlow's free-text `country`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CountryFormat {
+    /// `US`
+    Alpha2,
+    /// `USA`
+    #[default]
+    Alpha3,
+    /// `United States`
+    Name,
+}
 
 /// An ISO 3166-1 country, known by its alpha-2 code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

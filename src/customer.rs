@@ -1,5 +1,8 @@
 //! The canonical customer both sides map to, with field mapping and normalisation.
 //!
+//! Pure: no I/O, no store, no client. It knows both wire models (to map them) and nothing
+//! about links, plans or runs.
+//!
 //! Reading: [`Customer::from_kounta`] and [`Customer::from_farmflow`] map a wire record to the
 //! canonical one, keeping that side's spelling. Comparing: [`Field::normalise`] and
 //! [`Customer::field_eq_normalised`]. Writing: [`kounta_update`], [`kounta_create`],
@@ -9,10 +12,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::country::CountryCode;
+use crate::country::CountryFormat;
 use crate::farmflow::model::FarmflowFields;
 use crate::ids::ReferenceId;
 use crate::kounta::model::{KountaAddress, KountaCustomer, KountaCustomerWrite, KountaListItem};
-use crate::sync::policy::CountryFormat;
 
 /// One customer as farmsync compares it: the fields both systems hold.
 ///

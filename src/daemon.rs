@@ -3,6 +3,10 @@
 //! [`Trigger`]. (tokio-cron-scheduler starts jobs without waiting for the previous one and does
 //! not wait for running jobs when it shuts down, so it must not own the work.)
 //!
+//! Owns the worker, its lanes and triggers, the schedules, signals and sd_notify. What a cycle
+//! does is [`crate::sync::engine`]'s, what is recorded around it [`crate::observe`]'s, and the
+//! webhook listener is [`crate::webhook`]'s: this module only decides when cycles run.
+//!
 //! ## Two kinds of cycle, and who may write when
 //! A **sweep** (start-up and `[schedule] cron`) is the full reconcile; a **quick cycle**
 //! (`[schedule] quick_cron` and webhook deliveries) reads FarmFlow's list and only the CRM
@@ -48,8 +52,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::cli::Exit;
 use crate::config::Settings;
+use crate::exit::Exit;
 use crate::lock::{InstanceLock, LockError};
 use crate::observe::RunObserver;
 use crate::store::{SharedStore, Store, StoreError};

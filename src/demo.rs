@@ -1,4 +1,6 @@
 //! `farmsync demo`: a small farm in the sandbox, synced, edited as staff would, synced again.
+//!
+//! Touches nothing outside an in-process sandbox and a throw-away state DB.
 
 use std::fmt::Write as _;
 

@@ -1,10 +1,15 @@
-//! Shared client plumbing: the error taxonomy, retries with backoff, cancellation, request
-//! counters and the lenient JSON helpers both clients decode with.
+//! Shared client plumbing: the one request path, the error taxonomy, retries with backoff,
+//! cancellation, request counters and the lenient JSON helpers both clients decode with.
 //!
-//! Both API clients send every request through [`HttpCore::execute`], which waits for the rate
-//! limiter ([`crate::ratelimit`]) before *each* attempt (so retries count against the limit
-//! too), retries what is safe to retry, ends its waits when farmsync stops, and turns what is
-//! not into a typed [`ApiError`].
+//! Both API clients describe each call as a `Request` (method, URL, body, whether it may be
+//! sent twice, the operation's name) and send it through `HttpCore::send`, which waits for
+//! the rate limiter ([`crate::ratelimit`]) before *each* attempt (so retries count against the
+//! limit too), retries what is safe to retry, ends its waits when farmsync stops, and turns
+//! what is not into a typed [`ApiError`]. `HttpCore` also reads the answers the same way for
+//! both: a status that is not a success becomes the same error, worded by each API only where
+//! its credentials were refused. A client keeps only what is its own: authentication, its
+//! endpoints and its decoders. This module knows neither API's wire format and touches no
+//! store.
 
 use std::error::Error as _;
 use std::fmt;
@@ -14,11 +19,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RETRY_AFTER};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::ids::Api;
 pub use crate::ratelimit::RateLimiter;
 
 /// The `User-Agent` every request carries.
@@ -30,34 +36,6 @@ pub const MAX_BODY_BYTES: usize = 256 << 20;
 
 /// Longest excerpt of a response body an error carries, in characters.
 pub const EXCERPT_CHARS: usize = 200;
-
-/// Which remote API a request, error or counter belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum Api {
-    /// The Kounta-style CRM.
-    Kounta,
-    /// FarmFlow.
-    Farmflow,
-}
-
-impl Api {
-    /// The config section holding this API's settings, for messages that say what to check.
-    pub fn config_section(self) -> &'static str {
-        match self {
-            Api::Kounta => "kounta",
-            Api::Farmflow => "farmflow",
-        }
-    }
-}
-
-impl fmt::Display for Api {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Api::Kounta => "Kounta",
-            Api::Farmflow => "FarmFlow",
-        })
-    }
-}
 
 /// How a request failed below HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,11 +618,88 @@ pub(crate) struct Raw {
     pub body: Bytes,
 }
 
-/// The part of each client that sends requests: one `reqwest::Client`, one rate limiter, one
-/// retry policy, one set of counters.
-#[derive(Debug)]
+impl Raw {
+    /// A header's value, when it is present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What a request carries, encoded once and sent again as is on a retry.
+#[derive(Debug, Clone)]
+pub(crate) enum Body {
+    /// Nothing.
+    Empty,
+    /// JSON (`Content-Type: application/json`).
+    Json(Bytes),
+    /// A form (`Content-Type: application/x-www-form-urlencoded`).
+    Form(String),
+    /// A value that cannot be encoded as JSON, and why: the request is never sent.
+    Unencodable(String),
+}
+
+/// One request to either API: method, URL, body, whether it may be sent twice ([`Call`]: a
+/// `Create` whose answer is lost is [`ApiError::OutcomeUnknown`], never resent), and the
+/// operation's name for errors and logs (e.g. `customer create`). Both clients send every
+/// request through [`HttpCore::send`].
+#[derive(Debug, Clone)]
+pub(crate) struct Request<'a> {
+    method: reqwest::Method,
+    url: url::Url,
+    body: Body,
+    call: Call,
+    operation: &'a str,
+}
+
+impl<'a> Request<'a> {
+    /// A request with no body.
+    pub fn new(method: reqwest::Method, url: url::Url, call: Call, operation: &'a str) -> Self {
+        Request {
+            method,
+            url,
+            body: Body::Empty,
+            call,
+            operation,
+        }
+    }
+
+    /// A `GET` read.
+    pub fn read(url: url::Url, operation: &'a str) -> Self {
+        Self::new(reqwest::Method::GET, url, Call::Read, operation)
+    }
+
+    /// The request carrying `value` as JSON.
+    pub fn json<T: serde::Serialize + ?Sized>(mut self, value: &T) -> Self {
+        self.body = match serde_json::to_vec(value) {
+            Ok(bytes) => Body::Json(Bytes::from(bytes)),
+            Err(e) => Body::Unencodable(e.to_string()),
+        };
+        self
+    }
+
+    /// The request carrying `pairs` as a form.
+    pub fn form(mut self, pairs: &[(&str, &str)]) -> Self {
+        let encoded = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        self.body = Body::Form(encoded);
+        self
+    }
+}
+
+/// How an API words a refusal of its credentials: the status (401 or 403) and the API's
+/// explanation in; out, the operator's message, naming what was sent and the settings to check.
+pub(crate) type Refusal = Box<dyn Fn(u16, &str) -> String + Send + Sync>;
+
+/// The part of each client that sends requests and reads their answers: one
+/// `reqwest::Client`, one rate limiter, one retry policy, one set of counters, and how an answer
+/// that is not a success becomes an [`ApiError`].
 pub(crate) struct HttpCore {
     pub api: Api,
+    /// The API's base URL: every request goes below it.
+    base: url::Url,
+    /// How this API's refusals of the credentials are worded.
+    refusal: Refusal,
     client: reqwest::Client,
     limiter: RateLimiter,
     retry: RetryPolicy,
@@ -655,9 +710,27 @@ pub(crate) struct HttpCore {
     cancel: RwLock<CancellationToken>,
 }
 
+impl fmt::Debug for HttpCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpCore")
+            .field("api", &self.api)
+            .field("base", &self.base.as_str())
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpCore {
-    /// A core for `api` with the given per-request timeout and rate.
-    pub fn new(api: Api, timeout: Duration, requests_per_minute: u32) -> Result<Self, ApiError> {
+    /// A core for `api` at `base` with the given per-request timeout and rate; `refusal` words
+    /// a refusal of the credentials.
+    pub fn new(
+        api: Api,
+        base: url::Url,
+        timeout: Duration,
+        requests_per_minute: u32,
+        refusal: Refusal,
+    ) -> Result<Self, ApiError> {
+        check_base_url(api, &base)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let client = reqwest::Client::builder()
@@ -676,6 +749,8 @@ impl HttpCore {
             })?;
         Ok(HttpCore {
             api,
+            base,
+            refusal,
             client,
             limiter: RateLimiter::per_minute(requests_per_minute),
             retry: RetryPolicy::default(),
@@ -683,6 +758,16 @@ impl HttpCore {
             secrets: RwLock::new(Vec::new()),
             cancel: RwLock::new(CancellationToken::new()),
         })
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &url::Url {
+        &self.base
+    }
+
+    /// A URL below the base, `segments` appended (see [`endpoint`]).
+    pub fn url(&self, segments: &[&str]) -> url::Url {
+        endpoint(&self.base, segments)
     }
 
     /// Waits until the rate leaves `reserve` requests free after one more (see
@@ -702,11 +787,6 @@ impl HttpCore {
     /// From now on, `cancel` ends this client's waits (see [`HttpCore::execute`]).
     pub fn set_cancel(&self, cancel: CancellationToken) {
         *self.cancel.write().unwrap_or_else(|e| e.into_inner()) = cancel;
-    }
-
-    /// The underlying HTTP client, to build requests with.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.client
     }
 
     /// Replaces the retry policy.
@@ -775,13 +855,149 @@ impl HttpCore {
         }
     }
 
-    /// A `Decode` error for an answer whose status the caller did not expect.
-    pub fn unexpected(&self, raw: &Raw) -> ApiError {
+    /// A `Decode` error for `body`: `reason` says what was wrong.
+    pub fn undecodable(&self, reason: impl Into<String>, body: &[u8]) -> ApiError {
         ApiError::Decode {
             api: self.api,
-            reason: format!("unexpected status {}", raw.status.as_u16()),
-            excerpt: self.excerpt(&raw.body),
+            reason: reason.into(),
+            excerpt: self.excerpt(body),
         }
+    }
+
+    /// A `Decode` error for an answer whose status the caller did not expect.
+    pub fn unexpected(&self, raw: &Raw) -> ApiError {
+        self.undecodable(
+            format!("unexpected status {}", raw.status.as_u16()),
+            &raw.body,
+        )
+    }
+
+    /// A create (or registration) whose outcome cannot be known: `operation` names it.
+    pub fn outcome_unknown(&self, operation: &str, cause: String) -> ApiError {
+        ApiError::OutcomeUnknown {
+            api: self.api,
+            operation: operation.to_owned(),
+            cause,
+        }
+    }
+
+    /// The API refused the credentials (`status`, with its explanation `message`).
+    pub fn credentials_refused(&self, status: u16, message: &str) -> ApiError {
+        ApiError::Auth {
+            api: self.api,
+            message: (self.refusal)(status, message),
+        }
+    }
+
+    /// The API's explanation of an error answer, or an excerpt of a body that is not JSON.
+    pub fn explanation(&self, raw: &Raw) -> String {
+        let message = serde_json::from_slice::<Value>(&raw.body)
+            .ok()
+            .and_then(|v| lenient::error_message(&v));
+        let text = match message {
+            Some(message) => self.excerpt(message.as_bytes()),
+            None => self.excerpt(&raw.body),
+        };
+        if text.is_empty() {
+            "no explanation given".to_owned()
+        } else {
+            text
+        }
+    }
+
+    /// The error for an answer that is not a success; `what` names the missing thing for a
+    /// 404 (e.g. `customer 42`).
+    pub fn status_error(&self, raw: &Raw, what: impl Into<String>) -> ApiError {
+        let api = self.api;
+        let status = raw.status.as_u16();
+        let message = self.explanation(raw);
+        match status {
+            401 | 403 => self.credentials_refused(status, &message),
+            404 => ApiError::NotFound {
+                api,
+                what: what.into(),
+            },
+            409 => ApiError::Conflict { api, message },
+            400..=499 => ApiError::Validation {
+                api,
+                status,
+                message,
+            },
+            _ => self.unexpected(raw),
+        }
+    }
+
+    /// `Ok` for a success, else [`HttpCore::status_error`].
+    pub fn expect_success(&self, raw: &Raw, what: impl Into<String>) -> Result<(), ApiError> {
+        if raw.status.is_success() {
+            Ok(())
+        } else {
+            Err(self.status_error(raw, what))
+        }
+    }
+
+    /// A read or removal by id: `Ok(false)` when the API answers 404 (not there), `Ok(true)`
+    /// for a success, else [`HttpCore::status_error`].
+    pub fn found(&self, raw: &Raw, what: impl Into<String>) -> Result<bool, ApiError> {
+        if raw.status == StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        self.expect_success(raw, what).map(|()| true)
+    }
+
+    /// A create's answer: a 4xx refused it (nothing was created: [`HttpCore::status_error`]);
+    /// any other answer that is not a success leaves its outcome unknown.
+    pub fn expect_created(
+        &self,
+        raw: &Raw,
+        operation: &str,
+        what: impl Into<String>,
+    ) -> Result<(), ApiError> {
+        if raw.status.is_client_error() {
+            return Err(self.status_error(raw, what));
+        }
+        if !raw.status.is_success() {
+            let cause = format!("unexpected answer {}", raw.status.as_u16());
+            return Err(self.outcome_unknown(operation, cause));
+        }
+        Ok(())
+    }
+
+    /// Sends `request`, with `auth` (a header carrying the credentials) when given: the one
+    /// request path of both clients. Retries as [`HttpCore::execute`] says.
+    pub async fn send(
+        &self,
+        request: &Request<'_>,
+        auth: Option<(&HeaderName, &HeaderValue)>,
+    ) -> Result<Raw, ApiError> {
+        if let Body::Unencodable(reason) = &request.body {
+            return Err(ApiError::Config {
+                api: self.api,
+                message: format!("cannot encode the {} request: {reason}", request.operation),
+            });
+        }
+        self.execute(request.call, request.operation, || {
+            let builder = self
+                .client
+                .request(request.method.clone(), request.url.clone());
+            let builder = match &request.body {
+                Body::Empty | Body::Unencodable(_) => builder,
+                Body::Json(bytes) => builder
+                    .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                    .body(bytes.clone()),
+                Body::Form(form) => builder
+                    .header(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-www-form-urlencoded"),
+                    )
+                    .body(form.clone()),
+            };
+            match auth {
+                Some((name, value)) => builder.header(name.clone(), value.clone()),
+                None => builder,
+            }
+        })
+        .await
     }
 
     /// Sends the request `build` makes, retrying what may be retried. Answers 429 and 5xx never
@@ -793,7 +1009,7 @@ impl HttpCore {
     /// sent is waited for: its effect must be known and settled (a refresh rotates the token).
     ///
     /// `operation` names the call in errors and logs, e.g. `customer create`.
-    pub async fn execute<F>(&self, call: Call, operation: &str, build: F) -> Result<Raw, ApiError>
+    async fn execute<F>(&self, call: Call, operation: &str, build: F) -> Result<Raw, ApiError>
     where
         F: Fn() -> reqwest::RequestBuilder,
     {
@@ -978,6 +1194,50 @@ impl HttpCore {
         }
     }
 }
+
+/// The methods of every API client that only hand over to its `core` ([`HttpCore`]): retry
+/// policy, rate limiter, cancellation, counters. Expanded inside each client's `impl` (a trait
+/// would make every caller import it); `$side` names the API's requests in the docs.
+macro_rules! client_plumbing {
+    ($side:literal) => {
+        /// Replaces the retry policy (e.g.
+        /// [`RetryPolicy::none`](crate::http::RetryPolicy::none) for a quick `check`).
+        pub fn with_retry_policy(mut self, policy: $crate::http::RetryPolicy) -> Self {
+            self.core.set_retry_policy(policy);
+            self
+        }
+
+        /// Replaces the rate limiter (one sharing the state DB's request ledger, or one with a
+        /// shorter window in tests).
+        pub fn with_rate_limiter(mut self, limiter: $crate::http::RateLimiter) -> Self {
+            self.core.set_limiter(limiter);
+            self
+        }
+
+        /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
+        /// a retry's backoff, a read's answer — ends at once with
+        /// [`ApiError::Cancelled`](crate::http::ApiError::Cancelled); a write already sent
+        /// still finishes. (The engine hands each run's token here.)
+        pub fn cancel_waits_on(&self, cancel: ::tokio_util::sync::CancellationToken) {
+            self.core.set_cancel(cancel);
+        }
+
+        /// Requests sent so far, by kind.
+        pub fn counts(&self) -> $crate::http::RequestCounts {
+            self.core.counts()
+        }
+
+        #[doc = concat!(
+            "The rate limiter: [`RateLimiter::recent`](crate::http::RateLimiter::recent) is the ",
+            $side,
+            " requests of the last minute."
+        )]
+        pub fn limiter(&self) -> &$crate::http::RateLimiter {
+            self.core.limiter()
+        }
+    };
+}
+pub(crate) use client_plumbing;
 
 /// The requests one sync run sent, counted apart from the clients' totals: the daemon's sweep
 /// and quick cycle share the clients, and each reports only its own (`sync.run.finished`).
@@ -1218,7 +1478,7 @@ pub(crate) fn endpoint(base: &url::Url, segments: &[&str]) -> url::Url {
 }
 
 /// Checks that a base URL can carry paths (`http(s)://host/...`).
-pub(crate) fn check_base_url(api: Api, base: &url::Url) -> Result<(), ApiError> {
+fn check_base_url(api: Api, base: &url::Url) -> Result<(), ApiError> {
     if base.cannot_be_a_base() || !matches!(base.scheme(), "http" | "https") {
         return Err(ApiError::Config {
             api,
@@ -1237,6 +1497,48 @@ pub(crate) fn check_base_url(api: Api, base: &url::Url) -> Result<(), ApiError> 
 /// and reject what would silently blank a value (an object where text belongs).
 pub(crate) mod lenient {
     use super::Value;
+    use serde_json::Map;
+
+    /// What kind of JSON value this is, for error messages (`a list`, `text`, …).
+    pub fn kind(value: &Value) -> &'static str {
+        match value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "text",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "an object",
+        }
+    }
+
+    /// A record being decoded: its fields, and its id, which every error about it names.
+    pub struct Record<'v> {
+        /// The record's fields.
+        pub obj: &'v Map<String, Value>,
+        /// Its id.
+        pub id: i64,
+        what: &'static str,
+    }
+
+    impl<'v> Record<'v> {
+        /// `value` as a `what` record (e.g. `customer`), its id read by `id`.
+        pub fn new(
+            value: &'v Value,
+            what: &'static str,
+            id: impl FnOnce(&Map<String, Value>) -> Result<i64, String>,
+        ) -> Result<Self, String> {
+            let obj = value
+                .as_object()
+                .ok_or_else(|| format!("expected a {what} object, found {}", kind(value)))?;
+            let id = id(obj).map_err(|e| format!("{what} id {e}"))?;
+            Ok(Record { obj, id, what })
+        }
+
+        /// The text of field `key` (see [`text`]).
+        pub fn text(&self, key: &str) -> Result<String, String> {
+            text(self.obj.get(key)).map_err(|e| format!("{} {}: {key:?} {e}", self.what, self.id))
+        }
+    }
 
     /// Text of a field: strings as they are, numbers and booleans spelled out, missing or
     /// `null` as `""`. Arrays and objects are an error: reading them as empty would blank data.
@@ -1484,12 +1786,14 @@ pub(crate) mod testing {
     use proptest::prelude::*;
     use serde_json::Value;
 
-    /// Arbitrary JSON, nested up to 4 levels, whose object keys are mostly the given names
-    /// (so the decoders meet their own fields with wrong types) and text leaves match `text`.
+    /// Arbitrary JSON, nested up to 4 levels, whose object keys are mostly the names in `keys`
+    /// (separated by white space: the decoders meet their own fields with wrong types) and
+    /// text leaves match `text`.
     pub(crate) fn json_value(
-        keys: &'static [&'static str],
+        keys: &'static str,
         text: &'static str,
     ) -> impl Strategy<Value = Value> {
+        let keys: Vec<&'static str> = keys.split_whitespace().collect();
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
@@ -1501,7 +1805,7 @@ pub(crate) mod testing {
         ];
         leaf.prop_recursive(4, 48, 6, move |inner| {
             let key = prop_oneof![
-                3 => prop::sample::select(keys).prop_map(str::to_owned),
+                3 => prop::sample::select(keys.clone()).prop_map(str::to_owned),
                 1 => "[a-z_-]{1,8}",
             ];
             prop_oneof![
@@ -1516,6 +1820,49 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod contact_tests {
     use super::*;
+
+    #[test]
+    fn emails_and_phones_are_masked() {
+        let text =
+            r#"cannot read: "{\"email\":\"dee.private@example.com\",\"phone\":\"0412 654 321\"…""#;
+        let masked = mask_contacts(text);
+        assert!(!masked.contains("dee.private"), "{masked}");
+        assert!(!masked.contains("0412"), "{masked}");
+        assert!(
+            masked.contains("[email]") && masked.contains("[phone]"),
+            "{masked}"
+        );
+        for phone in [
+            "+1 503 555 0142",
+            "(04) 1230-0001",
+            "02 8765 4321",
+            "0287654321",
+            "8765-4321",
+        ] {
+            let masked = mask_contacts(&format!("phone {phone}, again"));
+            assert_eq!(masked, "phone [phone], again", "{phone}");
+        }
+        assert_eq!(
+            mask_contacts("mail Tom.OBrien@Example.com."),
+            "mail [email]."
+        );
+    }
+
+    #[test]
+    fn ids_dates_and_ordinary_text_are_kept() {
+        for text in [
+            "customer 389403 (404)",
+            "one-time order 9001 due 2026-03-12",
+            "created_at 2026-11-26T12:03:30+10:00",
+            "could not reach Kounta at http://127.0.0.1:41234/v1 (timed out)",
+            "not JSON (EOF while parsing a string at line 1 column 203)",
+            "user@localhost has no domain",
+            "token at-3f9a123456789012 stays",
+            "farmflow:301 and crm 389400",
+        ] {
+            assert_eq!(mask_contacts(text), text);
+        }
+    }
 
     #[test]
     fn excerpts_mask_emails_and_phones_but_keep_the_message() {
@@ -1540,7 +1887,9 @@ mod excerpt_cut_tests {
     use super::*;
 
     fn core_with_secret(secret: &str) -> HttpCore {
-        let core = HttpCore::new(Api::Farmflow, Duration::from_secs(5), 60).unwrap();
+        let refusal: Refusal = Box::new(|status, message| format!("refused ({status}): {message}"));
+        let base = url::Url::parse("http://127.0.0.1:1/").unwrap();
+        let core = HttpCore::new(Api::Farmflow, base, Duration::from_secs(5), 60, refusal).unwrap();
         core.add_secret(&SecretString::from(secret.to_owned()));
         core
     }

@@ -1,4 +1,7 @@
-//! Identifier newtypes, so a CRM id can never be passed where a FarmFlow id is meant.
+//! Identifier newtypes, so a CRM id can never be passed where a FarmFlow id is meant, and
+//! [`Api`], which names one of the two sides (for requests, errors, counters and the rate).
+//!
+//! Depends on no other farmsync module, so every module may use it.
 
 use std::fmt;
 
@@ -22,6 +25,34 @@ pub struct FarmflowId(pub i64);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ReferenceId(String);
+
+/// Which remote API a request, error or counter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum Api {
+    /// The Kounta-style CRM.
+    Kounta,
+    /// FarmFlow.
+    Farmflow,
+}
+
+impl Api {
+    /// The config section holding this API's settings, for messages that say what to check.
+    pub fn config_section(self) -> &'static str {
+        match self {
+            Api::Kounta => "kounta",
+            Api::Farmflow => "farmflow",
+        }
+    }
+}
+
+impl fmt::Display for Api {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Api::Kounta => "Kounta",
+            Api::Farmflow => "FarmFlow",
+        })
+    }
+}
 
 impl fmt::Display for KountaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,5 +1,8 @@
 //! The single-instance lock: one writer per state DB, held for the command's life.
 //!
+//! Depends on no other farmsync module. Only [`crate::commands`] and [`crate::daemon`] take
+//! it; the store and the sync never do, and the commands that only read run without it.
+//!
 //! An exclusive, non-blocking OS lock on `<state path>.lock`; the OS releases it when the
 //! holder dies, so a killed farmsync never blocks the next one.
 

@@ -2,6 +2,10 @@
 //! `[metrics] listen`, and written by `sync` and `run` to `[metrics] textfile` for
 //! node_exporter's textfile collector.
 //!
+//! Owns the metric names, what they add up and their encoding. It reads the store and a run's
+//! report; it never calls an API and changes no sync state. [`crate::observe`] calls it after
+//! each run.
+//!
 //! What a run adds up — runs by outcome, accepted writes, requests by status class, the cycle
 //! duration histogram — is kept in the state DB (`metric_values`), not in the process: a
 //! one-shot `sync` under a timer counts on from where the last one stopped, and a daemon's

@@ -2,7 +2,8 @@
 //! DB and the textfile rewritten, and — around sweeps — healthchecks are pinged and a change
 //! of health announced. `farmsync sync` and the daemon's cycles both run through
 //! [`RunObserver::observe`]; nothing here can fail or hold up a run (problems are logged at
-//! warn).
+//! warn), nor change what a run does. The pings and announcements are [`crate::alerts`]'s, the
+//! numbers [`crate::metrics`]'s; this module only ties them to each run.
 //!
 //! Only sweeps ping and judge health: quick cycles run every minute beside them, and would
 //! blur a check's durations and make health flap between a failed sweep and a clean quick

@@ -1,6 +1,9 @@
 //! The commands people use to see and decide (DESIGN.md, "Operator control"): `history`,
 //! `conflicts` and `deletes`.
 //!
+//! Owns these commands' arguments, their queries' shape and what the terminal shows. It calls
+//! neither API and plans nothing: a decision is a row in the store for the sync to act on.
+//!
 //! Listing reads the state DB read-only and without the single-instance lock, like `status`,
 //! so it works beside a running daemon. Deciding (`conflicts resolve`, `deletes approve` and
 //! `reject`) writes one row in one short SQLite transaction — the DB's own write lock, not the
@@ -12,13 +15,68 @@ use std::io::Write;
 use chrono::{DateTime, Local, NaiveDate, TimeZone, Utc};
 use serde::Serialize;
 
-use crate::cli::{CliError, ConflictsAction, DeletesAction, Exit, TakeSide};
 use crate::config::Settings;
 use crate::customer::Field;
+use crate::exit::{CliError, Exit};
 use crate::store::{
     ConflictDecision, DeleteDecision, FieldChange, HistoryEntry, HistoryFilter, Side, Store,
     StoreError,
 };
+
+/// Whose value a person keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TakeSide {
+    /// The CRM's value, as recorded with the conflict.
+    Kounta,
+    /// FarmFlow's value, as recorded with the conflict.
+    Farmflow,
+}
+
+/// What `farmsync conflicts` does besides listing.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum ConflictsAction {
+    /// Settle the open conflict on FIELD of REF: the chosen value is written to whichever side
+    /// lacks it at the next cycle (journalled and kept in history like any write).
+    Resolve {
+        /// The link, `farmflow:<id>` as `farmsync conflicts` shows it.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// The field: first_name, last_name, email, phone, line1, line2, city, state,
+        /// postal_code or country.
+        field: String,
+        /// Keep this side's value.
+        #[arg(
+            long,
+            value_enum,
+            conflicts_with = "dismiss",
+            required_unless_present = "dismiss"
+        )]
+        take: Option<TakeSide>,
+        /// Close the conflict as things stand; nothing is written.
+        #[arg(long)]
+        dismiss: bool,
+    },
+}
+
+/// What `farmsync deletes` does besides listing.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum DeletesAction {
+    /// Approve one waiting deletion (or all): it is applied at the next cycle.
+    Approve {
+        /// The link, `farmflow:<id>` as `farmsync deletes` shows it.
+        #[arg(value_name = "REF", required_unless_present = "all")]
+        reference: Option<String>,
+        /// Every deletion waiting now.
+        #[arg(long, conflicts_with = "reference")]
+        all: bool,
+    },
+    /// Reject one: the deleted side's customer is recreated from the other side.
+    Reject {
+        /// The link, `farmflow:<id>` as `farmsync deletes` shows it.
+        #[arg(value_name = "REF")]
+        reference: String,
+    },
+}
 
 /// `farmsync history`.
 pub fn history(

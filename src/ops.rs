@@ -1,12 +1,15 @@
 //! What the command line's edge needs beyond the commands themselves: usage errors and panics
 //! in the log format (with JSON, every stderr line is one JSON object), and the config file
 //! `farmsync sandbox --write-config` writes.
+//!
+//! Depends on the sandbox (for its config file's marker) and telemetry only; it runs no
+//! command.
 
 use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::{CliError, Exit};
+use crate::exit::{CliError, Exit};
 use crate::telemetry::{self, LogFormat};
 
 /// Reports a command line clap refused: help and `--version` as clap prints them; a usage

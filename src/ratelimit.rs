@@ -1,6 +1,10 @@
 //! The per-API rate limiter, and the request ledger through which the limiters of every
 //! farmsync process on one state DB share their grants.
 //!
+//! Depends only on [`crate::ids`]: the ledger is a trait ([`GrantLedger`]) that the store
+//! implements, so the limiter never touches SQL itself; [`crate::http`] waits on it before every
+//! attempt.
+//!
 //! A limiter alone keeps one process under its rate. DESIGN.md asks more: "no minute ever
 //! carries more CRM requests than the configured rate, across processes" — a restart, a timer
 //! run right after a daemon, or `check` beside a daemon must not double it. So a limiter given a
@@ -34,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::Api;
+use crate::ids::Api;
 
 /// A lease is this share of the room left in the window (at least one grant).
 const LEASE_SHARE: u64 = 8;

@@ -1,4 +1,6 @@
 //! The `[schedule] cron` expression: parsed exactly as tokio-cron-scheduler parses it.
+//!
+//! Depends on no other farmsync module; the daemon schedules with it, config validates with it.
 
 use chrono::{DateTime, Duration, TimeZone};
 use croner::Cron;

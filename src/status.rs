@@ -1,4 +1,6 @@
 //! `farmsync status`: what the state DB says about farmsync's health, read without the lock.
+//!
+//! Reads the state DB only (read-only, through [`crate::store`]); calls neither API.
 
 use std::collections::BTreeMap;
 

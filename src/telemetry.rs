@@ -1,5 +1,8 @@
 //! Logging: human text on a terminal, one JSON object a line for log collectors, and a last line
 //! of defence that masks every configured secret before a byte leaves the process.
+//!
+//! Depends on no other farmsync module; every module logs through `tracing`, none formats
+//! log lines of its own.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

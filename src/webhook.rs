@@ -1,6 +1,9 @@
 //! The webhook listener: Kounta's `customers/created|updated|deleted` deliveries, verified,
 //! recorded as hints in the state DB, then handed to the daemon's worker.
 //!
+//! Owns the listener and the hints it stores. It never calls either API and never syncs: the
+//! worker's next quick cycle reads the customer, and clears the hint.
+//!
 //! A delivery is only a hint to re-read one customer (deliveries repeat, arrive late or never),
 //! so the listener does as little as it can: check both secrets, read at most 1 MiB, find the
 //! customer id, store the hint durably, answer 200. The sync itself happens in the worker.

@@ -1,9 +1,8 @@
 //! The FarmFlow client: one method per remote call, built to `api/farmflow.md`.
 
-use std::fmt;
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -12,8 +11,8 @@ use url::Url;
 use crate::farmflow::decode::{self, Payload};
 use crate::farmflow::model::{FarmflowCustomer, FarmflowFields, OneTimeOrder, RecurringOrder};
 use crate::http::{
-    Api, ApiError, Call, CheckReport, HttpCore, RateLimiter, Raw, RequestCounts, RetryPolicy,
-    check_base_url, endpoint, excerpt_text,
+    Api, ApiError, Call, CheckReport, DecodeError, HttpCore, Raw, Refusal, Request,
+    client_plumbing, excerpt_text,
 };
 use crate::ids::FarmflowId;
 
@@ -49,32 +48,25 @@ pub enum DeleteOutcome {
     AlreadyGone,
 }
 
-/// The FarmFlow client.
+/// The FarmFlow client. Its `Debug` shows no secret: the key's header value is marked
+/// sensitive.
+#[derive(Debug)]
 pub struct FarmflowClient {
     core: HttpCore,
-    base: Url,
     auth_name: HeaderName,
     auth_value: HeaderValue,
-    /// The header name as configured (`HeaderName` lower-cases it), for messages.
-    auth_label: String,
-    auth_prefix: String,
-}
-
-impl fmt::Debug for FarmflowClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FarmflowClient")
-            .field("base", &self.base.as_str())
-            .field("auth_header", &self.auth_label)
-            .field("api_key", &"[redacted]")
-            .finish()
-    }
 }
 
 impl FarmflowClient {
     /// A client for `options`.
     pub fn new(options: FarmflowOptions) -> Result<Self, ApiError> {
-        check_base_url(Api::Farmflow, &options.base_url)?;
-        let core = HttpCore::new(Api::Farmflow, options.timeout, options.requests_per_minute)?;
+        let core = HttpCore::new(
+            Api::Farmflow,
+            options.base_url,
+            options.timeout,
+            options.requests_per_minute,
+            refusal(options.auth_header.trim(), &options.auth_prefix),
+        )?;
         core.add_secret(&options.api_key);
         let auth_name =
             HeaderName::from_bytes(options.auth_header.trim().as_bytes()).map_err(|_| {
@@ -100,50 +92,18 @@ impl FarmflowClient {
         auth_value.set_sensitive(true);
         Ok(FarmflowClient {
             core,
-            base: options.base_url,
             auth_name,
             auth_value,
-            auth_label: options.auth_header.trim().to_owned(),
-            auth_prefix: options.auth_prefix,
         })
     }
 
-    /// Replaces the retry policy (e.g. [`RetryPolicy::none`] for a quick `check`).
-    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.core.set_retry_policy(policy);
-        self
-    }
-
-    /// Replaces the rate limiter (one sharing the state DB's request ledger, or one with a
-    /// shorter window in tests).
-    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
-        self.core.set_limiter(limiter);
-        self
-    }
-
-    /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
-    /// a retry's backoff, a read's answer — ends at once with [`ApiError::Cancelled`]; a write
-    /// already sent still finishes. (The engine hands each run's token here.)
-    pub fn cancel_waits_on(&self, cancel: tokio_util::sync::CancellationToken) {
-        self.core.set_cancel(cancel);
-    }
-
-    /// Requests sent so far, by kind.
-    pub fn counts(&self) -> RequestCounts {
-        self.core.counts()
-    }
-
-    /// The rate limiter: [`RateLimiter::recent`] is the FarmFlow requests of the last minute.
-    pub fn limiter(&self) -> &RateLimiter {
-        self.core.limiter()
-    }
+    client_plumbing!("FarmFlow");
 
     /// Every customer (`GET /customers-get`; FarmFlow does not page).
     pub async fn list(&self) -> Result<Vec<FarmflowCustomer>, ApiError> {
-        let raw = self.get_action("customers-get", "customer list").await?;
-        self.expect_success(&raw, "customer list")?;
-        let decoded = decode::customer_list(&raw.body);
-        self.accept(&raw, decoded)
+        let operation = "customer list";
+        self.read_all("customers-get", operation, operation, decode::customer_list)
+            .await
     }
 
     /// One customer, or `None` when FarmFlow answers 404.
@@ -152,17 +112,13 @@ impl FarmflowClient {
         let raw = self
             .post("customer-get", "customer read", Call::Read, &body)
             .await?;
-        if raw.status == StatusCode::NOT_FOUND {
+        if !self.core.found(&raw, format!("customer {id}"))? {
             return Ok(None);
         }
-        self.expect_success(&raw, format!("customer {id}"))?;
         let customer = self.accept(&raw, decode::customer(&raw.body))?;
         if customer.id != id {
-            return Err(ApiError::Decode {
-                api: Api::Farmflow,
-                reason: format!("asked for customer {id}, got customer {}", customer.id),
-                excerpt: self.core.excerpt(&raw.body),
-            });
+            let reason = format!("asked for customer {id}, got customer {}", customer.id);
+            return Err(self.core.undecodable(reason, &raw.body));
         }
         Ok(Some(customer))
     }
@@ -174,33 +130,25 @@ impl FarmflowClient {
     /// connection or a 5xx, or a 2xx that cannot be read, gives [`ApiError::OutcomeUnknown`].
     pub async fn create(&self, fields: &FarmflowFields) -> Result<FarmflowCustomer, ApiError> {
         let body = decode::customer_body(None, Some(fields));
+        let operation = "customer create";
         let raw = self
-            .post("customer-create", "customer create", Call::Create, &body)
+            .post("customer-create", operation, Call::Create, &body)
             .await?;
-        if raw.status.is_client_error() {
-            return Err(self.status_error(&raw, "customer-create endpoint"));
-        }
-        let unknown = |cause: String| ApiError::OutcomeUnknown {
-            api: Api::Farmflow,
-            operation: "customer create".to_owned(),
-            cause,
-        };
-        if !raw.status.is_success() {
-            return Err(unknown(format!(
-                "unexpected answer {}",
-                raw.status.as_u16()
-            )));
-        }
+        self.core
+            .expect_created(&raw, operation, "customer-create endpoint")?;
         match decode::created(&raw.body, fields) {
             Ok(Ok(customer)) => Ok(customer),
             // The body says it failed: nothing was created.
             Ok(Err(message)) => Err(self.refused(&raw, message)),
-            Err(err) => Err(unknown(format!(
-                "answered {} with a body farmsync cannot read ({}): {:?}",
-                raw.status.as_u16(),
-                err.reason,
-                self.core.excerpt(&raw.body)
-            ))),
+            Err(err) => Err(self.core.outcome_unknown(
+                operation,
+                format!(
+                    "answered {} with a body farmsync cannot read ({}): {:?}",
+                    raw.status.as_u16(),
+                    err.reason,
+                    self.core.excerpt(&raw.body)
+                ),
+            )),
         }
     }
 
@@ -216,17 +164,17 @@ impl FarmflowClient {
                 &body,
             )
             .await?;
-        self.expect_success(&raw, format!("customer {}", customer.id))?;
+        self.core
+            .expect_success(&raw, format!("customer {}", customer.id))?;
         match decode::created(&raw.body, &customer.fields) {
             Ok(Ok(updated)) if updated.id == customer.id => Ok(updated),
-            Ok(Ok(other)) => Err(ApiError::Decode {
-                api: Api::Farmflow,
-                reason: format!(
+            Ok(Ok(other)) => Err(self.core.undecodable(
+                format!(
                     "updated customer {}, got customer {}",
                     customer.id, other.id
                 ),
-                excerpt: self.core.excerpt(&raw.body),
-            }),
+                &raw.body,
+            )),
             Ok(Err(message)) => Err(self.refused(&raw, message)),
             // Applied (2xx); an empty or unreadable echo means FarmFlow holds what was sent.
             Err(_) => {
@@ -260,14 +208,14 @@ impl FarmflowClient {
             };
         }
         match status {
-            401 | 403 => Err(self.status_error(&raw, "")),
+            401 | 403 => Err(self.core.status_error(&raw, "")),
             404 => Ok(DeleteOutcome::AlreadyGone),
             400..=499 => {
-                let reason = self.explanation(&raw);
+                let reason = self.core.explanation(&raw);
                 if names_recurring_order(&reason) {
                     Ok(DeleteOutcome::Blocked { reason })
                 } else {
-                    Err(self.status_error(&raw, format!("customer {id}")))
+                    Err(self.core.status_error(&raw, format!("customer {id}")))
                 }
             }
             _ => Err(self.core.unexpected(&raw)),
@@ -276,20 +224,23 @@ impl FarmflowClient {
 
     /// Every recurring order (`GET /recurring-orders-get`).
     pub async fn recurring_orders(&self) -> Result<Vec<RecurringOrder>, ApiError> {
-        let raw = self
-            .get_action("recurring-orders-get", "recurring order list")
-            .await?;
-        self.expect_success(&raw, "recurring-orders-get endpoint")?;
-        self.accept(&raw, decode::recurring_orders(&raw.body))
+        let action = "recurring-orders-get";
+        let what = "recurring-orders-get endpoint";
+        self.read_all(
+            action,
+            "recurring order list",
+            what,
+            decode::recurring_orders,
+        )
+        .await
     }
 
     /// Every one-time order (`GET /one-time-orders-get`).
     pub async fn one_time_orders(&self) -> Result<Vec<OneTimeOrder>, ApiError> {
-        let raw = self
-            .get_action("one-time-orders-get", "one-time order list")
-            .await?;
-        self.expect_success(&raw, "one-time-orders-get endpoint")?;
-        self.accept(&raw, decode::one_time_orders(&raw.body))
+        let action = "one-time-orders-get";
+        let what = "one-time-orders-get endpoint";
+        self.read_all(action, "one-time order list", what, decode::one_time_orders)
+            .await
     }
 
     /// Read-only probe for `farmsync check`: reads the customer list.
@@ -301,16 +252,22 @@ impl FarmflowClient {
         })
     }
 
+    /// A whole list (`GET /{action}`), decoded by `decode`; `what` names it for a 404.
+    async fn read_all<T>(
+        &self,
+        action: &str,
+        operation: &str,
+        what: &str,
+        decode: impl Fn(&[u8]) -> Result<Result<T, String>, DecodeError>,
+    ) -> Result<T, ApiError> {
+        let raw = self.get_action(action, operation).await?;
+        self.core.expect_success(&raw, what)?;
+        self.accept(&raw, decode(&raw.body))
+    }
+
     async fn get_action(&self, action: &str, operation: &str) -> Result<Raw, ApiError> {
-        let url = endpoint(&self.base, &[action]);
-        self.core
-            .execute(Call::Read, operation, || {
-                self.core
-                    .http()
-                    .get(url.clone())
-                    .header(self.auth_name.clone(), self.auth_value.clone())
-            })
-            .await
+        let request = Request::read(self.core.url(&[action]), operation);
+        self.send(&request).await
     }
 
     async fn post(
@@ -320,31 +277,22 @@ impl FarmflowClient {
         call: Call,
         body: &Value,
     ) -> Result<Raw, ApiError> {
-        let url = endpoint(&self.base, &[action]);
-        self.core
-            .execute(call, operation, || {
-                self.core
-                    .http()
-                    .post(url.clone())
-                    .header(self.auth_name.clone(), self.auth_value.clone())
-                    .json(body)
-            })
-            .await
+        let url = self.core.url(&[action]);
+        let request = Request::new(Method::POST, url, call, operation).json(body);
+        self.send(&request).await
     }
 
-    fn expect_success(&self, raw: &Raw, what: impl Into<String>) -> Result<(), ApiError> {
-        if raw.status.is_success() {
-            Ok(())
-        } else {
-            Err(self.status_error(raw, what))
-        }
+    /// Sends with the API key.
+    async fn send(&self, request: &Request<'_>) -> Result<Raw, ApiError> {
+        let auth = (&self.auth_name, &self.auth_value);
+        self.core.send(request, Some(auth)).await
     }
 
     /// Turns a decoded 2xx into a value, a refusal in the body into an error.
     fn accept<T>(
         &self,
         raw: &Raw,
-        decoded: Result<Result<T, String>, crate::http::DecodeError>,
+        decoded: Result<Result<T, String>, DecodeError>,
     ) -> Result<T, ApiError> {
         match decoded {
             Ok(Ok(value)) => Ok(value),
@@ -367,7 +315,8 @@ impl FarmflowClient {
         .iter()
         .any(|word| lower.contains(word))
         {
-            return self.auth_error(raw.status.as_u16(), &self.core.excerpt(message.as_bytes()));
+            let message = self.core.excerpt(message.as_bytes());
+            return self.core.credentials_refused(raw.status.as_u16(), &message);
         }
         ApiError::Validation {
             api: Api::Farmflow,
@@ -375,60 +324,21 @@ impl FarmflowClient {
             message: self.core.excerpt(message.as_bytes()),
         }
     }
+}
 
-    fn status_error(&self, raw: &Raw, what: impl Into<String>) -> ApiError {
-        let status = raw.status.as_u16();
-        let message = self.explanation(raw);
-        match status {
-            401 | 403 => self.auth_error(status, &message),
-            404 => ApiError::NotFound {
-                api: Api::Farmflow,
-                what: what.into(),
-            },
-            409 => ApiError::Conflict {
-                api: Api::Farmflow,
-                message,
-            },
-            400..=499 => ApiError::Validation {
-                api: Api::Farmflow,
-                status,
-                message,
-            },
-            _ => self.core.unexpected(raw),
-        }
-    }
-
-    fn auth_error(&self, status: u16, message: &str) -> ApiError {
-        ApiError::Auth {
-            api: Api::Farmflow,
-            message: format!(
-                "FarmFlow refused the API key ({status}) — check farmflow.api_key or auth_header (sent header {}{}): {}",
-                self.auth_label,
-                if self.auth_prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!(" with prefix {:?}", self.auth_prefix)
-                },
-                excerpt_text(message)
-            ),
-        }
-    }
-
-    /// FarmFlow's explanation of an error answer, or an excerpt of a body that is not JSON.
-    fn explanation(&self, raw: &Raw) -> String {
-        let message = serde_json::from_slice::<Value>(&raw.body)
-            .ok()
-            .and_then(|v| crate::http::lenient::error_message(&v));
-        let text = match message {
-            Some(message) => self.core.excerpt(message.as_bytes()),
-            None => self.core.excerpt(&raw.body),
-        };
-        if text.is_empty() {
-            "no explanation given".to_owned()
-        } else {
-            text
-        }
-    }
+/// How FarmFlow's refusal of the key is worded: it names the header sent and its prefix.
+fn refusal(auth_label: &str, auth_prefix: &str) -> Refusal {
+    let sent = if auth_prefix.is_empty() {
+        auth_label.to_owned()
+    } else {
+        format!("{auth_label} with prefix {auth_prefix:?}")
+    };
+    Box::new(move |status, message| {
+        format!(
+            "FarmFlow refused the API key ({status}) — check farmflow.api_key or auth_header (sent header {sent}): {}",
+            excerpt_text(message)
+        )
+    })
 }
 
 /// Whether a refusal is about a recurring (standing) order.
@@ -451,6 +361,6 @@ impl FarmflowClient {
             None => self.get_action(action, operation).await?,
             Some(body) => self.post(action, operation, Call::Read, body).await?,
         };
-        Ok((endpoint(&self.base, &[action]), raw))
+        Ok((self.core.url(&[action]), raw))
     }
 }

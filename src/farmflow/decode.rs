@@ -9,7 +9,8 @@
 use serde_json::{Map, Value};
 
 use crate::farmflow::model::{FarmflowCustomer, FarmflowFields, OneTimeOrder, RecurringOrder};
-use crate::http::{DecodeError, lenient};
+use crate::http::DecodeError;
+use crate::http::lenient::{self, Record, kind};
 use crate::ids::FarmflowId;
 
 /// Keys a customer list may sit under.
@@ -269,14 +270,10 @@ fn single(value: &Value) -> &Value {
 
 /// One customer from an already unwrapped value.
 pub(crate) fn customer_value(value: &Value) -> Result<FarmflowCustomer, String> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| format!("expected a customer object, found {}", kind(value)))?;
-    let id = lenient::id(obj.get("id")).map_err(|e| format!("customer id {e}"))?;
-    let text =
-        |key: &str| lenient::text(obj.get(key)).map_err(|e| format!("customer {id}: {key:?} {e}"));
+    let record = Record::new(value, "customer", |obj| lenient::id(obj.get("id")))?;
+    let text = |key: &str| record.text(key);
     Ok(FarmflowCustomer {
-        id: FarmflowId(id),
+        id: FarmflowId(record.id),
         fields: FarmflowFields {
             company: text("company")?,
             firstname: text("firstname")?,
@@ -304,17 +301,6 @@ pub fn customer_body(id: Option<FarmflowId>, fields: Option<&FarmflowFields>) ->
         body.insert("id".to_owned(), Value::String(id.to_string()));
     }
     Value::Object(body)
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -513,18 +499,7 @@ mod tests {
 
     fn json_value() -> impl Strategy<Value = Value> {
         crate::http::testing::json_value(
-            &[
-                "id",
-                "status",
-                "success",
-                "data",
-                "message",
-                "customers",
-                "customer",
-                "customer-id",
-                "recurring-orders",
-                "firstname",
-            ],
+            "id status success data message customers customer customer-id recurring-orders firstname",
             "[a-z0-9 @.-]{0,12}",
         )
     }

@@ -1,5 +1,8 @@
 //! The FarmFlow client and its wire models.
 //!
+//! Talks to FarmFlow only, and only through [`crate::http`]'s request path; knows nothing of
+//! the store, the links or the sync.
+//!
 //! - [`model`]: the wire records.
 //! - [`decode`]: pure, envelope-tolerant decoders of FarmFlow's answers.
 //! - [`client`]: [`FarmflowClient`], one method per remote call.

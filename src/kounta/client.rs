@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue, LOCATION};
+use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::http::{
-    Api, ApiError, Call, CheckReport, HttpCore, RateLimiter, Raw, RequestCounts, RetryPolicy,
-    check_base_url, endpoint,
+    Api, ApiError, Call, CheckReport, DecodeError, HttpCore, Raw, Refusal, Request,
+    client_plumbing, excerpt_text,
 };
 use crate::ids::KountaId;
 use crate::kounta::auth::{OAuthTokens, TokenGrant, TokenStore, token_grant};
@@ -137,7 +137,6 @@ struct OAuth {
 /// The Kounta-style CRM client.
 pub struct KountaClient {
     core: HttpCore,
-    base: Url,
     configured_company: Option<i64>,
     company: tokio::sync::OnceCell<i64>,
     auth: AuthMode,
@@ -150,7 +149,7 @@ pub struct KountaClient {
 impl fmt::Debug for KountaClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KountaClient")
-            .field("base", &self.base.as_str())
+            .field("base", &self.core.base().as_str())
             .field(
                 "company",
                 &self.company.get().or(self.configured_company.as_ref()),
@@ -169,8 +168,14 @@ impl fmt::Debug for KountaClient {
 impl KountaClient {
     /// A client for `options`. Rotated OAuth tokens are kept in `tokens` (ignored with basic auth).
     pub fn new(options: KountaOptions, tokens: Arc<dyn TokenStore>) -> Result<Self, ApiError> {
-        check_base_url(Api::Kounta, &options.base_url)?;
-        let core = HttpCore::new(Api::Kounta, options.timeout, options.requests_per_minute)?;
+        let oauth = matches!(options.auth, KountaAuth::OAuth { .. });
+        let core = HttpCore::new(
+            Api::Kounta,
+            options.base_url,
+            options.timeout,
+            options.requests_per_minute,
+            refusal(oauth),
+        )?;
         let auth = match options.auth {
             KountaAuth::Basic {
                 client_id,
@@ -207,7 +212,6 @@ impl KountaClient {
         };
         Ok(KountaClient {
             core,
-            base: options.base_url,
             configured_company: options.company_id,
             company: tokio::sync::OnceCell::new(),
             auth,
@@ -223,41 +227,13 @@ impl KountaClient {
         self
     }
 
-    /// Replaces the retry policy (e.g. [`RetryPolicy::none`] for a quick `check`).
-    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
-        self.core.set_retry_policy(policy);
-        self
-    }
-
-    /// Replaces the rate limiter (one sharing the state DB's request ledger, or one with a
-    /// shorter window in tests).
-    pub fn with_rate_limiter(mut self, limiter: RateLimiter) -> Self {
-        self.core.set_limiter(limiter);
-        self
-    }
-
-    /// From now on, once `cancel` is cancelled, every wait of this client — the rate limiter,
-    /// a retry's backoff, a read's answer — ends at once with [`ApiError::Cancelled`]; a write
-    /// already sent still finishes. (The engine hands each run's token here.)
-    pub fn cancel_waits_on(&self, cancel: tokio_util::sync::CancellationToken) {
-        self.core.set_cancel(cancel);
-    }
-
     /// Caps the pages one listing reads; a longer list comes back incomplete.
     pub fn with_page_cap(mut self, pages: u32) -> Self {
         self.page_cap = pages.max(1);
         self
     }
 
-    /// Requests sent so far, by kind.
-    pub fn counts(&self) -> RequestCounts {
-        self.core.counts()
-    }
-
-    /// The rate limiter: [`RateLimiter::recent`] is the CRM requests of the last minute.
-    pub fn limiter(&self) -> &RateLimiter {
-        self.core.limiter()
-    }
+    client_plumbing!("CRM");
 
     /// Whether the next request would first have to refresh the OAuth token (no usable access
     /// token in memory or in the store). Always `false` with basic auth. Lets a command take the
@@ -287,16 +263,12 @@ impl KountaClient {
         }
         self.company
             .get_or_try_init(|| async {
-                let url = endpoint(&self.base, &["companies", "me"]);
-                let raw = self
-                    .send(Call::Read, "company lookup", || self.core.http().get(url.clone()))
-                    .await?;
-                if !raw.status.is_success() {
-                    return Err(self.status_error(
-                        &raw,
-                        "company behind these credentials (GET /companies/me) — set kounta.company_id",
-                    ));
-                }
+                let url = self.core.url(&["companies", "me"]);
+                let raw = self.send(&Request::read(url, "company lookup")).await?;
+                self.core.expect_success(
+                    &raw,
+                    "company behind these credentials (GET /companies/me) — set kounta.company_id",
+                )?;
                 decode::company_id(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))
             })
             .await
@@ -321,30 +293,16 @@ impl KountaClient {
 
     /// The full record of one customer, or `None` when the CRM answers 404.
     pub async fn get(&self, id: KountaId) -> Result<Option<KountaCustomer>, ApiError> {
-        let cid = self.company_id().await?;
-        let url = endpoint(
-            &self.base,
-            &["companies", &cid.to_string(), "customers", &id.to_string()],
-        );
-        let raw = self
-            .send(Call::Read, "customer read", || {
-                self.core.http().get(url.clone())
-            })
-            .await?;
-        if raw.status == StatusCode::NOT_FOUND {
+        let url = self.company_url(&["customers", &id.to_string()]).await?;
+        let raw = self.send(&Request::read(url, "customer read")).await?;
+        if !self.core.found(&raw, format!("customer {id}"))? {
             return Ok(None);
-        }
-        if !raw.status.is_success() {
-            return Err(self.status_error(&raw, format!("customer {id}")));
         }
         let customer =
             decode::customer(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))?;
         if customer.id != id {
-            return Err(ApiError::Decode {
-                api: Api::Kounta,
-                reason: format!("asked for customer {id}, got customer {}", customer.id),
-                excerpt: self.core.excerpt(&raw.body),
-            });
+            let reason = format!("asked for customer {id}, got customer {}", customer.id);
+            return Err(self.core.undecodable(reason, &raw.body));
         }
         Ok(Some(customer))
     }
@@ -402,32 +360,18 @@ impl KountaClient {
     /// Never resent once it may have reached the CRM: an answer lost to a timeout, a dropped
     /// connection or a 5xx gives [`ApiError::OutcomeUnknown`].
     pub async fn create(&self, customer: &KountaCustomerWrite) -> Result<KountaId, ApiError> {
+        let operation = "customer create";
         let cid = self.company_id().await?;
-        let url = self.customers_url(cid);
-        let raw = self
-            .send(Call::Create, "customer create", || {
-                self.core.http().post(url.clone()).json(customer)
-            })
-            .await?;
-        if raw.status.is_client_error() {
-            return Err(self.status_error(&raw, format!("company {cid}")));
-        }
-        let unknown = |cause: String| ApiError::OutcomeUnknown {
-            api: Api::Kounta,
-            operation: "customer create".to_owned(),
-            cause,
-        };
-        if !raw.status.is_success() {
-            return Err(unknown(format!(
-                "unexpected answer {}",
-                raw.status.as_u16()
-            )));
-        }
-        let location = raw
-            .headers
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
+        let request = Request::new(
+            Method::POST,
+            self.customers_url(cid),
+            Call::Create,
+            operation,
+        );
+        let raw = self.send(&request.json(customer)).await?;
+        self.core
+            .expect_created(&raw, operation, format!("company {cid}"))?;
+        let location = raw.header(LOCATION.as_str()).unwrap_or_default();
         if let Some(id) = decode::location_id(location) {
             return Ok(id);
         }
@@ -435,11 +379,12 @@ impl KountaClient {
         if let Ok(created) = decode::customer(&raw.body) {
             return Ok(created.id);
         }
-        Err(unknown(format!(
+        let cause = format!(
             "answered {} without naming the new customer (Location {:?})",
             raw.status.as_u16(),
-            crate::http::excerpt_text(location)
-        )))
+            excerpt_text(location)
+        );
+        Err(self.core.outcome_unknown(operation, cause))
     }
 
     /// Updates the fields that are `Some`; the rest stay as they are. Returns the record when
@@ -449,19 +394,10 @@ impl KountaClient {
         id: KountaId,
         changes: &KountaCustomerWrite,
     ) -> Result<Option<KountaCustomer>, ApiError> {
-        let cid = self.company_id().await?;
-        let url = endpoint(
-            &self.base,
-            &["companies", &cid.to_string(), "customers", &id.to_string()],
-        );
-        let raw = self
-            .send(Call::IdempotentWrite, "customer update", || {
-                self.core.http().put(url.clone()).json(changes)
-            })
-            .await?;
-        if !raw.status.is_success() {
-            return Err(self.status_error(&raw, format!("customer {id}")));
-        }
+        let url = self.company_url(&["customers", &id.to_string()]).await?;
+        let request = Request::new(Method::PUT, url, Call::IdempotentWrite, "customer update");
+        let raw = self.send(&request.json(changes)).await?;
+        self.core.expect_success(&raw, format!("customer {id}"))?;
         if raw.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
@@ -496,7 +432,17 @@ impl KountaClient {
     }
 
     fn customers_url(&self, cid: i64) -> Url {
-        endpoint(&self.base, &["companies", &cid.to_string(), "customers"])
+        self.core.url(&["companies", &cid.to_string(), "customers"])
+    }
+
+    /// `{base}/companies/{company id}/{segments}`.
+    async fn company_url(&self, segments: &[&str]) -> Result<Url, ApiError> {
+        let cid = self.company_id().await?.to_string();
+        let all: Vec<&str> = ["companies", cid.as_str()]
+            .into_iter()
+            .chain(segments.iter().copied())
+            .collect();
+        Ok(self.core.url(&all))
     }
 
     async fn read_pages(
@@ -574,21 +520,16 @@ impl KountaClient {
         cid: i64,
         operation: &str,
     ) -> Result<(Vec<KountaListItem>, Option<String>), ApiError> {
-        let raw = self
-            .send(Call::Read, operation, || self.core.http().get(url.clone()))
-            .await?;
-        if !raw.status.is_success() {
-            return Err(self.status_error(&raw, format!("company {cid} — check kounta.company_id")));
-        }
+        let raw = self.send(&Request::read(url.clone(), operation)).await?;
+        self.core
+            .expect_success(&raw, format!("company {cid} — check kounta.company_id"))?;
         let page = if raw.status == StatusCode::NO_CONTENT {
             Vec::new()
         } else {
             decode::list_page(&raw.body).map_err(|e| self.core.decode_error(e, &raw.body))?
         };
         let next = raw
-            .headers
-            .get("x-next-page")
-            .and_then(|v| v.to_str().ok())
+            .header("x-next-page")
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
@@ -601,13 +542,14 @@ impl KountaClient {
         let url = current
             .join(next)
             .map_err(|e| format!("it is not a URL ({e})"))?;
-        let same_origin = url.scheme() == self.base.scheme()
-            && url.host_str() == self.base.host_str()
-            && url.port_or_known_default() == self.base.port_or_known_default();
+        let base = self.core.base();
+        let same_origin = url.scheme() == base.scheme()
+            && url.host_str() == base.host_str()
+            && url.port_or_known_default() == base.port_or_known_default();
         if !same_origin {
             return Err(format!(
                 "it leaves {}; credentials are only sent to the configured kounta.base_url",
-                self.base.host_str().unwrap_or_default()
+                base.host_str().unwrap_or_default()
             ));
         }
         Ok(url)
@@ -621,28 +563,19 @@ impl KountaClient {
         let cid = self.company_id().await?;
         let mut url = self.customers_url(cid);
         url.query_pairs_mut().extend_pairs(query);
-        let raw = self
-            .send(Call::Read, operation, || self.core.http().get(url.clone()))
-            .await?;
+        let raw = self.send(&Request::read(url, operation)).await?;
         if raw.status.is_redirection() {
-            let location = raw
-                .headers
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
+            let location = raw.header(LOCATION.as_str()).unwrap_or_default();
             return decode::location_id(location)
                 .map(Some)
                 .ok_or_else(|| ApiError::Decode {
                     api: Api::Kounta,
                     reason: format!("{} names no customer", raw.status.as_u16()),
-                    excerpt: format!("Location: {}", crate::http::excerpt_text(location)),
+                    excerpt: format!("Location: {}", excerpt_text(location)),
                 });
         }
-        if raw.status == StatusCode::NOT_FOUND {
+        if !self.core.found(&raw, format!("company {cid}"))? {
             return Ok(None);
-        }
-        if !raw.status.is_success() {
-            return Err(self.status_error(&raw, format!("company {cid}")));
         }
         // Tolerated: a stack that followed the redirect answers the record, or a list.
         if let Ok(record) = decode::customer(&raw.body) {
@@ -662,91 +595,67 @@ impl KountaClient {
 
     /// Sends with credentials. With OAuth, a 401 (or a 400 saying the token is bad) refreshes
     /// the token and sends once more; a second refusal is an `Auth` error.
-    async fn send<F>(&self, call: Call, operation: &str, build: F) -> Result<Raw, ApiError>
-    where
-        F: Fn() -> reqwest::RequestBuilder,
-    {
+    async fn send(&self, request: &Request<'_>) -> Result<Raw, ApiError> {
         let oauth = match &self.auth {
             AuthMode::Basic(value) => {
-                return self
-                    .core
-                    .execute(call, operation, || {
-                        build().header(AUTHORIZATION, value.clone())
-                    })
-                    .await;
+                return self.core.send(request, Some((&AUTHORIZATION, value))).await;
             }
             AuthMode::OAuth(oauth) => oauth,
         };
-        let token = self.access_token(oauth).await?;
-        let header = bearer(&token)?;
-        let raw = self
-            .core
-            .execute(call, operation, || {
-                build().header(AUTHORIZATION, header.clone())
-            })
-            .await?;
+        let token = self.access_token(oauth, None).await?;
+        let raw = self.send_bearer(request, &token).await?;
         if !token_refused(&raw) {
             return Ok(raw);
         }
-        let token = self.renew_after_refusal(oauth, &token).await?;
-        let header = bearer(&token)?;
-        let raw = self
-            .core
-            .execute(call, operation, || {
-                build().header(AUTHORIZATION, header.clone())
-            })
-            .await?;
+        let token = self.access_token(oauth, Some(&token)).await?;
+        let raw = self.send_bearer(request, &token).await?;
         if token_refused(&raw) {
-            return Err(ApiError::Auth {
-                api: Api::Kounta,
-                message: format!(
-                    "Kounta refused a freshly refreshed access token ({}, sent Authorization: Bearer): {} — authorise farmsync again and set kounta.refresh_token",
-                    raw.status.as_u16(),
-                    self.explanation(&raw)
-                ),
-            });
+            return Err(auth(format!(
+                "Kounta refused a freshly refreshed access token ({}, sent Authorization: Bearer): {} — authorise farmsync again and set kounta.refresh_token",
+                raw.status.as_u16(),
+                self.core.explanation(&raw)
+            )));
         }
         Ok(raw)
     }
 
-    /// The access token to use: the one in use, else a usable stored one, else a fresh one.
-    async fn access_token(&self, oauth: &OAuth) -> Result<SecretString, ApiError> {
-        let mut current = oauth.current.lock().await;
-        let now = now_epoch();
-        if let Some(tokens) = current.as_ref()
-            && tokens.access_usable(now, EXPIRY_MARGIN_SECS)
-        {
-            return Ok(tokens.access_token.clone());
-        }
-        if let Some(stored) = load_tokens(&oauth.store).await?
-            && stored.access_usable(now, EXPIRY_MARGIN_SECS)
-        {
-            self.core.add_secret(&stored.access_token);
-            let access = stored.access_token.clone();
-            *current = Some(stored);
-            return Ok(access);
-        }
-        self.refresh(oauth, &mut current).await
+    async fn send_bearer(
+        &self,
+        request: &Request<'_>,
+        token: &SecretString,
+    ) -> Result<Raw, ApiError> {
+        let header = bearer(token)?;
+        self.core
+            .send(request, Some((&AUTHORIZATION, &header)))
+            .await
     }
 
-    /// A token to replace `refused`: one another task or process already got, else a refresh.
-    async fn renew_after_refusal(
+    /// The access token to use: the one in use, else a usable stored one, else a fresh one.
+    /// After a refusal of `refused`, only another token will do (one another task or process
+    /// already got), and one close to its expiry still counts.
+    async fn access_token(
         &self,
         oauth: &OAuth,
-        refused: &SecretString,
+        refused: Option<&SecretString>,
     ) -> Result<SecretString, ApiError> {
         let mut current = oauth.current.lock().await;
         let now = now_epoch();
-        let differs = |t: &OAuthTokens| t.access_token.expose_secret() != refused.expose_secret();
+        let margin = if refused.is_some() {
+            0
+        } else {
+            EXPIRY_MARGIN_SECS
+        };
+        let will_do = |t: &OAuthTokens| {
+            t.access_usable(now, margin)
+                && refused.is_none_or(|r| t.access_token.expose_secret() != r.expose_secret())
+        };
         if let Some(tokens) = current.as_ref()
-            && differs(tokens)
-            && tokens.access_usable(now, 0)
+            && will_do(tokens)
         {
             return Ok(tokens.access_token.clone());
         }
         if let Some(stored) = load_tokens(&oauth.store).await?
-            && differs(&stored)
-            && stored.access_usable(now, 0)
+            && will_do(&stored)
         {
             self.core.add_secret(&stored.access_token);
             let access = stored.access_token.clone();
@@ -767,10 +676,9 @@ impl KountaClient {
         current: &mut Option<OAuthTokens>,
     ) -> Result<SecretString, ApiError> {
         if !self.refresh_allowed {
-            return Err(ApiError::Auth {
-                api: Api::Kounta,
-                message: "the Kounta access token needs a refresh, which only the farmsync holding the lock may do; try again once it has refreshed, or stop it".to_owned(),
-            });
+            return Err(auth(
+                "the Kounta access token needs a refresh, which only the farmsync holding the lock may do; try again once it has refreshed, or stop it",
+            ));
         }
         let stored = load_tokens(&oauth.store)
             .await?
@@ -785,10 +693,7 @@ impl KountaClient {
             });
         let candidates: Vec<SecretString> = stored.into_iter().chain(configured).collect();
         if candidates.is_empty() {
-            return Err(ApiError::Auth {
-                api: Api::Kounta,
-                message: "no Kounta refresh token: set kounta.refresh_token".to_owned(),
-            });
+            return Err(auth("no Kounta refresh token: set kounta.refresh_token"));
         }
         let mut refusal = None;
         for refresh_token in candidates {
@@ -815,10 +720,7 @@ impl KountaClient {
             *current = Some(tokens);
             return Ok(access);
         }
-        Err(refusal.unwrap_or_else(|| ApiError::Auth {
-            api: Api::Kounta,
-            message: "Kounta refused the refresh token".to_owned(),
-        }))
+        Err(refusal.unwrap_or_else(|| auth("Kounta refused the refresh token")))
     }
 
     async fn request_grant(
@@ -826,19 +728,15 @@ impl KountaClient {
         oauth: &OAuth,
         refresh_token: &SecretString,
     ) -> Result<TokenGrant, ApiError> {
-        let url = endpoint(&self.base, &["token"]);
+        let url = self.core.url(&["token"]);
         let form = [
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose_secret()),
             ("client_id", oauth.client_id.as_str()),
             ("client_secret", oauth.client_secret.expose_secret()),
         ];
-        let raw = self
-            .core
-            .execute(Call::Refresh, "token refresh", || {
-                self.core.http().post(url.clone()).form(&form)
-            })
-            .await?;
+        let request = Request::new(Method::POST, url, Call::Refresh, "token refresh").form(&form);
+        let raw = self.core.send(&request, None).await?;
         if raw.status.is_success() {
             return token_grant(&raw.body).map_err(|e| ApiError::Decode {
                 api: Api::Kounta,
@@ -847,72 +745,38 @@ impl KountaClient {
             });
         }
         if matches!(raw.status.as_u16(), 400 | 401 | 403) {
-            return Err(ApiError::Auth {
-                api: Api::Kounta,
-                message: format!(
-                    "Kounta refused the refresh token ({}: {}) — authorise farmsync again and set kounta.refresh_token (check kounta.client_id and kounta.client_secret too)",
-                    raw.status.as_u16(),
-                    self.explanation(&raw)
-                ),
-            });
+            return Err(auth(format!(
+                "Kounta refused the refresh token ({}: {}) — authorise farmsync again and set kounta.refresh_token (check kounta.client_id and kounta.client_secret too)",
+                raw.status.as_u16(),
+                self.core.explanation(&raw)
+            )));
         }
         Err(self.core.unexpected(&raw))
     }
+}
 
-    /// The error for a non-success answer; `what` names the missing thing for a 404.
-    fn status_error(&self, raw: &Raw, what: impl Into<String>) -> ApiError {
-        let status = raw.status.as_u16();
-        let message = self.explanation(raw);
-        match status {
-            403 => ApiError::Auth {
-                api: Api::Kounta,
-                message: format!(
-                    "Kounta denied access (403, sent Authorization: {}): {message} — check kounta.company_id and the credentials",
-                    match self.auth {
-                        AuthMode::Basic(_) => "Basic",
-                        AuthMode::OAuth(_) => "Bearer",
-                    }
-                ),
-            },
-            401 => ApiError::Auth {
-                api: Api::Kounta,
-                message: match self.auth {
-                    AuthMode::Basic(_) => format!(
-                        "Kounta refused the credentials (401, sent Authorization: Basic): {message} — check kounta.client_id and kounta.client_secret"
-                    ),
-                    AuthMode::OAuth(_) => format!(
-                        "Kounta refused the access token (401, sent Authorization: Bearer): {message} — authorise farmsync again and set kounta.refresh_token"
-                    ),
-                },
-            },
-            404 => ApiError::NotFound {
-                api: Api::Kounta,
-                what: what.into(),
-            },
-            409 => ApiError::Conflict {
-                api: Api::Kounta,
-                message,
-            },
-            400..=499 => ApiError::Validation {
-                api: Api::Kounta,
-                status,
-                message,
-            },
-            _ => self.core.unexpected(raw),
-        }
-    }
+/// How the CRM's refusal of the credentials is worded: it names the `Authorization` scheme
+/// sent and the settings to check.
+fn refusal(oauth: bool) -> Refusal {
+    Box::new(move |status, message| match (status, oauth) {
+        (403, _) => format!(
+            "Kounta denied access (403, sent Authorization: {}): {message} — check kounta.company_id and the credentials",
+            if oauth { "Bearer" } else { "Basic" }
+        ),
+        (_, false) => format!(
+            "Kounta refused the credentials ({status}, sent Authorization: Basic): {message} — check kounta.client_id and kounta.client_secret"
+        ),
+        (_, true) => format!(
+            "Kounta refused the access token ({status}, sent Authorization: Bearer): {message} — authorise farmsync again and set kounta.refresh_token"
+        ),
+    })
+}
 
-    /// The CRM's explanation of an error answer, or an excerpt of a body that is not JSON.
-    fn explanation(&self, raw: &Raw) -> String {
-        let text = match decode::error_message(&raw.body) {
-            Some(message) => self.core.excerpt(message.as_bytes()),
-            None => self.core.excerpt(&raw.body),
-        };
-        if text.is_empty() {
-            "no explanation given".to_owned()
-        } else {
-            text
-        }
+/// An `Auth` error of the CRM.
+fn auth(message: impl Into<String>) -> ApiError {
+    ApiError::Auth {
+        api: Api::Kounta,
+        message: message.into(),
     }
 }
 
@@ -923,13 +787,8 @@ fn token_refused(raw: &Raw) -> bool {
 }
 
 fn bearer(token: &SecretString) -> Result<HeaderValue, ApiError> {
-    let mut value =
-        HeaderValue::from_str(&format!("Bearer {}", token.expose_secret())).map_err(|_| {
-            ApiError::Auth {
-                api: Api::Kounta,
-                message: "Kounta issued an access token that cannot be sent in a header".to_owned(),
-            }
-        })?;
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+        .map_err(|_| auth("Kounta issued an access token that cannot be sent in a header"))?;
     value.set_sensitive(true);
     Ok(value)
 }
@@ -1007,15 +866,10 @@ impl KountaClient {
     /// Every webhook registration of the company (`GET /companies/{cid}/webhooks`).
     pub async fn webhooks(&self) -> Result<Vec<KountaWebhook>, ApiError> {
         let cid = self.company_id().await?;
-        let url = self.webhooks_url(cid);
         let raw = self
-            .send(Call::Read, "webhook list", || {
-                self.core.http().get(url.clone())
-            })
+            .send(&Request::read(self.webhooks_url(cid), "webhook list"))
             .await?;
-        if !raw.status.is_success() {
-            return Err(self.status_error(&raw, format!("company {cid}")));
-        }
+        self.core.expect_success(&raw, format!("company {cid}"))?;
         if raw.status == StatusCode::NO_CONTENT || raw.body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Vec::new());
         }
@@ -1034,30 +888,24 @@ impl KountaClient {
         secret_header: &str,
         secret: &SecretString,
     ) -> Result<KountaWebhook, ApiError> {
+        let operation = "webhook registration";
         self.core.add_secret(secret);
         let cid = self.company_id().await?;
-        let url = self.webhooks_url(cid);
         let body = serde_json::json!({
             "topic": topic,
             "address": address.as_str(),
             "format": "json",
             "headers": { secret_header: secret.expose_secret() },
         });
-        let raw = self
-            .send(Call::Create, "webhook registration", || {
-                self.core.http().post(url.clone()).json(&body)
-            })
-            .await?;
-        if raw.status.is_client_error() {
-            return Err(self.status_error(&raw, format!("company {cid}")));
-        }
-        if !raw.status.is_success() {
-            return Err(ApiError::OutcomeUnknown {
-                api: Api::Kounta,
-                operation: "webhook registration".to_owned(),
-                cause: format!("unexpected answer {}", raw.status.as_u16()),
-            });
-        }
+        let request = Request::new(
+            Method::POST,
+            self.webhooks_url(cid),
+            Call::Create,
+            operation,
+        );
+        let raw = self.send(&request.json(&body)).await?;
+        self.core
+            .expect_created(&raw, operation, format!("company {cid}"))?;
         if let Ok(mut one) = decode_webhooks(&raw.body)
             && one.len() == 1
         {
@@ -1065,9 +913,7 @@ impl KountaClient {
         }
         // Tolerated: an empty body, the new registration named by `Location`.
         let id = raw
-            .headers
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
+            .header(LOCATION.as_str())
             .and_then(|l| l.trim_end_matches('/').rsplit('/').next())
             .and_then(|s| s.parse::<i64>().ok())
             .filter(|id| *id > 0);
@@ -1078,49 +924,42 @@ impl KountaClient {
                 address: address.to_string(),
                 headers: None,
             }),
-            None => Err(ApiError::OutcomeUnknown {
-                api: Api::Kounta,
-                operation: "webhook registration".to_owned(),
-                cause: format!(
+            None => Err(self.core.outcome_unknown(
+                operation,
+                format!(
                     "answered {} without naming the new registration",
                     raw.status.as_u16()
                 ),
-            }),
+            )),
         }
     }
 
     /// Removes a webhook registration (`DELETE …/webhooks/{id}`); `false` when it was not there.
     pub async fn remove_webhook(&self, id: i64) -> Result<bool, ApiError> {
-        let cid = self.company_id().await?;
-        let url = endpoint(
-            &self.base,
-            &["companies", &cid.to_string(), "webhooks", &id.to_string()],
-        );
+        let url = self.company_url(&["webhooks", &id.to_string()]).await?;
+        let operation = "webhook removal";
         let raw = self
-            .send(Call::IdempotentWrite, "webhook removal", || {
-                self.core.http().delete(url.clone())
-            })
+            .send(&Request::new(
+                Method::DELETE,
+                url,
+                Call::IdempotentWrite,
+                operation,
+            ))
             .await?;
-        if raw.status == StatusCode::NOT_FOUND {
-            return Ok(false);
-        }
-        if !raw.status.is_success() {
-            return Err(self.status_error(&raw, format!("webhook {id}")));
-        }
-        Ok(true)
+        self.core.found(&raw, format!("webhook {id}"))
     }
 
     fn webhooks_url(&self, cid: i64) -> Url {
-        endpoint(&self.base, &["companies", &cid.to_string(), "webhooks"])
+        self.core.url(&["companies", &cid.to_string(), "webhooks"])
     }
 }
 
 /// Webhook registrations from a list answer (an array, or `{"webhooks": [...]}`) or from a
 /// registration answer (one object).
-fn decode_webhooks(body: &[u8]) -> Result<Vec<KountaWebhook>, crate::http::DecodeError> {
+fn decode_webhooks(body: &[u8]) -> Result<Vec<KountaWebhook>, DecodeError> {
     use serde_json::Value;
     let value: Value = serde_json::from_slice(body)
-        .map_err(|e| crate::http::DecodeError::new(format!("not JSON ({e})"), body))?;
+        .map_err(|e| DecodeError::new(format!("not JSON ({e})"), body))?;
     let items = match value {
         Value::Array(items) => items,
         Value::Object(mut obj) => match obj.remove("webhooks") {
@@ -1129,15 +968,12 @@ fn decode_webhooks(body: &[u8]) -> Result<Vec<KountaWebhook>, crate::http::Decod
             None => vec![Value::Object(obj)],
         },
         _ => {
-            return Err(crate::http::DecodeError::new(
-                "expected a list of webhooks",
-                body,
-            ));
+            return Err(DecodeError::new("expected a list of webhooks", body));
         }
     };
     items
         .iter()
-        .map(|item| webhook_value(item).map_err(|e| crate::http::DecodeError::new(e, body)))
+        .map(|item| webhook_value(item).map_err(|e| DecodeError::new(e, body)))
         .collect()
 }
 
@@ -1182,13 +1018,11 @@ impl KountaClient {
         query: &[(&str, &str)],
         operation: &str,
     ) -> Result<(Url, Raw), ApiError> {
-        let mut url = endpoint(&self.base, segments);
+        let mut url = self.core.url(segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
-        let raw = self
-            .send(Call::Read, operation, || self.core.http().get(url.clone()))
-            .await?;
+        let raw = self.send(&Request::read(url.clone(), operation)).await?;
         Ok((url, raw))
     }
 }

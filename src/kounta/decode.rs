@@ -6,7 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::http::{DecodeError, lenient};
+use crate::http::DecodeError;
+use crate::http::lenient::{self, Record, kind};
 use crate::ids::KountaId;
 use crate::kounta::model::{KountaAddress, KountaCustomer, KountaListItem};
 
@@ -106,12 +107,9 @@ pub fn location_id(location: &str) -> Option<KountaId> {
 
 /// A customer from an already parsed value.
 pub(crate) fn customer_value(value: &Value) -> Result<KountaCustomer, String> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| format!("expected a customer object, found {}", kind(value)))?;
-    let id = record_id(obj).map_err(|e| format!("customer id {e}"))?;
-    let text =
-        |key: &str| lenient::text(obj.get(key)).map_err(|e| format!("customer {id}: {key:?} {e}"));
+    let record = Record::new(value, "customer", record_id)?;
+    let (obj, id) = (record.obj, record.id);
+    let text = |key: &str| record.text(key);
     let tags = tags(obj.get("tags")).map_err(|e| format!("customer {id}: \"tags\" {e}"))?;
     let primary_address = match obj.get("primary_address") {
         None | Some(Value::Null) => None,
@@ -129,8 +127,7 @@ pub(crate) fn customer_value(value: &Value) -> Result<KountaCustomer, String> {
         id: KountaId(id),
         first_name: text("first_name")?,
         last_name: text("last_name")?,
-        email: lenient::first_text(obj, &["email", "primary_email_address"])
-            .map_err(|e| format!("customer {id}: {e}"))?,
+        email: email(&record)?,
         phone: text("phone")?,
         mobile: text("mobile")?,
         reference_id: text("reference_id")?,
@@ -140,19 +137,19 @@ pub(crate) fn customer_value(value: &Value) -> Result<KountaCustomer, String> {
 }
 
 fn list_item_value(value: &Value) -> Result<KountaListItem, String> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| format!("expected a customer object, found {}", kind(value)))?;
-    let id = record_id(obj).map_err(|e| format!("customer id {e}"))?;
-    let text =
-        |key: &str| lenient::text(obj.get(key)).map_err(|e| format!("customer {id}: {key:?} {e}"));
+    let record = Record::new(value, "customer", record_id)?;
     Ok(KountaListItem {
-        id: KountaId(id),
-        first_name: text("first_name")?,
-        last_name: text("last_name")?,
-        email: lenient::first_text(obj, &["email", "primary_email_address"])
-            .map_err(|e| format!("customer {id}: {e}"))?,
+        id: KountaId(record.id),
+        first_name: record.text("first_name")?,
+        last_name: record.text("last_name")?,
+        email: email(&record)?,
     })
+}
+
+/// `email`, else the older `primary_email_address`.
+fn email(record: &Record) -> Result<String, String> {
+    lenient::first_text(record.obj, &["email", "primary_email_address"])
+        .map_err(|e| format!("customer {}: {e}", record.id))
 }
 
 /// `id`, falling back to `id_str` when `id` is missing, `null` or unreadable.
@@ -237,17 +234,6 @@ fn parse(body: &[u8]) -> Result<Value, DecodeError> {
         };
         DecodeError::new(reason, body)
     })
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "text",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]
@@ -436,17 +422,7 @@ mod tests {
 
     fn json_value() -> impl Strategy<Value = Value> {
         crate::http::testing::json_value(
-            &[
-                "id",
-                "id_str",
-                "email",
-                "primary_email_address",
-                "tags",
-                "primary_address",
-                "lines",
-                "zone",
-                "customers",
-            ],
+            "id id_str email primary_email_address tags primary_address lines zone customers",
             "[a-z0-9 @.\\n]{0,12}",
         )
     }

@@ -1,5 +1,9 @@
 //! The Kounta-style CRM client and its wire models.
 //!
+//! Talks to the CRM only, and only through [`crate::http`]'s request path; knows nothing of
+//! the store, the links or the sync (rotated OAuth tokens go to a [`TokenStore`], a trait the
+//! store implements).
+//!
 //! - [`model`]: the wire records.
 //! - [`decode`]: pure, tolerant decoders of the CRM's answers.
 //! - [`auth`]: OAuth tokens and the [`TokenStore`] that keeps rotated ones.

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 use super::pipeline::{Access, Endpoint, Flavor, Pipeline, RequestMeta};
 use super::pipeline_methods::pipeline_methods;
 use super::rate::RateLimit;
-use super::sample::SeedDataError;
+use super::seed::SeedDataError;
 
 /// The largest request body the fake reads.
 const MAX_BODY: usize = 1 << 20;

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use super::pipeline::{Access, Endpoint, FaultId, Flavor, Pipeline, RequestMeta, When};
 use super::pipeline_methods::pipeline_methods;
 use super::rate::RateLimit;
-use super::sample::SeedDataError;
+use super::seed::SeedDataError;
 
 /// The largest request body the fake reads.
 const MAX_BODY: usize = 1 << 20;

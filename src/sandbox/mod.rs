@@ -3,7 +3,9 @@
 //!
 //! Every farmsync test runs against it, and so do `farmsync demo` and `farmsync sandbox`. It
 //! shares no code with farmsync's own clients or wire models, so a misreading of the contract
-//! on one side cannot be hidden by the same misreading on the other.
+//! on one side cannot be hidden by the same misreading on the other: it depends on no other
+//! farmsync module, and only the demo, the `sandbox` command (with [`crate::ops`], which
+//! writes its config file) and tests depend on it.
 //!
 //! ## Layout
 //! - [`kounta`]: the fake CRM and its handle [`FakeKounta`].
@@ -12,6 +14,7 @@
 //! - `rate`: rate-limit windows.
 //! - `server`: the HTTP connection loop (drops connections on demand, stops at once).
 //! - [`sample`]: the built-in small farm and seed files.
+//! - `seed`: [`SeedDataError`], shared by the seed-file loader and both fakes.
 //!
 //! ## Order of handling
 //! A request is counted, delayed by any latency knob, checked against rate limits (a `429` is
@@ -31,6 +34,7 @@ mod pipeline;
 mod pipeline_methods;
 mod rate;
 pub mod sample;
+mod seed;
 mod server;
 
 pub use farmflow::{

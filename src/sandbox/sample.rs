@@ -1,12 +1,13 @@
 //! Seed data: the built-in small farm and loading a data set from a JSON file.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::farmflow::{FarmflowRecord, OneTimeOrderRecord, RecurringOrderRecord, RecurringStatus};
 use super::kounta::{KountaRecord, KountaRecordAddress};
+pub use super::seed::SeedDataError;
 
 /// A data set to load into both fakes.
 ///
@@ -57,30 +58,6 @@ pub struct SampleData {
     pub recurring_orders: Vec<RecurringOrderRecord>,
     /// FarmFlow one-time orders.
     pub one_time_orders: Vec<OneTimeOrderRecord>,
-}
-
-/// Why seed data could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SeedDataError {
-    /// The file could not be read.
-    #[error("cannot read seed data file {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// The file is not seed data in the documented JSON format.
-    #[error("seed data file {} is not valid seed data: {source}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// The cause, with line and column.
-        source: serde_json::Error,
-    },
-    /// The data contradicts itself or the sandbox's current state.
-    #[error("seed data is inconsistent: {0}")]
-    Invalid(String),
 }
 
 impl SampleData {

@@ -2,8 +2,10 @@
 //! conflicts, OAuth tokens, webhook hints, records needing attention, and the request ledger
 //! the rate limiters share.
 //!
-//! No SQL lives outside this module. rusqlite is blocking: callers on the async side keep
-//! calls short and run them off the reactor (`spawn_blocking`).
+//! No SQL lives outside this module, and this module never calls an API nor decides anything
+//! about the sync: it keeps what the sync, the commands and the listener hand it. rusqlite is
+//! blocking: callers on the async side keep calls short and run them off the reactor
+//! (`spawn_blocking`).
 
 mod decisions;
 mod ledger;

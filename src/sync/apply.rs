@@ -10,14 +10,15 @@ use crate::customer::Customer;
 use crate::farmflow::client::DeleteOutcome;
 use crate::farmflow::model::{FarmflowCustomer, FarmflowFields};
 use crate::http::ApiError;
+use crate::http::mask_contacts;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaCustomerWrite;
 use crate::store::{
     FieldChange, Link, LinkState, NewIntent, QueuedDelete, Side, StoreError, Written, now,
 };
 use crate::sync::action::{Action, BlockReason, FarmflowCreate, KountaCreate, LinkAfter, Subject};
-use crate::sync::engine::{Engine, RunOptions, Summary, mask_contacts};
 use crate::sync::plan::Plan;
+use crate::sync::run::{Io, RunOptions, Summary};
 
 /// Why one action failed.
 #[derive(Debug)]
@@ -54,7 +55,7 @@ impl std::fmt::Display for Failure {
 
 /// Applies one plan.
 pub(super) struct Applier<'a> {
-    engine: &'a Engine,
+    io: Io<'a>,
     run_id: &'a str,
     /// `sweep` or `quick`, for history.
     cycle: &'static str,
@@ -82,14 +83,14 @@ pub(super) struct Applier<'a> {
 
 impl<'a> Applier<'a> {
     pub(super) fn new(
-        engine: &'a Engine,
+        io: Io<'a>,
         run_id: &'a str,
         cycle: &'static str,
         links: &[Link],
         farmflow: &[FarmflowCustomer],
     ) -> Self {
         Applier {
-            engine,
+            io,
             run_id,
             cycle,
             links: links
@@ -182,7 +183,7 @@ impl<'a> Applier<'a> {
     /// Reads a FarmFlow customer just before its update (DESIGN.md, "Writes that replace a
     /// whole record"): a field the grower typed since the list was read must survive.
     async fn read_fresh(&mut self, id: FarmflowId) -> Result<Fresh, Failure> {
-        match self.engine.farmflow.get(id).await {
+        match self.io.farmflow.get(id).await {
             Ok(Some(fresh)) if self.farmflow_base.get(&id) == Some(&fresh.fields) => {
                 Ok(Fresh::AsPlanned)
             }
@@ -232,7 +233,7 @@ impl<'a> Applier<'a> {
         if let Subject::Link(reference) = subject {
             let reference = reference.clone();
             let _ = self
-                .engine
+                .io
                 .store
                 .call(move |s| s.record_link_failure(&reference, &message))
                 .await;
@@ -291,7 +292,7 @@ impl<'a> Applier<'a> {
                     id: *farmflow_id,
                     fields: body.clone(),
                 };
-                let answer = self.engine.farmflow.update(&customer).await;
+                let answer = self.io.farmflow.update(&customer).await;
                 let updated = self.settle_or_fail(intent, answer).await?;
                 // The snapshot is what FarmFlow answered: a side that reformats a value must
                 // not make the next run see a change.
@@ -330,7 +331,7 @@ impl<'a> Applier<'a> {
                     crate::sync::policy::ConflictWinner::Kounta => "kounta",
                     crate::sync::policy::ConflictWinner::Farmflow => "farmflow",
                 };
-                self.engine
+                self.io
                     .store
                     .call(move |s| s.record_conflict(&run_id, &reference, field, &kv, &fv, winner))
                     .await?;
@@ -400,11 +401,7 @@ impl<'a> Applier<'a> {
                     last_seen: 0,
                     decision: None,
                 };
-                let new = self
-                    .engine
-                    .store
-                    .call(move |s| s.queue_delete(&entry))
-                    .await?;
+                let new = self.io.store.call(move |s| s.queue_delete(&entry)).await?;
                 self.summary.queued += 1;
                 // Once when it starts waiting, not every cycle it goes on waiting.
                 if new {
@@ -417,7 +414,7 @@ impl<'a> Applier<'a> {
             }
             Action::Unqueue { reference_id, why } => {
                 let reference = reference_id.as_str().to_owned();
-                self.engine
+                self.io
                     .store
                     .call(move |s| s.unqueue_delete(&reference))
                     .await?;
@@ -428,7 +425,7 @@ impl<'a> Applier<'a> {
                 field,
             } => {
                 let (reference, name) = (reference_id.as_str().to_owned(), field.name());
-                self.engine
+                self.io
                     .store
                     .call(move |s| s.resolution_applied(&reference, name))
                     .await?;
@@ -482,7 +479,7 @@ impl<'a> Applier<'a> {
                 changes.to_vec(),
             )
             .await?;
-        let answer = self.engine.kounta.update(kounta_id, write).await;
+        let answer = self.io.kounta.update(kounta_id, write).await;
         self.settle_or_fail(intent, answer).await?;
         self.settle_with_link(intent, op, link).await
     }
@@ -500,7 +497,7 @@ impl<'a> Applier<'a> {
                 create.changes(),
             )
             .await?;
-        let answer = self.engine.kounta.create(&create.write).await;
+        let answer = self.io.kounta.create(&create.write).await;
         let kounta_id = self.settle_or_fail(intent, answer).await?;
         self.settle_with_link(intent, "created", &create.link_after(kounta_id))
             .await?;
@@ -529,7 +526,7 @@ impl<'a> Applier<'a> {
                 create.changes(),
             )
             .await?;
-        let answer = self.engine.farmflow.create(&create.fields).await;
+        let answer = self.io.farmflow.create(&create.fields).await;
         let created = self.settle_or_fail(intent, answer).await?;
         self.watermark = self.watermark.max(created.id.0);
         let mut after = create.link_after(created.id);
@@ -538,14 +535,14 @@ impl<'a> Applier<'a> {
         let outcome = format!("created {}", created.id);
         match replaces {
             None => {
-                self.engine
+                self.io
                     .store
                     .call(move |s| s.settle_intent(intent, &outcome, Some(&link), Written::Applied))
                     .await?
             }
             Some(old) => {
                 let old = old.clone();
-                self.engine
+                self.io
                     .store
                     .call(move |s| s.settle_intent_replacing(intent, &outcome, &old, &link))
                     .await?
@@ -603,7 +600,7 @@ impl<'a> Applier<'a> {
                 changes,
             )
             .await?;
-        let answer = self.engine.farmflow.delete(farmflow_id).await;
+        let answer = self.io.farmflow.delete(farmflow_id).await;
         match self.settle_or_fail(intent, answer).await? {
             DeleteOutcome::Deleted | DeleteOutcome::AlreadyGone => {
                 self.settle_with_link(intent, "deleted", link).await?;
@@ -617,7 +614,7 @@ impl<'a> Applier<'a> {
                 let mut blocked = link.clone();
                 blocked.state = LinkState::DeleteBlocked;
                 let row = self.to_link(&blocked, Some(reason.to_string()));
-                self.engine
+                self.io
                     .store
                     .call(move |s| s.settle_intent(intent, "blocked", Some(&row), Written::No))
                     .await?;
@@ -640,7 +637,7 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let rows = std::mem::take(&mut self.pending);
-        self.engine.store.call(move |s| s.upsert_links(&rows)).await
+        self.io.store.call(move |s| s.upsert_links(&rows)).await
     }
 
     /// Commits the intent of a write before it is sent (after the rows kept back, so the
@@ -670,11 +667,7 @@ impl<'a> Applier<'a> {
             payload,
             watermark,
         };
-        Ok(self
-            .engine
-            .store
-            .call(move |s| s.begin_intent(&intent))
-            .await?)
+        Ok(self.io.store.call(move |s| s.begin_intent(&intent)).await?)
     }
 
     /// Passes a success through; settles a failed write as failed unless its outcome is
@@ -695,7 +688,7 @@ impl<'a> Applier<'a> {
                     } else {
                         format!("failed: {e}")
                     };
-                    self.engine
+                    self.io
                         .store
                         .call(move |s| s.settle_intent(intent, &outcome, None, Written::No))
                         .await?;
@@ -713,7 +706,7 @@ impl<'a> Applier<'a> {
     ) -> Result<(), Failure> {
         let row = self.to_link(after, None);
         let outcome = outcome.to_owned();
-        self.engine
+        self.io
             .store
             .call(move |s| s.settle_intent(intent, &outcome, Some(&row), Written::Applied))
             .await?;

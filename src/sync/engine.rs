@@ -6,13 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tracing::{Instrument, info, warn};
 
 use crate::config::{KountaAuthMode, Settings};
 use crate::farmflow::client::{FarmflowClient, FarmflowOptions};
 use crate::farmflow::model::FarmflowCustomer;
-use crate::http::{Api, ApiError};
+use crate::http::{Api, ApiError, mask_contacts};
 use crate::ids::FarmflowId;
 use crate::ids::KountaId;
 use crate::kounta::client::{KountaAuth, KountaClient, KountaListing, KountaOptions};
@@ -23,136 +22,12 @@ use crate::sync::action::Attention;
 use crate::sync::budget::{self, Staleness};
 use crate::sync::plan::{DirectReads, OrderBook, Plan, PlanInput, plan};
 use crate::sync::policy::Policy;
+use crate::sync::run::Io;
+pub use crate::sync::run::{CycleKind, Outcome, RunOptions, RunReport, Summary};
 
 /// A link not verified for this long is read whatever the budget says (a safety net; the
 /// budget normally verifies every link far more often).
 pub const DEFAULT_MAX_VERIFY_AGE_SECS: i64 = 7 * 24 * 3600;
-
-/// How a run ended, in DESIGN.md's terms.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// Everything applied (exit 0).
-    Applied,
-    /// Some records failed or the CRM listing stayed incomplete; the rest applied (exit 1).
-    Partial,
-    /// The safety guard tripped (exit 3).
-    Guarded,
-    /// The run could not happen: a list unreadable, credentials refused (exit 4).
-    Unavailable(String),
-}
-
-impl Outcome {
-    /// The process exit code DESIGN.md gives this outcome.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Outcome::Applied => 0,
-            Outcome::Partial => 1,
-            Outcome::Guarded => 3,
-            Outcome::Unavailable(_) => 4,
-        }
-    }
-}
-
-/// The counts of `sync.run.finished`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    /// Customers created (or recreated) on either side.
-    pub created: u64,
-    /// Customers updated on either side.
-    pub updated: u64,
-    /// FarmFlow customers deleted, and CRM customers tagged or unlinked for a FarmFlow deletion.
-    pub deleted: u64,
-    /// New links made by matching.
-    pub linked: u64,
-    /// FarmFlow deletes blocked (by policy, an order, or FarmFlow's refusal).
-    pub blocked: u64,
-    /// Fields both sides changed differently, settled by `conflict_winner`.
-    pub conflicts: u64,
-    /// Writes that failed, and reads whose failure left a record unsynced.
-    pub failed: u64,
-    /// Records left alone this run, with a reason.
-    pub skipped: u64,
-    /// Requests sent to the CRM (retries and token refreshes included).
-    pub kounta_requests: u64,
-    /// Requests sent to FarmFlow (retries included).
-    pub farmflow_requests: u64,
-    /// Confirmed deletions waiting for a person (`[sync] deletes = "approve"`).
-    pub queued: u64,
-}
-
-/// What one run did.
-#[derive(Debug, Clone)]
-pub struct RunReport {
-    /// The run's id, as in its log span and the `runs` table.
-    pub run_id: String,
-    /// Whether it was a dry run.
-    pub dry_run: bool,
-    /// How it ended.
-    pub outcome: Outcome,
-    /// Its counts (for a dry run: what it would have done).
-    pub summary: Summary,
-    /// The final plan (absent when the run could not read both sides).
-    pub plan: Option<Plan>,
-    /// Why the CRM listing is incomplete, when it is.
-    pub listing_cut: Option<String>,
-    /// Unsettled journal entries a dry run saw (a real run settles them first).
-    pub unsettled: usize,
-    /// The run was cancelled before it was done: stopped between two writes, or before it
-    /// wrote anything (a listing or read cut short infers nothing). The rest waits for the next.
-    pub interrupted: bool,
-    /// Records a listing left out that a read by id found present (`sync.listing.omission`).
-    pub omissions: u64,
-}
-
-/// How to run.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// Plan and report; write nothing remote and nothing to the state DB.
-    pub dry_run: bool,
-    /// `--allow-mass-delete`: the safety guard never trips.
-    pub allow_mass_delete: bool,
-    /// Cancelled on shutdown: every wait of the run ends at once (the rate limiter, a retry's
-    /// backoff, a listing or read in progress); the write in flight finishes and is settled;
-    /// nothing more is done (the rest waits for the next run).
-    pub cancel: Option<tokio_util::sync::CancellationToken>,
-    /// A sweep (the full reconcile, `farmsync sync`) or a quick cycle (the daemon's, between
-    /// sweeps: no CRM listing, no creates, no new links).
-    pub kind: CycleKind,
-    /// Shared by cycles that may run at once (the daemon's sweep and quick cycle): only the
-    /// holder plans and applies. A sweep takes it after its CRM listing, a quick cycle at once.
-    pub writer: Option<Arc<tokio::sync::Mutex<()>>>,
-}
-
-/// The two kinds of cycle (DESIGN.md, "Sweeps and quick cycles").
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CycleKind {
-    /// Steps 1–6 in full: the CRM listed page by page, matching, creates, verification.
-    #[default]
-    Sweep,
-    /// FarmFlow's list (one request) and, by id, only the CRM records that webhooks named or
-    /// whose FarmFlow side changed; updates both ways and confirmed deletions of existing links
-    /// only. Its cost does not grow with the number of customers.
-    Quick,
-}
-
-impl CycleKind {
-    /// The kind's name in logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CycleKind::Sweep => "sweep",
-            CycleKind::Quick => "quick",
-        }
-    }
-}
-
-impl RunOptions {
-    /// Whether the run has been asked to stop.
-    pub fn cancelled(&self) -> bool {
-        self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
-    }
-}
 
 /// Everything a run needs: both clients, the store, and the user's policy. One run at a time:
 /// each run hands its cancel token to both clients.
@@ -266,6 +141,15 @@ pub fn farmflow_options(settings: &Settings) -> FarmflowOptions {
 }
 
 impl Engine {
+    /// What apply and recover work through: both clients and the store.
+    fn io(&self) -> Io<'_> {
+        Io {
+            kounta: &self.kounta,
+            farmflow: &self.farmflow,
+            store: &self.store,
+        }
+    }
+
     /// Builds both clients from the settings; rotated OAuth tokens go to `store`. When `store`
     /// is on disk, both rate limiters share its request ledger.
     pub fn from_settings(
@@ -494,7 +378,7 @@ impl Engine {
             .filter_map(|i| i.intent.kounta_id)
             .collect();
         if !options.dry_run && !unsettled.is_empty() {
-            let found = super::recover::settle(self, unsettled, &farmflow, &listing.items)
+            let found = super::recover::settle(self.io(), unsettled, &farmflow, &listing.items)
                 .await
                 .map_err(|e| RunError::Unavailable(e.to_string()))?;
             unsettled_kounta.extend(found);
@@ -619,7 +503,7 @@ impl Engine {
                     .chain(direct.farmflow.keys().map(|id| id.0))
                     .max()
                     .unwrap_or(0);
-                match probe_newer(&self.farmflow, known).await {
+                match super::recover::probe_newer(&self.farmflow, known).await {
                     Ok(found) => {
                         for c in found {
                             info!(side = "farmflow", id = c.id.0, "sync.listing.omission");
@@ -700,7 +584,7 @@ impl Engine {
         if !options.dry_run {
             let seen: Vec<FarmflowCustomer> = with_direct_reads(&farmflow, &direct);
             let mut applier =
-                super::apply::Applier::new(self, run_id, options.kind.as_str(), &links, &seen);
+                super::apply::Applier::new(self.io(), run_id, options.kind.as_str(), &links, &seen);
             applier.apply(&current, options).await;
             // A FarmFlow update found its customer changed since the list was read (the
             // grower typed meanwhile): re-plan those links on the fresh read, once.
@@ -981,37 +865,6 @@ fn read_failed(e: ApiError, id: Option<i64>, reads: &mut FullReads) -> Result<()
     Ok(())
 }
 
-/// How many ids in a row that FarmFlow answers 404 for end a probe for newer customers.
-const PROBE_MISSES: u32 = 3;
-/// The most ids one probe asks for.
-const PROBE_LIMIT: i64 = 200;
-
-/// FarmFlow customers with ids above `above`, asked for one by one (`customer-get`) until
-/// [`PROBE_MISSES`] ids in a row are not found. FarmFlow has no lookup but its list, and a list
-/// that lags a write (or leaves the newest customers out) would hide a customer just typed in
-/// or just created by farmsync; its ids are integers handed out in order, so the newest
-/// customers sit just above the newest id the list shows. Costs [`PROBE_MISSES`] requests when
-/// the list was whole. Where ids are not handed out in order it finds nothing, at that cost.
-pub(super) async fn probe_newer(
-    farmflow: &FarmflowClient,
-    above: i64,
-) -> Result<Vec<FarmflowCustomer>, ApiError> {
-    let mut found = Vec::new();
-    let mut misses = 0;
-    let mut id = above;
-    while misses < PROBE_MISSES && id < above.saturating_add(PROBE_LIMIT) {
-        id += 1;
-        match farmflow.get(FarmflowId(id)).await? {
-            Some(c) => {
-                misses = 0;
-                found.push(c);
-            }
-            None => misses += 1,
-        }
-    }
-    Ok(found)
-}
-
 /// A quick cycle's stand-in for the CRM listing: each linked CRM customer as its snapshot shows
 /// it (so an unread link counts as unchanged), less those a read by id found gone.
 fn quick_listing(
@@ -1159,8 +1012,6 @@ fn store_down(e: StoreError) -> RunError {
     RunError::Unavailable(e.to_string())
 }
 
-pub use crate::http::mask_contacts;
-
 /// A run id: time-ordered, and unique (it keys the `runs` table). Sixteen random bits were
 /// not enough: runs started in the same second (a daemon woken by webhooks, tests) collided
 /// often enough to fail a run on the table's key.
@@ -1174,55 +1025,10 @@ fn new_run_id() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::mask_contacts;
-
     #[test]
     fn run_ids_do_not_collide() {
         let ids: std::collections::HashSet<String> =
             (0..5_000).map(|_| super::new_run_id()).collect();
         assert_eq!(ids.len(), 5_000);
-    }
-
-    #[test]
-    fn emails_and_phones_are_masked() {
-        let text =
-            r#"cannot read: "{\"email\":\"dee.private@example.com\",\"phone\":\"0412 654 321\"…""#;
-        let masked = mask_contacts(text);
-        assert!(!masked.contains("dee.private"), "{masked}");
-        assert!(!masked.contains("0412"), "{masked}");
-        assert!(
-            masked.contains("[email]") && masked.contains("[phone]"),
-            "{masked}"
-        );
-        for phone in [
-            "+1 503 555 0142",
-            "(04) 1230-0001",
-            "02 8765 4321",
-            "0287654321",
-            "8765-4321",
-        ] {
-            let masked = mask_contacts(&format!("phone {phone}, again"));
-            assert_eq!(masked, "phone [phone], again", "{phone}");
-        }
-        assert_eq!(
-            mask_contacts("mail Tom.OBrien@Example.com."),
-            "mail [email]."
-        );
-    }
-
-    #[test]
-    fn ids_dates_and_ordinary_text_are_kept() {
-        for text in [
-            "customer 389403 (404)",
-            "one-time order 9001 due 2026-03-12",
-            "created_at 2026-11-26T12:03:30+10:00",
-            "could not reach Kounta at http://127.0.0.1:41234/v1 (timed out)",
-            "not JSON (EOF while parsing a string at line 1 column 203)",
-            "user@localhost has no domain",
-            "token at-3f9a123456789012 stays",
-            "farmflow:301 and crm 389400",
-        ] {
-            assert_eq!(mask_contacts(text), text);
-        }
     }
 }

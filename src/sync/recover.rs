@@ -6,13 +6,15 @@ use std::collections::HashSet;
 use tracing::{info, warn};
 
 use crate::customer::{Customer, Field};
+use crate::farmflow::client::FarmflowClient;
 use crate::farmflow::model::FarmflowCustomer;
 use crate::http::ApiError;
+use crate::http::mask_contacts;
 use crate::ids::{FarmflowId, KountaId, ReferenceId};
 use crate::kounta::model::KountaListItem;
 use crate::store::{Intent, Link, LinkState, Side, StoreError, Written, now};
 use crate::sync::apply::payload_fields;
-use crate::sync::engine::Engine;
+use crate::sync::run::Io;
 
 /// Why settling stopped.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +33,7 @@ pub enum RecoverError {
 /// Settles every unsettled intent it can. Returns the CRM ids that should be read in full this
 /// run (records a lost write may have touched).
 pub async fn settle(
-    engine: &Engine,
+    io: Io<'_>,
     intents: Vec<Intent>,
     farmflow: &[FarmflowCustomer],
     _listing: &[KountaListItem],
@@ -51,8 +53,8 @@ pub async fn settle(
             reread.push(k);
         }
         let outcome = match (i.side, i.op.as_str()) {
-            (Side::Kounta, "create") => settle_kounta_create(engine, &intent, &mut reread).await?,
-            (Side::Farmflow, "create") => settle_farmflow_create(engine, &intent, farmflow)
+            (Side::Kounta, "create") => settle_kounta_create(io, &intent, &mut reread).await?,
+            (Side::Farmflow, "create") => settle_farmflow_create(io, &intent, farmflow)
                 .await?
                 .map(|outcome| (outcome, Written::No)),
             // Updates, tags, unlinks and deletes are idempotent: the plan sees where things stand
@@ -65,8 +67,7 @@ pub async fn settle(
         };
         if let Some((outcome, written)) = outcome {
             let id = intent.id;
-            engine
-                .store
+            io.store
                 .call(move |s| s.settle_intent(id, &outcome, None, written))
                 .await?;
         }
@@ -84,7 +85,7 @@ fn test_fault_skips_recovery() -> bool {
 
 /// A CRM create carries its `reference_id`: look it up.
 async fn settle_kounta_create(
-    engine: &Engine,
+    io: Io<'_>,
     intent: &Intent,
     reread: &mut Vec<KountaId>,
 ) -> Result<Option<(String, Written)>, RecoverError> {
@@ -94,7 +95,7 @@ async fn settle_kounta_create(
             Written::No,
         )));
     };
-    let found = match engine.kounta.find_by_reference(reference.as_str()).await {
+    let found = match io.kounta.find_by_reference(reference.as_str()).await {
         Ok(items) => items,
         Err(e) if e.is_auth() => return Err(RecoverError::Auth(e)),
         // farmsync is stopping: the run ends here, the intent stays for the next one.
@@ -102,7 +103,7 @@ async fn settle_kounta_create(
         Err(e) => {
             // Cannot tell yet; try again next run. Nothing will create this record meanwhile:
             // the plan only creates into the CRM from a complete listing, which would show it.
-            let error = crate::sync::engine::mask_contacts(&e.to_string());
+            let error = mask_contacts(&e.to_string());
             warn!(reference_id = %reference, error = %error, "sync.journal.unresolved");
             return Ok(None);
         }
@@ -120,7 +121,7 @@ async fn settle_kounta_create(
         warn!(reference_id = %reference, count = ids.len(), "sync.journal.duplicates");
     }
     reread.extend(ids.iter().copied());
-    let existing = engine
+    let existing = io
         .store
         .call({
             let reference = reference.clone();
@@ -159,7 +160,7 @@ async fn settle_kounta_create(
         }),
     };
     if let Some(link) = row {
-        engine.store.call(move |s| s.upsert_link(&link)).await?;
+        io.store.call(move |s| s.upsert_link(&link)).await?;
     }
     info!(reference_id = %reference, kounta_id = kounta_id.0, "sync.journal.found");
     Ok(Some((format!("found {kounta_id}"), Written::Applied)))
@@ -168,7 +169,7 @@ async fn settle_kounta_create(
 /// A FarmFlow create has no external id: find an unlinked FarmFlow customer above the intent's
 /// watermark whose normalised email, phone, first and last name equal what was sent.
 async fn settle_farmflow_create(
-    engine: &Engine,
+    io: Io<'_>,
     intent: &Intent,
     farmflow: &[FarmflowCustomer],
 ) -> Result<Option<String>, RecoverError> {
@@ -178,7 +179,7 @@ async fn settle_farmflow_create(
     };
     let watermark = i.watermark.unwrap_or(i64::MAX);
     let sent = Customer::from_farmflow(&sent).customer;
-    let links = engine.store.call(|s| s.links()).await?;
+    let links = io.store.call(|s| s.links()).await?;
     let linked: HashSet<FarmflowId> = links.iter().map(|l| l.farmflow_id).collect();
     let live: HashSet<FarmflowId> = farmflow.iter().map(|c| c.id).collect();
     // The row that holds this CRM customer now: a live link means the create is moot; a link to
@@ -226,7 +227,7 @@ async fn settle_farmflow_create(
         let newer = if watermark == i64::MAX {
             Ok(Vec::new())
         } else {
-            crate::sync::engine::probe_newer(&engine.farmflow, watermark).await
+            probe_newer(io.farmflow, watermark).await
         };
         match newer {
             Ok(newer) => {
@@ -295,14 +296,12 @@ async fn settle_farmflow_create(
     let id = intent.id;
     match holder {
         None => {
-            engine
-                .store
+            io.store
                 .call(move |s| s.settle_intent(id, &outcome, Some(&link), Written::Applied))
                 .await?
         }
         Some(old) => {
-            engine
-                .store
+            io.store
                 .call(move |s| s.settle_intent_replacing(id, &outcome, &old.reference_id, &link))
                 .await?
         }
@@ -313,4 +312,35 @@ async fn settle_farmflow_create(
         "sync.journal.found"
     );
     Ok(None)
+}
+
+/// How many ids in a row that FarmFlow answers 404 for end a probe for newer customers.
+const PROBE_MISSES: u32 = 3;
+/// The most ids one probe asks for.
+const PROBE_LIMIT: i64 = 200;
+
+/// FarmFlow customers with ids above `above`, asked for one by one (`customer-get`) until
+/// [`PROBE_MISSES`] ids in a row are not found. FarmFlow has no lookup but its list, and a list
+/// that lags a write (or leaves the newest customers out) would hide a customer just typed in
+/// or just created by farmsync; its ids are integers handed out in order, so the newest
+/// customers sit just above the newest id the list shows. Costs [`PROBE_MISSES`] requests when
+/// the list was whole. Where ids are not handed out in order it finds nothing, at that cost.
+pub(super) async fn probe_newer(
+    farmflow: &FarmflowClient,
+    above: i64,
+) -> Result<Vec<FarmflowCustomer>, ApiError> {
+    let mut found = Vec::new();
+    let mut misses = 0;
+    let mut id = above;
+    while misses < PROBE_MISSES && id < above.saturating_add(PROBE_LIMIT) {
+        id += 1;
+        match farmflow.get(FarmflowId(id)).await? {
+            Some(c) => {
+                misses = 0;
+                found.push(c);
+            }
+            None => misses += 1,
+        }
+    }
+    Ok(found)
 }

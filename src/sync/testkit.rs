@@ -174,6 +174,34 @@ impl Sim {
         self.links.get(&ReferenceId::for_farmflow(id))
     }
 
+    /// Calls `f` with the input of a run that read no CRM record in full, from a complete
+    /// listing, with no orders, no direct reads and no decisions: the tables adjust it
+    /// (`PlanInput { direct: &gone, ..input }`) and plan.
+    pub fn with_input<R>(&self, f: impl FnOnce(PlanInput<'_>) -> R) -> R {
+        let list = self.kounta_list();
+        let farmflow = self.farmflow_list();
+        let links = self.link_rows();
+        let full = HashMap::new();
+        let direct = DirectReads::default();
+        let decisions = Default::default();
+        f(PlanInput {
+            farmflow: &farmflow,
+            kounta_list: &list,
+            kounta_list_complete: true,
+            kounta_full: &full,
+            links: &links,
+            orders: None,
+            direct: &direct,
+            decisions: &decisions,
+            today: self.today,
+        })
+    }
+
+    /// One plan of a run that read no CRM record in full (see [`Sim::with_input`]).
+    pub fn plan_unread(&self) -> Plan {
+        self.with_input(|input| plan(&input, &self.policy))
+    }
+
     /// Plans as the run would: read, plan, read what the plan asks for, plan again.
     pub fn plan(&self, reads: Reads) -> Plan {
         let list = self.kounta_list();

@@ -19,6 +19,45 @@ fn seed(sb: &farmsync::sandbox::Sandbox, n: usize) -> Vec<i64> {
     (0..n).map(|i| sb.kounta().insert(crm_person(i))).collect()
 }
 
+/// A sandbox holding one customer, whose reads by id (`GET …/customers/{id}`) meet `action`
+/// `when`.
+async fn one_customer_whose_reads_meet(
+    when: When,
+    action: FaultAction,
+) -> (farmsync::sandbox::Sandbox, i64) {
+    let sb = sandbox().await;
+    let id = sb.kounta().insert(crm_person(1));
+    sb.kounta()
+        .inject(Fault::new(KountaEndpoint::Get, when, action));
+    (sb, id)
+}
+
+/// A write of only what `set` sets.
+fn write(set: impl FnOnce(&mut KountaCustomerWrite)) -> KountaCustomerWrite {
+    let mut write = KountaCustomerWrite::default();
+    set(&mut write);
+    write
+}
+
+/// The CRM's explanation in a `Validation` error with status 400; any other error fails.
+fn refused_400(err: &ApiError) -> &str {
+    match err {
+        ApiError::Validation {
+            status: 400,
+            message,
+            ..
+        } => message,
+        other => panic!("expected a validation error (400), got {other:?}"),
+    }
+}
+
+/// The sandbox's plain read shape with one variant switched on by `set`.
+fn only(set: impl FnOnce(&mut ReadShape)) -> ReadShape {
+    let mut shape = ReadShape::default();
+    set(&mut shape);
+    shape
+}
+
 fn ids(items: &[farmsync::kounta::model::KountaListItem]) -> Vec<i64> {
     items.iter().map(|i| i.id.0).collect()
 }
@@ -174,30 +213,12 @@ async fn every_tolerated_read_shape_decodes_to_the_same_customer() {
         extra_fields: true,
     };
     for shape in [
-        ReadShape {
-            legacy_address: true,
-            ..ReadShape::default()
-        },
-        ReadShape {
-            primary_email_address: true,
-            ..ReadShape::default()
-        },
-        ReadShape {
-            id_str: true,
-            ..ReadShape::default()
-        },
-        ReadShape {
-            ids_as_strings: true,
-            ..ReadShape::default()
-        },
-        ReadShape {
-            null_for_empty: true,
-            ..ReadShape::default()
-        },
-        ReadShape {
-            extra_fields: true,
-            ..ReadShape::default()
-        },
+        only(|s| s.legacy_address = true),
+        only(|s| s.primary_email_address = true),
+        only(|s| s.id_str = true),
+        only(|s| s.ids_as_strings = true),
+        only(|s| s.null_for_empty = true),
+        only(|s| s.extra_fields = true),
         all,
     ] {
         sb.kounta().set_read_shape(shape);
@@ -317,10 +338,7 @@ async fn update_changes_only_the_fields_sent() {
     let answer = client
         .update(
             KountaId(id),
-            &KountaCustomerWrite {
-                phone: Some("03 1234 5678".to_owned()),
-                ..KountaCustomerWrite::default()
-            },
+            &write(|w| w.phone = Some("03 1234 5678".into())),
         )
         .await
         .expect("updated");
@@ -346,22 +364,13 @@ async fn validation_and_conflict_are_told_apart() {
     let sb = sandbox().await;
     let client = kounta(&sb);
 
-    let err = client
-        .create(&KountaCustomerWrite {
-            first_name: Some("No".to_owned()),
-            last_name: Some("Contact".to_owned()),
-            ..KountaCustomerWrite::default()
-        })
-        .await
-        .unwrap_err();
-    match &err {
-        ApiError::Validation {
-            status: 400,
-            message,
-            ..
-        } => assert!(message.contains("email, phone or mobile"), "{message}"),
-        other => panic!("expected a validation error, got {other:?}"),
-    }
+    let no_contact = write(|w| {
+        w.first_name = Some("No".to_owned());
+        w.last_name = Some("Contact".to_owned());
+    });
+    let err = client.create(&no_contact).await.unwrap_err();
+    let message = refused_400(&err);
+    assert!(message.contains("email, phone or mobile"), "{message}");
     assert!(!err.is_transient());
 
     sb.kounta().inject(Fault::new(
@@ -452,13 +461,7 @@ async fn a_create_refused_with_429_is_resent_and_exists_once() {
 
 #[tokio::test]
 async fn html_502_on_a_read_is_a_server_error_with_a_short_excerpt() {
-    let sb = sandbox().await;
-    let id = sb.kounta().insert(crm_person(1));
-    sb.kounta().inject(Fault::new(
-        KountaEndpoint::Get,
-        When::Every,
-        FaultAction::Html502,
-    ));
+    let (sb, id) = one_customer_whose_reads_meet(When::Every, FaultAction::Html502).await;
     let client = kounta(&sb);
 
     let err = client.get(KountaId(id)).await.unwrap_err();
@@ -484,13 +487,7 @@ async fn html_502_on_a_read_is_a_server_error_with_a_short_excerpt() {
 
 #[tokio::test]
 async fn a_transient_502_on_a_read_is_retried_away() {
-    let sb = sandbox().await;
-    let id = sb.kounta().insert(crm_person(1));
-    sb.kounta().inject(Fault::new(
-        KountaEndpoint::Get,
-        When::Next(2),
-        FaultAction::Html502,
-    ));
+    let (sb, id) = one_customer_whose_reads_meet(When::Next(2), FaultAction::Html502).await;
     let client = kounta(&sb);
 
     let c = client.get(KountaId(id)).await.unwrap();
@@ -502,13 +499,7 @@ async fn a_transient_502_on_a_read_is_retried_away() {
 
 #[tokio::test]
 async fn truncated_json_is_a_decode_error_with_an_excerpt() {
-    let sb = sandbox().await;
-    let id = sb.kounta().insert(crm_person(1));
-    sb.kounta().inject(Fault::new(
-        KountaEndpoint::Get,
-        When::Nth(1),
-        FaultAction::TruncatedJson,
-    ));
+    let (sb, id) = one_customer_whose_reads_meet(When::Nth(1), FaultAction::TruncatedJson).await;
     let client = kounta(&sb);
 
     let err = client.get(KountaId(id)).await.unwrap_err();
@@ -529,13 +520,7 @@ async fn truncated_json_is_a_decode_error_with_an_excerpt() {
 
 #[tokio::test]
 async fn a_hung_read_times_out_and_is_retried() {
-    let sb = sandbox().await;
-    let id = sb.kounta().insert(crm_person(1));
-    sb.kounta().inject(Fault::new(
-        KountaEndpoint::Get,
-        When::Nth(1),
-        FaultAction::Hang,
-    ));
+    let (sb, id) = one_customer_whose_reads_meet(When::Nth(1), FaultAction::Hang).await;
     let client = kounta_with(farmsync::kounta::KountaOptions {
         timeout: Duration::from_millis(300),
         ..kounta_options(&sb)
@@ -704,27 +689,18 @@ async fn every_error_body_shape_gives_the_crm_s_explanation() {
     ] {
         sb.kounta().set_error_shape(shape);
 
+        let country_name = write(|w| {
+            w.primary_address = Some(KountaAddress {
+                country: "Australia".to_owned(),
+                ..KountaAddress::default()
+            })
+        });
         let err = client
-            .update(
-                KountaId(id),
-                &KountaCustomerWrite {
-                    primary_address: Some(KountaAddress {
-                        country: "Australia".to_owned(),
-                        ..KountaAddress::default()
-                    }),
-                    ..KountaCustomerWrite::default()
-                },
-            )
+            .update(KountaId(id), &country_name)
             .await
             .unwrap_err();
-        match &err {
-            ApiError::Validation {
-                status: 400,
-                message,
-                ..
-            } => assert!(message.contains("alpha-2"), "{shape:?}: {message}"),
-            other => panic!("{shape:?}: expected a validation error, got {other:?}"),
-        }
+        let message = refused_400(&err);
+        assert!(message.contains("alpha-2"), "{shape:?}: {message}");
 
         let err = wrong.check().await.unwrap_err();
         assert!(err.is_auth(), "{shape:?}: {err:?}");
@@ -742,10 +718,7 @@ async fn an_update_answered_with_an_empty_body_still_succeeds() {
     let answer = client
         .update(
             KountaId(id),
-            &KountaCustomerWrite {
-                last_name: Some("Renamed".to_owned()),
-                ..KountaCustomerWrite::default()
-            },
+            &write(|w| w.last_name = Some("Renamed".into())),
         )
         .await
         .unwrap();

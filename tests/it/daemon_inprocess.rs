@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use farmsync::cli::Exit;
 use farmsync::config::Settings;
 use farmsync::daemon::{DaemonError, DaemonOptions, run_daemon};
+use farmsync::exit::Exit;
 use farmsync::lock::InstanceLock;
 use farmsync::sandbox::{Sandbox, SandboxOptions, sample_farm};
 use farmsync::store::Store;

@@ -14,6 +14,7 @@ mod daemon_run;
 mod daemon_support;
 mod daemon_units;
 mod daemon_worker;
+mod layout;
 mod ops_alerts;
 mod ops_capture;
 mod ops_leaks;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use farmsync::sandbox::{
-    DeliveryOutcome, KountaRecord, WebhookAction, WebhookFault, WebhookTopic, When,
+    DeliveryOutcome, KountaRecord, Sandbox, WebhookAction, WebhookFault, WebhookTopic, When,
     webhook_signature,
 };
 use serde_json::{Value, json};
@@ -25,6 +25,34 @@ async fn register(crm: &Crm, topic: &str, address: &str) -> i64 {
 
 async fn next(rx: &mut UnboundedReceiver<Received>) -> Received {
     rx.recv().await.expect("a delivery")
+}
+
+/// A delivery's body as JSON.
+fn json_of(delivery: &Received) -> Value {
+    serde_json::from_slice(&delivery.body).expect("json body")
+}
+
+/// Creates a customer through the API, `name` its first name, `name@example.com` its email.
+async fn person(crm: &Crm, name: &str) -> i64 {
+    let email = format!("{}@example.com", name.to_lowercase());
+    crm.create(&json!({"first_name": name, "email": email}))
+        .await
+}
+
+/// A sandbox whose CRM delivers `customers/created` to a new receiver, the first delivery
+/// meeting `action`.
+async fn created_hook_whose_first_delivery_is(
+    action: WebhookAction,
+) -> (Sandbox, Crm, UnboundedReceiver<Received>) {
+    let sb = start().await;
+    let crm = Crm::new(&sb);
+    let (url, rx) = receiver(false).await;
+    register(&crm, "customers/created", &url).await;
+    sb.kounta().inject_webhook_fault(WebhookFault {
+        when: When::Nth(1),
+        action,
+    });
+    (sb, crm, rx)
 }
 
 #[tokio::test]
@@ -106,7 +134,7 @@ async fn api_changes_are_delivered_signed_with_the_registered_headers() {
     assert_eq!(signature.len(), 64);
     assert_eq!(got.headers["x-farmsync-secret"], "s3cret");
     assert_eq!(got.headers["content-type"], "application/json");
-    let body: Value = serde_json::from_slice(&got.body).expect("json body");
+    let body = json_of(&got);
     assert_eq!(body["id"], id);
     for field in [
         "first_name",
@@ -128,7 +156,7 @@ async fn api_changes_are_delivered_signed_with_the_registered_headers() {
     assert_eq!(status, 200);
     let got = next(&mut rx).await;
     assert_eq!(got.path, "/updated");
-    let body: Value = serde_json::from_slice(&got.body).expect("json body");
+    let body = json_of(&got);
     assert_eq!(body["last_name"], "L");
 
     sb.kounta().wait_for_deliveries(2).await;
@@ -165,7 +193,7 @@ async fn back_office_changes_are_delivered_too() {
     k.backoffice_delete(id);
     let got = next(&mut rx).await;
     assert_eq!(got.path, "/deleted");
-    let body: Value = serde_json::from_slice(&got.body).expect("json");
+    let body = json_of(&got);
     assert_eq!(
         (body["id"].as_i64(), body["phone"].as_str()),
         (Some(id), Some("1"))
@@ -203,9 +231,7 @@ async fn a_failing_receiver_is_recorded_and_changes_nothing() {
     let crm = Crm::new(&sb);
     // Nothing listens on port 9 of localhost.
     register(&crm, "customers/created", "http://127.0.0.1:9/hook").await;
-    let id = crm
-        .create(&json!({"first_name": "A", "email": "a@example.com"}))
-        .await;
+    let id = person(&crm, "A").await;
     sb.kounta().wait_for_deliveries(1).await;
     let delivery = &sb.kounta().deliveries()[0];
     assert!(
@@ -217,16 +243,8 @@ async fn a_failing_receiver_is_recorded_and_changes_nothing() {
 
 #[tokio::test]
 async fn deliveries_can_be_duplicated() {
-    let sb = start().await;
-    let crm = Crm::new(&sb);
-    let (url, mut rx) = receiver(false).await;
-    register(&crm, "customers/created", &url).await;
-    sb.kounta().inject_webhook_fault(WebhookFault {
-        when: When::Nth(1),
-        action: WebhookAction::Duplicate,
-    });
-    crm.create(&json!({"first_name": "A", "email": "a@example.com"}))
-        .await;
+    let (sb, crm, mut rx) = created_hook_whose_first_delivery_is(WebhookAction::Duplicate).await;
+    person(&crm, "A").await;
     let first = next(&mut rx).await;
     let second = next(&mut rx).await;
     assert_eq!(first.body, second.body);
@@ -240,17 +258,8 @@ async fn deliveries_can_be_duplicated() {
 
 #[tokio::test]
 async fn deliveries_can_be_dropped() {
-    let sb = start().await;
-    let crm = Crm::new(&sb);
-    let (url, mut rx) = receiver(false).await;
-    register(&crm, "customers/created", &url).await;
-    sb.kounta().inject_webhook_fault(WebhookFault {
-        when: When::Nth(1),
-        action: WebhookAction::Drop,
-    });
-    let dropped = crm
-        .create(&json!({"first_name": "A", "email": "a@example.com"}))
-        .await;
+    let (sb, crm, mut rx) = created_hook_whose_first_delivery_is(WebhookAction::Drop).await;
+    let dropped = person(&crm, "A").await;
     sb.kounta().wait_for_deliveries(1).await;
     assert_eq!(
         sb.kounta().deliveries()[0].outcome,
@@ -258,35 +267,23 @@ async fn deliveries_can_be_dropped() {
     );
     assert!(rx.try_recv().is_err(), "a dropped delivery is never sent");
 
-    let kept = crm
-        .create(&json!({"first_name": "B", "email": "b@example.com"}))
-        .await;
+    let kept = person(&crm, "B").await;
     let got = next(&mut rx).await;
-    let body: Value = serde_json::from_slice(&got.body).expect("json");
+    let body = json_of(&got);
     assert_eq!(body["id"], kept);
     assert_ne!(kept, dropped);
 }
 
 #[tokio::test]
 async fn a_delayed_delivery_arrives_after_a_later_one() {
-    let sb = start().await;
-    let crm = Crm::new(&sb);
-    let (url, mut rx) = receiver(false).await;
-    register(&crm, "customers/created", &url).await;
-    sb.kounta().inject_webhook_fault(WebhookFault {
-        when: When::Nth(1),
-        action: WebhookAction::Delay(Duration::from_secs(1)),
-    });
-    let late = crm
-        .create(&json!({"first_name": "A", "email": "a@example.com"}))
-        .await;
-    let early = crm
-        .create(&json!({"first_name": "B", "email": "b@example.com"}))
-        .await;
+    let (_sb, crm, mut rx) =
+        created_hook_whose_first_delivery_is(WebhookAction::Delay(Duration::from_secs(1))).await;
+    let late = person(&crm, "A").await;
+    let early = person(&crm, "B").await;
     let mut order = Vec::new();
     for _ in 0..2 {
         let got = next(&mut rx).await;
-        let body: Value = serde_json::from_slice(&got.body).expect("json");
+        let body = json_of(&got);
         order.push(body["id"].as_i64().expect("id"));
     }
     assert_eq!(order, vec![early, late], "out of order");

@@ -2,6 +2,7 @@
 //! (`sync::testkit`) and, where it matters, checked to converge: the next run writes nothing.
 
 use super::*;
+use crate::farmflow::model::FarmflowFields;
 use crate::sync::action::MatchRule;
 use crate::sync::policy::{CountryFormat, Direction};
 use crate::sync::testkit::{Reads, Sim, address, farmflow, kounta, one_time, recurring};
@@ -35,6 +36,18 @@ fn linked() -> (Sim, KountaId, FarmflowId) {
         0
     );
     assert_converged(&mut sim);
+    (sim, kid, fid)
+}
+
+/// [`linked`], then each side edited by a person: `crm` changes the CRM customer, `farmflow`
+/// the FarmFlow one.
+fn linked_then_edited(
+    crm: impl FnOnce(&mut KountaCustomer),
+    farmflow: impl FnOnce(&mut FarmflowFields),
+) -> (Sim, KountaId, FarmflowId) {
+    let (mut sim, kid, fid) = linked();
+    crm(sim.crm.get_mut(&kid).unwrap());
+    farmflow(sim.ff.get_mut(&fid).unwrap());
     (sim, kid, fid)
 }
 
@@ -216,9 +229,10 @@ fn a_crm_country_change_is_written_in_the_configured_format() {
 
 #[test]
 fn disjoint_edits_on_both_sides_are_merged() {
-    let (mut sim, kid, fid) = linked();
-    sim.crm.get_mut(&kid).unwrap().email = "jamie@crm.example".into();
-    sim.ff.get_mut(&fid).unwrap().city = "Porkville".into();
+    let (mut sim, kid, fid) = linked_then_edited(
+        |k| k.email = "jamie@crm.example".into(),
+        |f| f.city = "Porkville".into(),
+    );
     let p = sim.sync(Reads::All);
     assert_eq!(writes(&p), vec!["update_kounta", "update_farmflow"]);
     assert_eq!(p.counts.conflicts, 0);
@@ -263,9 +277,10 @@ fn same_field_conflict_is_settled_by_the_winner_and_recorded() {
 
 #[test]
 fn both_changed_to_the_same_value_is_no_conflict() {
-    let (mut sim, kid, fid) = linked();
-    sim.crm.get_mut(&kid).unwrap().email = "same@example.com".into();
-    sim.ff.get_mut(&fid).unwrap().email = "SAME@example.com".into();
+    let (mut sim, _, fid) = linked_then_edited(
+        |k| k.email = "same@example.com".into(),
+        |f| f.email = "SAME@example.com".into(),
+    );
     let p = sim.sync(Reads::All);
     assert_eq!(p.remote_writes(), 0);
     assert_eq!(p.counts.conflicts, 0);
@@ -364,58 +379,44 @@ fn a_queued_deletion_whose_link_is_a_tombstone_leaves_the_queue() {
 fn a_delete_needs_orders_first() {
     let (mut sim, kid, _) = linked();
     sim.crm.remove(&kid);
-    let links = sim.link_rows();
-    let list = sim.kounta_list();
-    let farmflow = sim.farmflow_list();
-    let full = HashMap::new();
-    let input = PlanInput {
-        farmflow: &farmflow,
-        kounta_list: &list,
-        kounta_list_complete: true,
-        kounta_full: &full,
-        links: &links,
-        orders: None,
-        direct: &DirectReads::default(),
-        decisions: &Default::default(),
-        today: sim.today,
-    };
-    // Missing from the listing is a question: the first plan asks for a read by id.
-    let p = plan(&input, &sim.policy);
-    assert_eq!(p.needs_kounta_reads, vec![kid]);
-    assert!(!p.needs_orders);
-    assert_eq!(kinds(&p), vec!["skip"]);
-    assert_eq!(p.remote_writes(), 0);
-    // The read answered 404: now the orders.
-    let confirmed = DirectReads {
-        kounta_gone: [kid].into(),
-        ..DirectReads::default()
-    };
-    let input = PlanInput {
-        direct: &confirmed,
-        decisions: &Default::default(),
-        ..input
-    };
-    let p = plan(&input, &sim.policy);
-    assert!(p.needs_orders);
-    assert_eq!(kinds(&p), vec!["skip"]);
-    let orders = OrderBook::default();
-    let p = plan(
-        &PlanInput {
-            orders: Some(&orders),
+    sim.with_input(|input| {
+        // Missing from the listing is a question: the first plan asks for a read by id.
+        let p = plan(&input, &sim.policy);
+        assert_eq!(p.needs_kounta_reads, vec![kid]);
+        assert!(!p.needs_orders);
+        assert_eq!(kinds(&p), vec!["skip"]);
+        assert_eq!(p.remote_writes(), 0);
+        // The read answered 404: now the orders.
+        let confirmed = DirectReads {
+            kounta_gone: [kid].into(),
+            ..DirectReads::default()
+        };
+        let input = PlanInput {
+            direct: &confirmed,
             ..input
-        },
-        &sim.policy,
-    );
-    assert!(!p.needs_orders);
-    assert_eq!(kinds(&p), vec!["delete_farmflow"]);
-    // "never" needs no orders.
-    let never = Policy {
-        farmflow_delete: FarmflowDelete::Never,
-        ..sim.policy.clone()
-    };
-    let p = plan(&input, &never);
-    assert!(!p.needs_orders);
-    assert_eq!(kinds(&p), vec!["block_delete"]);
+        };
+        let p = plan(&input, &sim.policy);
+        assert!(p.needs_orders);
+        assert_eq!(kinds(&p), vec!["skip"]);
+        let orders = OrderBook::default();
+        let p = plan(
+            &PlanInput {
+                orders: Some(&orders),
+                ..input
+            },
+            &sim.policy,
+        );
+        assert!(!p.needs_orders);
+        assert_eq!(kinds(&p), vec!["delete_farmflow"]);
+        // "never" needs no orders.
+        let never = Policy {
+            farmflow_delete: FarmflowDelete::Never,
+            ..sim.policy.clone()
+        };
+        let p = plan(&input, &never);
+        assert!(!p.needs_orders);
+        assert_eq!(kinds(&p), vec!["block_delete"]);
+    });
 }
 
 #[test]
@@ -951,24 +952,7 @@ fn an_unread_crm_record_with_unchanged_listed_fields_counts_as_unchanged() {
 fn an_unread_crm_record_with_changed_listed_fields_waits_for_its_read() {
     let (mut sim, kid, fid) = linked();
     sim.crm.get_mut(&kid).unwrap().email = "changed@example.com".into();
-    let list = sim.kounta_list();
-    let farmflow = sim.farmflow_list();
-    let links = sim.link_rows();
-    let full = HashMap::new();
-    let p = plan(
-        &PlanInput {
-            farmflow: &farmflow,
-            kounta_list: &list,
-            kounta_list_complete: true,
-            kounta_full: &full,
-            links: &links,
-            orders: None,
-            direct: &DirectReads::default(),
-            decisions: &Default::default(),
-            today: sim.today,
-        },
-        &sim.policy,
-    );
+    let p = sim.plan_unread();
     assert_eq!(p.remote_writes(), 0);
     assert_eq!(p.needs_kounta_reads, vec![kid]);
     assert_eq!(sim.ff[&fid].email, "Jamie@Example.com");
@@ -981,24 +965,7 @@ fn an_unread_crm_record_with_changed_listed_fields_waits_for_its_read() {
 fn a_farmflow_change_reads_the_crm_record_before_writing_it() {
     let (mut sim, kid, fid) = linked();
     sim.ff.get_mut(&fid).unwrap().email = "ff@example.com".into();
-    let list = sim.kounta_list();
-    let farmflow = sim.farmflow_list();
-    let links = sim.link_rows();
-    let full = HashMap::new();
-    let p = plan(
-        &PlanInput {
-            farmflow: &farmflow,
-            kounta_list: &list,
-            kounta_list_complete: true,
-            kounta_full: &full,
-            links: &links,
-            orders: None,
-            direct: &DirectReads::default(),
-            decisions: &Default::default(),
-            today: sim.today,
-        },
-        &sim.policy,
-    );
+    let p = sim.plan_unread();
     assert_eq!(p.needs_kounta_reads, vec![kid]);
     assert_eq!(p.remote_writes(), 0);
     let p = sim.sync(Reads::Budget(0));
@@ -1012,24 +979,7 @@ fn new_crm_records_not_read_hold_creates_into_the_crm() {
     let mut sim = sim;
     sim.add_kounta(kounta(2, "Twin", "Maybe", "twin@example.com", ""));
     sim.add_farmflow(20, farmflow("Twin", "Maybe", "", "0400 123 123"));
-    let list = sim.kounta_list();
-    let farmflow = sim.farmflow_list();
-    let links = sim.link_rows();
-    let full = HashMap::new();
-    let p = plan(
-        &PlanInput {
-            farmflow: &farmflow,
-            kounta_list: &list,
-            kounta_list_complete: true,
-            kounta_full: &full,
-            links: &links,
-            orders: None,
-            direct: &DirectReads::default(),
-            decisions: &Default::default(),
-            today: sim.today,
-        },
-        &sim.policy,
-    );
+    let p = sim.plan_unread();
     assert_eq!(p.counts.kounta_creates, 0);
     assert_eq!(p.needs_kounta_reads, vec![KountaId(2)]);
     let p = sim.sync(Reads::Budget(0));
@@ -1141,9 +1091,10 @@ fn phone_from_mobile_does_not_ping_pong() {
 
 #[test]
 fn a_failed_write_leaves_the_change_to_be_retried() {
-    let (mut sim, kid, fid) = linked();
-    sim.crm.get_mut(&kid).unwrap().email = "crm@example.com".into();
-    sim.ff.get_mut(&fid).unwrap().city = "Porkville".into();
+    let (mut sim, _, fid) = linked_then_edited(
+        |k| k.email = "crm@example.com".into(),
+        |f| f.city = "Porkville".into(),
+    );
     let p = sim.plan(Reads::All);
     // The CRM write fails; the FarmFlow write of the same link must not be applied either.
     sim.apply(&p, |a| a.kind() == "update_kounta");
@@ -1156,9 +1107,10 @@ fn a_failed_write_leaves_the_change_to_be_retried() {
 
 #[test]
 fn a_failed_second_write_does_not_lose_the_first_sides_change() {
-    let (mut sim, kid, fid) = linked();
-    sim.crm.get_mut(&kid).unwrap().email = "crm@example.com".into();
-    sim.ff.get_mut(&fid).unwrap().city = "Porkville".into();
+    let (mut sim, kid, fid) = linked_then_edited(
+        |k| k.email = "crm@example.com".into(),
+        |f| f.city = "Porkville".into(),
+    );
     let p = sim.plan(Reads::All);
     sim.apply(&p, |a| a.kind() == "update_farmflow");
     assert_eq!(
@@ -1194,9 +1146,10 @@ fn a_failed_first_write_of_a_new_link_does_not_turn_a_conflict_into_a_copy() {
 
 #[test]
 fn actions_describe_themselves_without_customer_values() {
-    let (mut sim, kid, fid) = linked();
-    sim.crm.get_mut(&kid).unwrap().email = "secret@example.com".into();
-    sim.ff.get_mut(&fid).unwrap().phone = "0499 999 999".into();
+    let (sim, _, _) = linked_then_edited(
+        |k| k.email = "secret@example.com".into(),
+        |f| f.phone = "0499 999 999".into(),
+    );
     let p = sim.plan(Reads::All);
     let text: Vec<String> = acts(&p).into_iter().map(Action::describe).collect();
     assert_eq!(
@@ -1393,24 +1346,15 @@ fn an_upcoming_one_time_order_blocks_until_its_day_has_passed() {
 
 /// Plans `sim` as one run that reads nothing but what the plan asks for.
 fn plan_once(sim: &Sim, direct: &DirectReads) -> Plan {
-    let list = sim.kounta_list();
-    let farmflow = sim.farmflow_list();
-    let links = sim.link_rows();
-    let full = HashMap::new();
-    plan(
-        &PlanInput {
-            farmflow: &farmflow,
-            kounta_list: &list,
+    sim.with_input(|input| {
+        let input = PlanInput {
             kounta_list_complete: sim.list_complete,
-            kounta_full: &full,
-            links: &links,
             orders: Some(&sim.orders),
             direct,
-            decisions: &Default::default(),
-            today: sim.today,
-        },
-        &sim.policy,
-    )
+            ..input
+        };
+        plan(&input, &sim.policy)
+    })
 }
 
 #[test]
@@ -1556,29 +1500,18 @@ fn the_guard_share_is_of_links_not_of_persistent_collisions() {
 fn unreadable_orders_block_the_delete_for_this_run() {
     let (mut sim, kid, fid) = linked();
     sim.crm.remove(&kid);
-    let list = sim.kounta_list();
-    let farmflow = sim.farmflow_list();
-    let links = sim.link_rows();
-    let full = HashMap::new();
     let direct = DirectReads {
         kounta_gone: [kid].into(),
         orders_unreadable: true,
         ..DirectReads::default()
     };
-    let p = plan(
-        &PlanInput {
-            farmflow: &farmflow,
-            kounta_list: &list,
-            kounta_list_complete: true,
-            kounta_full: &full,
-            links: &links,
-            orders: None,
+    let p = sim.with_input(|input| {
+        let input = PlanInput {
             direct: &direct,
-            decisions: &Default::default(),
-            today: sim.today,
-        },
-        &sim.policy,
-    );
+            ..input
+        };
+        plan(&input, &sim.policy)
+    });
     assert!(!p.needs_orders);
     assert_eq!(writes(&p), Vec::<&str>::new());
     assert!(p.actions.iter().any(|a| matches!(

@@ -1,7 +1,11 @@
 //! The user's choices that steer the sync (`[sync]` and `farmflow.country_format` in the config).
+//!
+//! Types only, read by [`crate::config`] and obeyed by [`crate::sync`] (which re-exports this
+//! module as `sync::policy`): no rule of the sync lives here, and nothing here does I/O.
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::country::CountryFormat;
 use crate::customer::Field;
 
 /// Who wins when both sides changed the same field to different values.
@@ -37,19 +41,6 @@ pub enum KountaOnFarmflowDelete {
     Unlink,
     /// Leave the CRM customer as it is.
     Ignore,
-}
-
-/// How farmsync writes FarmFlow's free-text `country`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CountryFormat {
-    /// `US`
-    Alpha2,
-    /// `USA`
-    #[default]
-    Alpha3,
-    /// `United States`
-    Name,
 }
 
 /// Whether a confirmed deletion is applied at once or waits for a person (`[sync] deletes`).
