@@ -137,6 +137,8 @@ struct Ledger {
     /// Sides each person was seen on after the last run.
     seen_crm: BTreeSet<u8>,
     seen_ff: BTreeSet<u8>,
+    /// People typed in on both sides since the last run (not linked yet).
+    unlinked_twins: BTreeSet<u8>,
 }
 
 fn person_of(first_name: &str) -> Option<u8> {
@@ -281,7 +283,16 @@ async fn apply(h: &mut Harness, ledger: &mut Ledger, op: &Op) {
                 h.sb.farmflow().insert(c);
                 ledger.seen_ff.insert(p);
             }
+            if matches!(op, Op::CreateOnBoth(_)) {
+                ledger.unlinked_twins.insert(p);
+            }
         }
+        // A person typed in on both sides and then given another email, phone and last name on
+        // one side before any run shares nothing the matching rules know: by DESIGN.md they are
+        // two people, and each is created on the other side. So the identity of a twin that no
+        // run has linked yet stays put; its city may change.
+        Op::EditInCrm(p, field) | Op::EditInFarmflow(p, field)
+            if ledger.unlinked_twins.contains(&p) && !matches!(field, Field::City) => {}
         Op::EditInCrm(p, field) => {
             let Some(id) = crm_id(h, p) else { return };
             let n = fresh(ledger);
@@ -339,6 +350,15 @@ async fn apply(h: &mut Harness, ledger: &mut Ledger, op: &Op) {
                 );
             }
             check_after_run(h, ledger);
+            // Twins this run linked (their CRM side names its FarmFlow side) may change freely.
+            let linked: BTreeSet<u8> =
+                h.sb.kounta()
+                    .customers()
+                    .into_iter()
+                    .filter(|c| !c.reference_id.is_empty())
+                    .filter_map(|c| person_of(&c.first_name))
+                    .collect();
+            ledger.unlinked_twins.retain(|p| !linked.contains(p));
         }
         Op::DryRun => {
             let before = (
