@@ -26,9 +26,10 @@ use tokio::sync::Semaphore;
 use farmsync::store::{HistoryEntry, HistoryFilter, Store};
 
 use crate::proof_support::{
-    EVERY_WRITE_KIND, ListingFaults, People, Person, Scenario, Side, World, assert_kinds, crm_name,
-    expected_outcome, ff_name, fold, kill_after_write, recover_and_check, reset_stats,
-    run_farmsync, spawn_killable, sync_ok, writes_in_order,
+    EVERY_WRITE_KIND, ListingFaults, People, Person, Scenario, Side, World, assert_kinds,
+    assert_none_failed, crm_name, expected_outcome, ff_name, fold, kill_after_write,
+    listing_figures, recover_and_check, reset_stats, run_farmsync, spawn_killable, sync_ok,
+    writes_in_order,
 };
 use crate::support::{Workdir, text};
 
@@ -475,6 +476,11 @@ pub(crate) async fn campaign(
     (total, verdicts)
 }
 
+/// Every crash point of the runs of `phases`, each killed once, listings whole.
+pub(crate) async fn whole_campaign(phases: &[Phase]) -> (usize, Vec<Verdict>) {
+    campaign(phases, &[], false, Listings::Whole).await
+}
+
 /// Fails listing every crash point that broke an invariant.
 pub(crate) fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
     let failed: Vec<String> = verdicts
@@ -495,24 +501,13 @@ pub(crate) fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
             )
         })
         .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let (total, verdicts) = campaign(
-        &[Phase::FirstSync, Phase::AfterChanges],
-        &[],
-        false,
-        Listings::Whole,
-    )
-    .await;
+    let (total, verdicts) = whole_campaign(&[Phase::FirstSync, Phase::AfterChanges]).await;
     let count = |phase: Phase, side: Side| {
         verdicts
             .iter()
@@ -630,15 +625,10 @@ async fn faulty_listing_campaign(label: &str, lag_in_recovery: bool) {
     let failed = verdicts.iter().filter(|v| !v.violations.is_empty()).count();
     println!(
         "{label}: {total} crash points; listing faults served (customers left out, skipped by a \
-         drift or shown stale) / omissions confirmed present by a read by id — first sync: {} \
-         points, {} / {}; after changes: {} points, {} / {}; {failed} crash points broke an \
-         invariant; {:.1} s",
-        first.0,
-        first.1,
-        first.2,
-        after.0,
-        after.1,
-        after.2,
+         drift or shown stale) / omissions confirmed present by a read by id — {}; {}; {failed} \
+         crash points broke an invariant; {:.1} s",
+        listing_figures("first sync", first),
+        listing_figures("after changes", after),
         started.elapsed().as_secs_f64()
     );
     assert!(

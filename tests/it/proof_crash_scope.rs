@@ -26,7 +26,7 @@ use std::time::Instant;
 use farmsync::sandbox::{FarmflowRecord, KountaRecord, KountaRecordAddress, Sandbox};
 use farmsync::store::LinkState;
 
-use crate::proof_crash::{Listings, Phase, assert_all_passed, campaign};
+use crate::proof_crash::{Phase, assert_all_passed, whole_campaign};
 use crate::proof_support::{People, Person, Scenario, World, run_farmsync, sync_ok};
 use crate::support::{Workdir, text};
 
@@ -364,13 +364,8 @@ pub fn rules(decided: bool, world: &World) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_sync_with_deletes_waiting_for_a_person_and_a_kounta_tag_loses_nothing() {
     let started = Instant::now();
-    let (total, verdicts) = campaign(
-        &[Phase::WholesaleFirstSync, Phase::WholesaleDecided],
-        &[],
-        false,
-        Listings::Whole,
-    )
-    .await;
+    let (total, verdicts) =
+        whole_campaign(&[Phase::WholesaleFirstSync, Phase::WholesaleDecided]).await;
     let ops: std::collections::BTreeSet<String> = verdicts
         .iter()
         .map(|v| {

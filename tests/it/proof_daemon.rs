@@ -27,9 +27,9 @@ use tokio::sync::Semaphore;
 use crate::daemon_support::{Daemon, event, free_port};
 use crate::proof_support::{
     ArmedWrite, EVERY_WRITE_KIND, ListingFaults, MAX_RERUNS, People, Person, Scenario, Side, World,
-    assert_kinds, converge, converge_and_check, expected_outcome, kill_after_write,
-    recover_and_check, reset_stats, run_farmsync, sandbox_config, sound_world, spawn_killable,
-    sync_ok, writes, writes_in_order,
+    assert_kinds, assert_none_failed, converge, converge_and_check, expected_outcome,
+    kill_after_write, listing_figures, recover_and_check, reset_stats, run_farmsync,
+    sandbox_config, sound_world, spawn_killable, sync_ok, writes, writes_in_order,
 };
 use crate::support::{Workdir, text};
 
@@ -295,12 +295,7 @@ async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
             "both sides take writes (after changes: {after})"
         );
     }
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,14 +333,9 @@ async fn killing_the_daemon_while_listings_leave_customers_out_loses_and_duplica
     println!(
         "faulty-listing daemon crash campaign: {total} crash points; listing faults served \
          (customers left out, skipped by a drift or shown stale) / omissions confirmed present \
-         by a read by id — first cycle: {} points, {} / {}; after changes: {} points, {} / {}; \
-         {} crash points broke an invariant; {:.1} s",
-        first.0,
-        first.1,
-        first.2,
-        after.0,
-        after.1,
-        after.2,
+         by a read by id — {}; {}; {} crash points broke an invariant; {:.1} s",
+        listing_figures("first cycle", first),
+        listing_figures("after changes", after),
         failed.len(),
         started.elapsed().as_secs_f64()
     );
@@ -365,12 +355,7 @@ async fn killing_the_daemon_while_listings_leave_customers_out_loses_and_duplica
             .all(|(_, v)| v.confirmed_present >= 2),
         "linked customers left out were not confirmed present"
     );
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,10 +683,5 @@ async fn quick_cycles_killed_after_any_write_lose_and_duplicate_nothing() {
             "no {kind} among the crash points: {kinds:?}"
         );
     }
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }

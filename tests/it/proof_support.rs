@@ -1086,3 +1086,19 @@ pub fn assert_kinds(kinds: &BTreeSet<String>, want: &[&str]) {
         );
     }
 }
+
+/// Fails listing every crash point that broke an invariant (`failed`, one line each) of `total`.
+pub fn assert_none_failed(total: usize, failed: &[String]) {
+    assert!(
+        failed.is_empty(),
+        "{} of {total} crash points failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+/// One phase's figures of a faulty-listing campaign, as its report prints them: crash points,
+/// listing faults served / omissions confirmed present.
+pub fn listing_figures(phase: &str, (points, served, confirmed): (usize, u64, u64)) -> String {
+    format!("{phase}: {points} points, {served} / {confirmed}")
+}
