@@ -36,9 +36,7 @@ pub async fn run_farmsync(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> O
         cmd.env(k, v);
     }
     cmd.arg("--config").arg(w.config_path()).args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run farmsync"))
-        .await
-        .expect("join farmsync")
+    crate::support::output_of(cmd).await
 }
 
 /// Write requests both fakes have received so far (refused and faulted ones included).
@@ -832,13 +830,7 @@ pub fn reset_stats(sb: &Sandbox) {
 /// Runs `farmsync sync` on `w`, which must exit 0.
 pub async fn sync_ok(w: &Workdir) {
     let out = run_farmsync(w, &["sync"], &[]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        crate::support::text(&out.stdout),
-        crate::support::text(&out.stderr)
-    );
+    crate::support::assert_exit_0(&out, "farmsync sync");
 }
 
 /// People changing customers on either side by hand, naming them as people do: `"Kim3 Crash"`
