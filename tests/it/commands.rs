@@ -7,7 +7,7 @@ use farmsync::lock::InstanceLock;
 use farmsync::sandbox::{Sandbox, SandboxOptions, sample_farm};
 use farmsync::store::{KOUNTA_TOKENS, Store};
 
-use crate::support::{Workdir, farmsync, text};
+use crate::support::{Workdir, assert_exit_0, farmsync, output_of, text};
 use crate::sync_smoke::sandbox_config;
 
 /// Runs the binary with `w`'s config off the async reactor.
@@ -126,16 +126,8 @@ async fn oauth_rotation_across_three_processes_never_locks_farmsync_out() {
             .arg("sync")
             .env("FARMSYNC__KOUNTA__AUTH", "oauth")
             .env("FARMSYNC__KOUNTA__REFRESH_TOKEN", &first_refresh);
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "process {process}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        let out = output_of(cmd).await;
+        assert_exit_0(&out, &format!("process {process}"));
         let stored = Store::open_read_only(&w.state_path())
             .unwrap()
             .tokens(KOUNTA_TOKENS)
@@ -162,17 +154,8 @@ async fn oauth_rotation_across_three_processes_never_locks_farmsync_out() {
             .env("FARMSYNC__KOUNTA__REFRESH_TOKEN", &first_refresh);
         cmd
     };
-    let mut cmd = check(&w);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let out = output_of(check(&w)).await;
+    assert_exit_0(&out, "check");
     sb.kounta().expire_access_tokens();
     let rotated = sb.kounta().refresh_token();
     let mut cmd = check(&w);

@@ -9,7 +9,7 @@ use farmsync::sandbox::{Sandbox, SandboxOptions, sample_farm};
 use farmsync::store::Store;
 use rusqlite::Connection;
 
-use crate::support::{Workdir, farmsync, text};
+use crate::support::{Workdir, assert_exit_0, farmsync, output_of, text};
 use crate::sync_smoke::{run, sandbox_config};
 
 const UPGRADE: &str = "run farmsync sync or restart the service to upgrade the state DB";
@@ -358,17 +358,8 @@ async fn the_sandbox_prints_a_complete_config_and_writes_it_with_write_config() 
         cmd.arg("--config").arg(file).args(args);
         cmd
     };
-    let mut cmd = check(&file, &["check"]);
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    let out = output_of(check(&file, &["check"])).await;
+    assert_exit_0(&out, "check");
     printed.stop();
     // Stopped at once after printing, it still takes its state directory with it.
     let state = state_path_in(&config);
@@ -392,17 +383,8 @@ async fn the_sandbox_prints_a_complete_config_and_writes_it_with_write_config() 
         0o600
     );
     for args in [vec!["sync", "--dry-run"], vec!["sync"], vec!["status"]] {
-        let mut cmd = check(&file, &args);
-        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{args:?}: {}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
+        let out = output_of(check(&file, &args)).await;
+        assert_exit_0(&out, &format!("{args:?}"));
     }
     let state = state_path_in(&config);
     assert!(state.exists());

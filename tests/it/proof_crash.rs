@@ -15,32 +15,26 @@
 //! `src/sync/recover.rs` in debug builds only) stops farmsync from settling its journal; the
 //! campaign must catch it.
 
-use std::fs::File;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use farmsync::sandbox::{
-    Access, Endpoint, FarmflowRecord, Fault, FaultAction, KountaRecord, KountaRecordAddress,
-    SampleData, Sandbox, SandboxOptions, Target, When, sample_farm,
+    FarmflowRecord, Fault, FaultAction, KountaRecord, KountaRecordAddress, Sandbox, Target, When,
 };
 use tokio::sync::Semaphore;
 
 use farmsync::store::{HistoryEntry, HistoryFilter, Store};
 
 use crate::proof_support::{
-    FAULTY_RERUNS, ListingFaults, Side, World, converge, converge_and_check, crm_name, ff_name,
-    fold, kill_after_write, listing_faults_served, omissions_confirmed, run_farmsync,
-    sandbox_config, sync_with_listing_faults,
+    EVERY_WRITE_KIND, ListingFaults, People, Person, Scenario, Side, World, assert_kinds,
+    assert_none_failed, crm_name, expected_outcome, ff_name, fold, kill_after_write,
+    listing_figures, recover_and_check, reset_stats, run_farmsync, spawn_killable, sync_ok,
+    writes_in_order,
 };
 use crate::support::{Workdir, text};
 
 /// How long one process may take to reach its k-th write.
 const REACH_WRITE: Duration = Duration::from_secs(30);
-/// Runs after the crash before one writes nothing: the first finishes the work, the journal
-/// settled; DESIGN.md allows a second to bring both sides into agreement; the third writes
-/// nothing.
-const MAX_RERUNS: usize = 3;
 /// Crash points tried at once across every campaign of the test binary (each has its own
 /// sandbox and state DB); more would only slow each process down on a small machine.
 static GATE: Semaphore = Semaphore::const_new(3);
@@ -147,7 +141,7 @@ impl Phase {
     }
 
     /// The customers both sides hold when the phase's sandbox starts.
-    fn data(self) -> SampleData {
+    fn data(self) -> Scenario {
         match self {
             Phase::FirstSync | Phase::AfterChanges => scenario(),
             Phase::WholesaleFirstSync | Phase::WholesaleDecided => {
@@ -199,237 +193,133 @@ pub(crate) struct Verdict {
 
 /// The sample farm plus people on one side only and people on both sides spelt differently, so
 /// that the first run links, creates and updates on both sides.
-fn scenario() -> SampleData {
-    let mut data = sample_farm();
-    for i in 0..8 {
-        data.kounta.push(KountaRecord {
-            first_name: format!("Kim{i}"),
-            last_name: "Crash".into(),
-            email: format!("kim{i}@crash.example"),
-            phone: format!("02 7000 10{i:02}"),
-            primary_address: Some(KountaRecordAddress {
-                address: format!("{i} Kill Street\nUnit {i}"),
-                city: "Sydney".into(),
-                state: "NSW".into(),
-                postal_code: "2000".into(),
-                country: "AU".into(),
+fn scenario() -> Scenario {
+    Scenario::sample_farm()
+        .in_crm(
+            Person::numbered("Kim", "Crash", "02 7000 10", 8).map(|(i, p)| KountaRecord {
+                primary_address: Some(KountaRecordAddress {
+                    address: format!("{i} Kill Street\nUnit {i}"),
+                    city: "Sydney".into(),
+                    state: "NSW".into(),
+                    postal_code: "2000".into(),
+                    country: "AU".into(),
+                }),
+                ..p.crm()
             }),
-            ..KountaRecord::default()
-        });
-        data.farmflow.push(FarmflowRecord {
-            id: 400 + i,
-            firstname: format!("Fern{i}"),
-            lastname: "Crash".into(),
-            email: format!("fern{i}@crash.example"),
-            phone: format!("03 7000 20{i:02}"),
-            address: format!("{i} Signal Road"),
-            city: "Melbourne".into(),
-            state: "VIC".into(),
-            zip: "3000".into(),
-            country: "Australia".into(),
-            ..FarmflowRecord::default()
-        });
-    }
-    // Linked by email, each side knowing fields the other lacks: updates in both directions.
-    for i in 0..4 {
-        data.kounta.push(KountaRecord {
-            first_name: format!("Bo{i}"),
-            last_name: "Both".into(),
-            email: format!("bo{i}@both.example"),
-            phone: format!("07 7000 30{i:02}"),
-            ..KountaRecord::default()
-        });
-        data.farmflow.push(FarmflowRecord {
-            id: 500 + i,
-            firstname: format!("Bo{i}"),
-            lastname: "Both".into(),
-            email: format!("BO{i}@both.example"),
-            address: format!("{i} Both Lane"),
-            city: "Brisbane".into(),
-            state: "QLD".into(),
-            zip: "4000".into(),
-            country: "AU".into(),
-            ..FarmflowRecord::default()
-        });
-    }
-    data
+        )
+        .in_farmflow(
+            Person::numbered("Fern", "Crash", "03 7000 20", 8).map(|(i, p)| FarmflowRecord {
+                address: format!("{i} Signal Road"),
+                city: "Melbourne".into(),
+                state: "VIC".into(),
+                zip: "3000".into(),
+                country: "Australia".into(),
+                ..p.ff(400 + i)
+            }),
+        )
+        // Linked by email, each side knowing fields the other lacks: updates in both directions.
+        .on_both_sides(
+            Person::numbered("Bo", "Both", "07 7000 30", 4).map(|(i, p)| {
+                let in_queensland = FarmflowRecord {
+                    address: format!("{i} Both Lane"),
+                    city: "Brisbane".into(),
+                    state: "QLD".into(),
+                    zip: "4000".into(),
+                    country: "AU".into(),
+                    ..p.ff_twin(500 + i)
+                };
+                (p.crm(), in_queensland)
+            }),
+        )
 }
 
 /// What people change after the first sync, by name: deletions on both sides (some blocked by
 /// orders), a deletion in the CRM of someone FarmFlow edits meanwhile, edits on either side and
 /// both, and new people.
-fn people_change(sb: &Sandbox) {
-    let crm = sb.kounta().customers();
-    let ff = sb.farmflow().customers();
-    let crm_id = |first: &str, last: &str| {
-        crm.iter()
-            .find(|c| c.first_name == first && c.last_name == last)
-            .unwrap_or_else(|| panic!("no crm {first} {last}"))
-            .id
-    };
-    let ff_id = |first: &str, last: &str| {
-        ff.iter()
-            .find(|c| c.firstname == first && c.lastname == last)
-            .unwrap_or_else(|| panic!("no farmflow {first} {last}"))
-            .id
-    };
+fn people_change(people: &People) {
     // Gone from the CRM: deleted in FarmFlow, or blocked by a recurring or an upcoming order.
-    for (first, last) in [
-        ("Oliver", "Bennett"),
-        ("Jamie", "McDonald"),
-        ("Mei", "Chen"),
-        ("Kim3", "Crash"),
-    ] {
-        assert!(sb.kounta().backoffice_delete(crm_id(first, last)));
+    for name in ["Oliver Bennett", "Jamie McDonald", "Mei Chen", "Kim3 Crash"] {
+        people.delete_in_crm(name);
     }
     // Gone from FarmFlow: tagged in the CRM.
-    for (first, last) in [("Kim0", "Crash"), ("Fern1", "Crash")] {
-        sb.farmflow().delete(ff_id(first, last)).unwrap();
+    for name in ["Kim0 Crash", "Fern1 Crash"] {
+        people.delete_in_farmflow(name);
     }
     // Deleted in the CRM but edited in FarmFlow: the edit wins, the CRM customer comes back.
-    assert!(sb.kounta().backoffice_delete(crm_id("Fern2", "Crash")));
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Fern2", "Crash"), |c| c.city = "Geelong".into())
-    );
+    people.delete_in_crm("Fern2 Crash");
+    people.edit_farmflow("Fern2 Crash", |c| c.city = "Geelong".into());
     // Edits on one side, and on both (a conflict the CRM wins).
-    assert!(
-        sb.kounta()
-            .edit(crm_id("Bo0", "Both"), |c| c.phone = "07 7999 0000".into())
-    );
-    assert!(sb.farmflow().edit(ff_id("Bo1", "Both"), |c| c.email =
-        "bo1.new@both.example".into()));
-    assert!(
-        sb.kounta()
-            .edit(crm_id("Bo2", "Both"), |c| c.last_name = "Both-Crm".into())
-    );
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Bo2", "Both"), |c| c.lastname = "Both-Farm".into())
-    );
-    assert!(sb.farmflow().edit(ff_id("Fern4", "Crash"), |c| {
+    people.edit_crm("Bo0 Both", |c| c.phone = "07 7999 0000".into());
+    people.edit_farmflow("Bo1 Both", |c| c.email = "bo1.new@both.example".into());
+    people.edit_crm("Bo2 Both", |c| c.last_name = "Both-Crm".into());
+    people.edit_farmflow("Bo2 Both", |c| c.lastname = "Both-Farm".into());
+    people.edit_farmflow("Fern4 Crash", |c| {
         c.address = "4 Moved Road".into();
         c.zip = "3001".into();
-    }));
-    // New people on each side.
-    sb.kounta().insert(KountaRecord {
-        first_name: "Nina".into(),
-        last_name: "Later".into(),
-        email: "nina@later.example".into(),
-        ..KountaRecord::default()
     });
-    sb.farmflow().insert(FarmflowRecord {
-        firstname: "Omar".into(),
-        lastname: "Later".into(),
-        phone: "0499 000 111".into(),
-        ..FarmflowRecord::default()
+    // New people on each side.
+    people.add_to_crm(Person::new("Nina", "Later", "").crm());
+    people.add_to_farmflow(FarmflowRecord {
+        email: String::new(),
+        ..Person::new("Omar", "Later", "0499 000 111").ff(0)
     });
 }
 
 /// A fresh sandbox and state DB, ready for the run of `phase`.
-async fn prepare(phase: Phase, data: &SampleData) -> (Sandbox, Workdir) {
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.seed(data).unwrap();
-    let w = Workdir::new(&sandbox_config(&sb, phase.config()));
+async fn prepare(phase: Phase, data: &Scenario) -> (Sandbox, Workdir) {
+    let (sb, w) = data.start(phase.config()).await;
     match phase {
         Phase::AfterChanges => {
-            let out = run_farmsync(&w, &["sync"], &[]).await;
-            assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-            people_change(&sb);
+            sync_ok(&w).await;
+            people_change(&People(&sb));
         }
         Phase::WholesaleDecided => crate::proof_crash_scope::prepare_decided(&sb, &w).await,
         Phase::FirstSync | Phase::WholesaleFirstSync => {}
     }
-    sb.kounta().reset_stats();
-    sb.farmflow().reset_stats();
+    reset_stats(&sb);
     (sb, w)
 }
 
 /// One run that is never killed, to learn the writes it makes (in order) and the outcome every
 /// crashed run must reach too (after the same faulty runs as a crashed one, if any).
-async fn uncrashed(
-    phase: Phase,
-    data: &SampleData,
-    listings: Listings,
-) -> (Vec<CrashPoint>, World) {
+async fn uncrashed(phase: Phase, data: &Scenario, listings: Listings) -> (Vec<CrashPoint>, World) {
     let (sb, w) = prepare(phase, data).await;
     if let Some(faults) = listings.killed(phase) {
         faults.arm(&sb);
     }
     let history_before = history(&w).len();
+    let since = tokio::time::Instant::now();
     let out = run_farmsync(&w, &["sync"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let written = history(&w).split_off(history_before);
 
-    let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
-    for r in sb.kounta().request_log() {
-        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
-            log.push((r.at, Side::Kounta, format!("crm {e:?} {}", r.path)));
-        }
-    }
-    for r in sb.farmflow().request_log() {
-        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
-            log.push((r.at, Side::Farmflow, format!("farmflow {e:?}")));
-        }
-    }
-    log.sort_by_key(|(at, _, _)| *at);
-    let (mut kounta, mut farmflow) = (0, 0);
+    let log = writes_in_order(&sb, since);
     let lined_up = written.len() == log.len()
-        && written.iter().zip(&log).all(|(h, (_, side, _))| {
+        && written.iter().zip(&log).all(|(h, write)| {
             h.side
-                == match side {
+                == match write.side {
                     Side::Kounta => "kounta",
                     Side::Farmflow => "farmflow",
                 }
         });
     let mut points: Vec<CrashPoint> = log
         .into_iter()
-        .enumerate()
-        .map(|(i, (_, side, what))| {
-            let nth = match side {
-                Side::Kounta => {
-                    kounta += 1;
-                    kounta
-                }
-                Side::Farmflow => {
-                    farmflow += 1;
-                    farmflow
-                }
-            };
-            CrashPoint {
-                phase,
-                k: i + 1,
-                side,
-                nth,
-                what,
-                op: String::new(),
-            }
+        .map(|write| CrashPoint {
+            phase,
+            k: write.k,
+            side: write.side,
+            nth: write.nth,
+            what: match write.side {
+                Side::Kounta => format!("{} {}", write.what, write.path),
+                Side::Farmflow => write.what,
+            },
+            op: String::new(),
         })
         .collect();
 
     // The uncrashed outcome settles too: a second run writes nothing, or, after faulty
     // listings, one of the runs once they are whole.
-    if let Some(faults) = listings.recovery(phase) {
-        sync_with_listing_faults(&sb, &w, &[], &faults, FAULTY_RERUNS).await;
-    }
-    let runs = if listings == Listings::Whole {
-        1
-    } else {
-        MAX_RERUNS
-    };
-    let (unsettled, _) = converge(&sb, &w, &[], runs).await;
-    assert!(unsettled.is_empty(), "{unsettled:?}");
-    let world = World::read(&sb, &w.state_path()).unwrap();
-    assert!(
-        world.duplicate_people().is_empty(),
-        "{:?}",
-        world.duplicate_people()
-    );
-    assert!(
-        world.broken_links().is_empty(),
-        "{:?}",
-        world.broken_links()
-    );
+    let world = expected_outcome(&sb, &w, listings.recovery(phase).as_ref()).await;
     let (queue, rules) = (world.queue_problems(), phase.rules(&world));
     assert!(queue.is_empty(), "{phase:?}, uncrashed: {queue:?}");
     assert!(rules.is_empty(), "{phase:?}, uncrashed: {rules:?}");
@@ -486,35 +376,6 @@ fn whose(h: &HistoryEntry, world: &World) -> String {
         .unwrap_or_else(|| "?".to_owned())
 }
 
-/// Where the killed runs of a crash point log (appended, one after the other).
-fn killed_log(w: &Workdir) -> std::path::PathBuf {
-    w.dir.path().join("killed.log")
-}
-
-/// Starts `farmsync sync`, its log appended to `killed_log` (it is killed: nothing else reads
-/// its output).
-fn spawn_sync(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Child {
-    let log = File::options()
-        .create(true)
-        .append(true)
-        .open(killed_log(w))
-        .expect("killed run's log");
-    let mut cmd = crate::support::farmsync();
-    cmd.env_remove("FARMSYNC_TEST_FAULT");
-    for (k, v) in fault_env {
-        cmd.env(k, v);
-    }
-    cmd.arg("--config")
-        .arg(w.config_path())
-        .arg("sync")
-        .stdout(Stdio::null())
-        .stderr(log);
-    tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn farmsync")
-}
-
 /// Kills the recovering run too, right after its first write on either side (if it makes one:
 /// a run with nothing left to do exits by itself). Returns whether it was killed after a write.
 async fn kill_after_first_write(sb: &Sandbox, w: &Workdir, fault_env: &[(&str, &str)]) -> bool {
@@ -527,7 +388,7 @@ async fn kill_after_first_write(sb: &Sandbox, w: &Workdir, fault_env: &[(&str, &
     ));
     let (mut kw, mut fw) = (sb.kounta().writes_applied(), sb.farmflow().writes_applied());
     let (k0, f0) = (*kw.borrow(), *fw.borrow());
-    let mut child = spawn_sync(w, fault_env);
+    let mut child = spawn_killable(w, "sync", fault_env);
     let wrote = tokio::select! {
         _ = kw.wait_for(|n| *n > k0) => true,
         _ = fw.wait_for(|n| *n > f0) => true,
@@ -546,7 +407,7 @@ async fn kill_after_first_write(sb: &Sandbox, w: &Workdir, fault_env: &[(&str, &
 /// invariant against `expected`.
 async fn crash_at(
     point: CrashPoint,
-    data: &SampleData,
+    data: &Scenario,
     expected: &World,
     fault_env: &[(&str, &str)],
     twice: bool,
@@ -558,20 +419,19 @@ async fn crash_at(
     }
     // Writes are counted from the sandbox's start; the prepared phase may have made some.
     let mut violations = kill_after_write(&sb, point.side, point.nth, point.k, "farmsync", || {
-        spawn_sync(&w, fault_env)
+        spawn_killable(&w, "sync", fault_env)
     })
     .await;
     let killed_twice = twice && kill_after_first_write(&sb, &w, fault_env).await;
-    let log = std::fs::read_to_string(killed_log(&w)).unwrap_or_default();
-    let mut confirmed_present = omissions_confirmed(&log);
-    if let Some(faults) = listings.recovery(point.phase) {
-        confirmed_present +=
-            sync_with_listing_faults(&sb, &w, fault_env, &faults, FAULTY_RERUNS).await;
-    }
-    let listing_faults = listing_faults_served(&sb);
-
-    let (found, reruns) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;
-    violations.extend(found);
+    let recovery = recover_and_check(
+        &sb,
+        &w,
+        fault_env,
+        listings.recovery(point.phase).as_ref(),
+        expected,
+    )
+    .await;
+    violations.extend(recovery.violations);
     if let Ok(world) = World::read(&sb, &w.state_path()) {
         violations.extend(point.phase.rules(&world));
     }
@@ -579,10 +439,10 @@ async fn crash_at(
     Verdict {
         point,
         violations,
-        reruns,
+        reruns: recovery.reruns,
         killed_twice,
-        listing_faults,
-        confirmed_present,
+        listing_faults: recovery.listing_faults,
+        confirmed_present: recovery.confirmed_present,
     }
 }
 
@@ -616,6 +476,11 @@ pub(crate) async fn campaign(
     (total, verdicts)
 }
 
+/// Every crash point of the runs of `phases`, each killed once, listings whole.
+pub(crate) async fn whole_campaign(phases: &[Phase]) -> (usize, Vec<Verdict>) {
+    campaign(phases, &[], false, Listings::Whole).await
+}
+
 /// Fails listing every crash point that broke an invariant.
 pub(crate) fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
     let failed: Vec<String> = verdicts
@@ -636,24 +501,13 @@ pub(crate) fn assert_all_passed(total: usize, verdicts: &[Verdict]) {
             )
         })
         .collect();
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
     let started = Instant::now();
-    let (total, verdicts) = campaign(
-        &[Phase::FirstSync, Phase::AfterChanges],
-        &[],
-        false,
-        Listings::Whole,
-    )
-    .await;
+    let (total, verdicts) = whole_campaign(&[Phase::FirstSync, Phase::AfterChanges]).await;
     let count = |phase: Phase, side: Side| {
         verdicts
             .iter()
@@ -686,18 +540,7 @@ async fn killing_sync_after_any_write_loses_and_duplicates_nothing() {
             "{phase:?}: both sides take writes"
         );
     }
-    for kind in [
-        "crm Create",
-        "crm Update",
-        "farmflow Create",
-        "farmflow Update",
-        "farmflow Delete",
-    ] {
-        assert!(
-            kinds.contains(kind),
-            "no {kind} among the crash points: {kinds:?}"
-        );
-    }
+    assert_kinds(&kinds, EVERY_WRITE_KIND);
     assert_all_passed(total, &verdicts);
 }
 
@@ -782,15 +625,10 @@ async fn faulty_listing_campaign(label: &str, lag_in_recovery: bool) {
     let failed = verdicts.iter().filter(|v| !v.violations.is_empty()).count();
     println!(
         "{label}: {total} crash points; listing faults served (customers left out, skipped by a \
-         drift or shown stale) / omissions confirmed present by a read by id — first sync: {} \
-         points, {} / {}; after changes: {} points, {} / {}; {failed} crash points broke an \
-         invariant; {:.1} s",
-        first.0,
-        first.1,
-        first.2,
-        after.0,
-        after.1,
-        after.2,
+         drift or shown stale) / omissions confirmed present by a read by id — {}; {}; {failed} \
+         crash points broke an invariant; {:.1} s",
+        listing_figures("first sync", first),
+        listing_figures("after changes", after),
         started.elapsed().as_secs_f64()
     );
     assert!(

@@ -23,11 +23,11 @@
 
 use std::time::Instant;
 
-use farmsync::sandbox::{FarmflowRecord, KountaRecord, KountaRecordAddress, SampleData, Sandbox};
+use farmsync::sandbox::{FarmflowRecord, KountaRecord, KountaRecordAddress, Sandbox};
 use farmsync::store::LinkState;
 
-use crate::proof_crash::{Listings, Phase, assert_all_passed, campaign};
-use crate::proof_support::{World, run_farmsync};
+use crate::proof_crash::{Phase, assert_all_passed, whole_campaign};
+use crate::proof_support::{People, Person, Scenario, World, run_farmsync, sync_ok};
 use crate::support::{Workdir, text};
 
 /// The `[sync]` section of the wholesale farm.
@@ -41,10 +41,6 @@ const DELETED_TAG: &str = "farmflow-deleted";
 
 fn crm(first: &str, last: &str, i: usize, tags: &[&str]) -> KountaRecord {
     KountaRecord {
-        first_name: first.into(),
-        last_name: last.into(),
-        email: format!("{}@{}.example", first.to_lowercase(), last.to_lowercase()),
-        phone: format!("02 7100 {i:04}"),
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         primary_address: Some(KountaRecordAddress {
             address: format!("{i} Market Street"),
@@ -53,23 +49,18 @@ fn crm(first: &str, last: &str, i: usize, tags: &[&str]) -> KountaRecord {
             postal_code: "2800".into(),
             country: "AU".into(),
         }),
-        ..KountaRecord::default()
+        ..Person::new(first, last, &format!("02 7100 {i:04}")).crm()
     }
 }
 
 fn ff(id: i64, first: &str, last: &str) -> FarmflowRecord {
     FarmflowRecord {
-        id,
-        firstname: first.into(),
-        lastname: last.into(),
-        email: format!("{}@{}.example", first.to_lowercase(), last.to_lowercase()),
-        phone: format!("03 7200 {:04}", id % 10_000),
         address: format!("{id} Paddock Road"),
         city: "Molong".into(),
         state: "NSW".into(),
         zip: "2866".into(),
         country: "Australia".into(),
-        ..FarmflowRecord::default()
+        ..Person::new(first, last, &format!("03 7200 {:04}", id % 10_000)).ff(id)
     }
 }
 
@@ -77,67 +68,38 @@ fn ff(id: i64, first: &str, last: &str) -> FarmflowRecord {
 /// walk-ins (Walt0–2, one with an unrelated tag), a tagged pair spelt differently on each side
 /// (Bo0–2), an untagged CRM twin of a FarmFlow customer (Tina), and two paused CRM customers:
 /// Pam, tagged too, and Paula, who has a FarmFlow twin.
-pub fn wholesale_farm() -> SampleData {
-    let mut data = SampleData::default();
+pub fn wholesale_farm() -> Scenario {
+    let mut farm = Scenario::empty();
     for i in 0..4 {
         let tag = if i == 3 { "Wholesale" } else { TAG };
-        data.kounta
-            .push(crm(&format!("Wendy{i}"), "Whole", i, &[tag]));
-        data.farmflow
-            .push(ff(600 + i as i64, &format!("Fern{i}"), "Field"));
+        farm = farm
+            .in_crm([crm(&format!("Wendy{i}"), "Whole", i, &[tag])])
+            .in_farmflow([ff(600 + i as i64, &format!("Fern{i}"), "Field")]);
     }
     for i in 0..3 {
         let tags: &[&str] = if i == 1 { &["Newsletter"] } else { &[] };
-        data.kounta
-            .push(crm(&format!("Walt{i}"), "Walkin", 10 + i, tags));
         // Each side knows fields the other lacks: updates both ways.
-        let mut bo = crm(&format!("Bo{i}"), "Bulk", 20 + i, &[TAG]);
-        bo.primary_address = None;
-        data.kounta.push(bo);
+        let bo = KountaRecord {
+            primary_address: None,
+            ..crm(&format!("Bo{i}"), "Bulk", 20 + i, &[TAG])
+        };
         let mut twin = ff(620 + i as i64, &format!("Bo{i}"), "Bulk");
         twin.email = twin.email.to_uppercase();
         twin.phone = String::new();
-        data.farmflow.push(twin);
+        farm = farm
+            .in_crm([crm(&format!("Walt{i}"), "Walkin", 10 + i, tags)])
+            .on_both_sides([(bo, twin)]);
     }
-    data.kounta.push(crm("Tina", "Twin", 30, &[]));
-    data.farmflow.push(FarmflowRecord {
+    let tina = FarmflowRecord {
         phone: "02 7100 0030".into(),
         ..ff(610, "Tina", "Twin")
-    });
-    data.kounta.push(crm("Pam", "Paused", 40, &[TAG, PAUSE]));
-    data.kounta.push(crm("Paula", "Paused", 41, &[PAUSE]));
-    data.farmflow.push(ff(630, "Paula", "Paused"));
-    data
-}
-
-/// Runs `farmsync sync` on `w`, which must exit 0.
-async fn sync_ok(w: &Workdir) {
-    let out = run_farmsync(w, &["sync"], &[]).await;
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
-
-fn crm_id(sb: &Sandbox, first: &str) -> i64 {
-    sb.kounta()
-        .customers()
-        .into_iter()
-        .find(|c| c.first_name == first)
-        .unwrap_or_else(|| panic!("no crm {first}"))
-        .id
-}
-
-fn ff_id(sb: &Sandbox, first: &str) -> i64 {
-    sb.farmflow()
-        .customers()
-        .into_iter()
-        .find(|c| c.firstname == first)
-        .unwrap_or_else(|| panic!("no farmflow {first}"))
-        .id
+    };
+    farm.on_both_sides([(crm("Tina", "Twin", 30, &[]), tina)])
+        .in_crm([crm("Pam", "Paused", 40, &[TAG, PAUSE])])
+        .on_both_sides([(
+            crm("Paula", "Paused", 41, &[PAUSE]),
+            ff(630, "Paula", "Paused"),
+        )])
 }
 
 /// The state for the decided run: the first sync settled; people deleted two customers on
@@ -145,19 +107,18 @@ fn ff_id(sb: &Sandbox, first: &str) -> i64 {
 /// the two; a person approved Wendy0's and Fern0's and rejected Wendy1's and Fern1's with the
 /// binary; then people changed more (see the module documentation).
 pub async fn prepare_decided(sb: &Sandbox, w: &Workdir) {
+    let people = People(sb);
     sync_ok(w).await;
     sync_ok(w).await;
 
     for first in ["Wendy0", "Wendy1"] {
-        assert!(sb.kounta().backoffice_delete(crm_id(sb, first)));
+        people.delete_in_crm(first);
     }
     for first in ["Fern0", "Fern1"] {
-        sb.farmflow().delete(ff_id(sb, first)).unwrap();
+        people.delete_in_farmflow(first);
     }
-    let wendy2 = crm_id(sb, "Wendy2");
-    assert!(sb.kounta().edit(wendy2, |c| c.tags.clear()));
-    let bo0 = crm_id(sb, "Bo0");
-    assert!(sb.kounta().edit(bo0, |c| c.tags.push(PAUSE.into())));
+    people.edit_crm("Wendy2", |c| c.tags.clear());
+    people.edit_crm("Bo0", |c| c.tags.push(PAUSE.into()));
     let before = World::read(sb, &w.state_path()).unwrap();
     sync_ok(w).await;
 
@@ -212,40 +173,22 @@ pub async fn prepare_decided(sb: &Sandbox, w: &Workdir) {
     // More changes: the parked Wendy2 and a queued-to-be Wendy3 deleted in the CRM, the paused
     // Bo0 edited on both sides, edits on linked customers, a walk-in joins, new people.
     for first in ["Wendy2", "Wendy3"] {
-        assert!(sb.kounta().backoffice_delete(crm_id(sb, first)));
+        people.delete_in_crm(first);
     }
-    assert!(
-        sb.farmflow()
-            .edit(ff_id(sb, "Bo0"), |c| c.city = "Cudal".into())
-    );
-    assert!(
-        sb.kounta()
-            .edit(bo0, |c| c.last_name = "Bulk-Paused".into())
-    );
-    assert!(
-        sb.kounta()
-            .edit(crm_id(sb, "Bo1"), |c| c.phone = "02 7999 0001".into())
-    );
-    assert!(
-        sb.farmflow()
-            .edit(ff_id(sb, "Bo2"), |c| c.city = "Manildra".into())
-    );
-    assert!(
-        sb.farmflow()
-            .edit(ff_id(sb, "Tina"), |c| c.zip = "2867".into())
-    );
-    assert!(
-        sb.kounta()
-            .edit(crm_id(sb, "Walt0"), |c| c.tags.push(TAG.into()))
-    );
-    sb.kounta().insert(crm("Nina", "Later", 50, &[TAG]));
-    sb.kounta().insert(crm("Wes", "Walkin", 51, &[]));
-    sb.farmflow().insert(FarmflowRecord {
+    people.edit_farmflow("Bo0", |c| c.city = "Cudal".into());
+    people.edit_crm("Bo0", |c| c.last_name = "Bulk-Paused".into());
+    people.edit_crm("Bo1", |c| c.phone = "02 7999 0001".into());
+    people.edit_farmflow("Bo2", |c| c.city = "Manildra".into());
+    people.edit_farmflow("Tina", |c| c.zip = "2867".into());
+    people.edit_crm("Walt0", |c| c.tags.push(TAG.into()));
+    people.add_to_crm(crm("Nina", "Later", 50, &[TAG]));
+    people.add_to_crm(crm("Wes", "Walkin", 51, &[]));
+    people.add_to_farmflow(FarmflowRecord {
         id: 0,
         ..ff(652, "Omar", "Later")
     });
-    sb.kounta().insert(crm("Ted", "Twin", 53, &[]));
-    sb.farmflow().insert(FarmflowRecord {
+    people.add_to_crm(crm("Ted", "Twin", 53, &[]));
+    people.add_to_farmflow(FarmflowRecord {
         id: 0,
         phone: "02 7100 0053".into(),
         ..ff(653, "Ted", "Twin")
@@ -421,13 +364,8 @@ pub fn rules(decided: bool, world: &World) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_sync_with_deletes_waiting_for_a_person_and_a_kounta_tag_loses_nothing() {
     let started = Instant::now();
-    let (total, verdicts) = campaign(
-        &[Phase::WholesaleFirstSync, Phase::WholesaleDecided],
-        &[],
-        false,
-        Listings::Whole,
-    )
-    .await;
+    let (total, verdicts) =
+        whole_campaign(&[Phase::WholesaleFirstSync, Phase::WholesaleDecided]).await;
     let ops: std::collections::BTreeSet<String> = verdicts
         .iter()
         .map(|v| {
@@ -483,7 +421,7 @@ async fn killing_sync_with_deletes_waiting_for_a_person_and_a_kounta_tag_loses_n
 /// deletion recreated twice are each reported.
 #[test]
 fn the_wholesale_rules_see_walkins_unapproved_tags_and_double_recreations() {
-    let data = wholesale_farm();
+    let data = wholesale_farm().data;
     let world = World {
         crm: data.kounta,
         ff: data.farmflow,

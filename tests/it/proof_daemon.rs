@@ -18,29 +18,23 @@
 //! a quick cycle's; the same checks follow.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use farmsync::sandbox::{
-    Access, Endpoint, FarmflowRecord, KountaRecord, SampleData, Sandbox, SandboxOptions,
-    sample_farm,
-};
+use farmsync::sandbox::{FarmflowRecord, Sandbox};
 use tokio::sync::Semaphore;
 
 use crate::daemon_support::{Daemon, event, free_port};
 use crate::proof_support::{
-    ArmedWrite, FAULTY_RERUNS, ListingFaults, Side, World, converge, converge_and_check,
-    kill_after_write, listing_faults_served, omissions_confirmed, run_farmsync, sandbox_config,
-    sync_with_listing_faults, writes,
+    ArmedWrite, EVERY_WRITE_KIND, ListingFaults, MAX_RERUNS, People, Person, Scenario, Side, World,
+    assert_kinds, assert_none_failed, converge, converge_and_check, expected_outcome,
+    kill_after_write, listing_figures, recover_and_check, reset_stats, run_farmsync,
+    sandbox_config, sound_world, spawn_killable, sync_ok, writes, writes_in_order,
 };
 use crate::support::{Workdir, text};
 
 /// Once a year: only the start-up cycle runs while the test watches.
 const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n";
-/// Runs after the kill before one writes nothing (as in the sync campaign).
-const MAX_RERUNS: usize = 3;
 /// Crash points tried at once; each has its own sandbox, state DB and daemon.
 static GATE: Semaphore = Semaphore::const_new(3);
 
@@ -93,172 +87,64 @@ struct CrashPoint {
 
 /// The sample farm plus people on one side only and people on both sides that differ, so that
 /// the first cycle links, creates and updates on both sides.
-fn scenario() -> SampleData {
-    let mut data = sample_farm();
-    for i in 0..5 {
-        data.kounta.push(KountaRecord {
-            first_name: format!("Dee{i}"),
-            last_name: "Daemon".into(),
-            email: format!("dee{i}@daemon.example"),
-            phone: format!("02 7100 10{i:02}"),
-            ..KountaRecord::default()
-        });
-        data.farmflow.push(FarmflowRecord {
-            id: 600 + i,
-            firstname: format!("Ray{i}"),
-            lastname: "Daemon".into(),
-            email: format!("ray{i}@daemon.example"),
-            phone: format!("03 7100 20{i:02}"),
-            city: "Hobart".into(),
-            ..FarmflowRecord::default()
-        });
-    }
-    for i in 0..3 {
-        data.kounta.push(KountaRecord {
-            first_name: format!("Cy{i}"),
-            last_name: "Cycle".into(),
-            email: format!("cy{i}@cycle.example"),
-            phone: format!("07 7100 30{i:02}"),
-            ..KountaRecord::default()
-        });
-        data.farmflow.push(FarmflowRecord {
-            id: 700 + i,
-            firstname: format!("Cy{i}"),
-            lastname: "Cycle".into(),
-            email: format!("CY{i}@cycle.example"),
-            address: format!("{i} Cycle Way"),
-            city: "Darwin".into(),
-            ..FarmflowRecord::default()
-        });
-    }
-    data
+fn scenario() -> Scenario {
+    Scenario::sample_farm()
+        .in_crm(Person::numbered("Dee", "Daemon", "02 7100 10", 5).map(|(_, p)| p.crm()))
+        .in_farmflow(
+            Person::numbered("Ray", "Daemon", "03 7100 20", 5).map(|(i, p)| FarmflowRecord {
+                city: "Hobart".into(),
+                ..p.ff(600 + i)
+            }),
+        )
+        .on_both_sides(
+            Person::numbered("Cy", "Cycle", "07 7100 30", 3).map(|(i, p)| {
+                let address = format!("{i} Cycle Way");
+                (
+                    p.crm(),
+                    FarmflowRecord {
+                        address,
+                        city: "Darwin".into(),
+                        ..p.ff_twin(700 + i)
+                    },
+                )
+            }),
+        )
 }
 
 /// What people change after a first sync: deletions on both sides, edits on either side and
 /// both, and new people on each side.
-fn people_change(sb: &Sandbox) {
-    let crm = sb.kounta().customers();
-    let ff = sb.farmflow().customers();
-    let crm_id = |first: &str| crm.iter().find(|c| c.first_name == first).unwrap().id;
-    let ff_id = |first: &str| ff.iter().find(|c| c.firstname == first).unwrap().id;
-    assert!(sb.kounta().backoffice_delete(crm_id("Dee0")));
-    sb.farmflow().delete(ff_id("Ray0")).unwrap();
-    assert!(
-        sb.kounta()
-            .edit(crm_id("Cy0"), |c| c.phone = "07 7199 0000".into())
-    );
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Cy1"), |c| c.city = "Alice Springs".into())
-    );
-    assert!(sb.kounta().edit(crm_id("Ray1"), |c| c.email =
-        "ray1.new@daemon.example".into()));
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Dee1"), |c| c.phone = "02 7199 1111".into())
-    );
-    for i in 0..3 {
-        sb.kounta().insert(KountaRecord {
-            first_name: format!("Nia{i}"),
-            last_name: "Later".into(),
-            email: format!("nia{i}@later.example"),
-            ..KountaRecord::default()
-        });
-        sb.farmflow().insert(FarmflowRecord {
-            firstname: format!("Oto{i}"),
-            lastname: "Later".into(),
-            email: format!("oto{i}@later.example"),
-            ..FarmflowRecord::default()
-        });
+fn people_change(people: &People) {
+    people.delete_in_crm("Dee0");
+    people.delete_in_farmflow("Ray0");
+    people.edit_crm("Cy0", |c| c.phone = "07 7199 0000".into());
+    people.edit_farmflow("Cy1", |c| c.city = "Alice Springs".into());
+    people.edit_crm("Ray1", |c| c.email = "ray1.new@daemon.example".into());
+    people.edit_farmflow("Dee1", |c| c.phone = "02 7199 1111".into());
+    for (_, p) in Person::numbered("Nia", "Later", "", 3) {
+        people.add_to_crm(p.crm());
+    }
+    for (_, p) in Person::numbered("Oto", "Later", "", 3) {
+        people.add_to_farmflow(p.ff(0));
     }
 }
 
 /// A fresh sandbox seeded with `data` and a workdir whose config runs the daemon yearly; with
 /// `after_changes`, a first sync has run and people have changed things since.
-async fn prepare(data: &SampleData, after_changes: bool) -> (Sandbox, Workdir) {
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.seed(data).unwrap();
-    let w = Workdir::new(&sandbox_config(&sb, YEARLY));
+async fn prepare(data: &Scenario, after_changes: bool) -> (Sandbox, Workdir) {
+    let (sb, w) = data.start(YEARLY).await;
     if after_changes {
-        let out = run_farmsync(&w, &["sync"], &[]).await;
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-        people_change(&sb);
+        sync_ok(&w).await;
+        people_change(&People(&sb));
     }
-    sb.kounta().reset_stats();
-    sb.farmflow().reset_stats();
+    reset_stats(&sb);
     (sb, w)
-}
-
-/// Where the killed daemon logs.
-fn killed_log(w: &Workdir) -> std::path::PathBuf {
-    w.dir.path().join("killed.log")
-}
-
-/// Starts `farmsync run`, its log written to `killed_log` (it is killed: nothing else reads
-/// its output).
-fn spawn_daemon(w: &Workdir, fault_env: &[(&str, &str)]) -> tokio::process::Child {
-    let log = File::create(killed_log(w)).expect("killed daemon's log");
-    let mut cmd = crate::support::farmsync();
-    cmd.env_remove("FARMSYNC_TEST_FAULT");
-    for (k, v) in fault_env {
-        cmd.env(k, v);
-    }
-    cmd.arg("--config")
-        .arg(w.config_path())
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn farmsync run")
-}
-
-/// The writes both fakes took since `since`, in order: k (from 1), side, which write of that
-/// side (from 1), and what it was.
-fn writes_in_order(sb: &Sandbox, since: tokio::time::Instant) -> Vec<(usize, Side, u64, String)> {
-    let mut log: Vec<(tokio::time::Instant, Side, String)> = Vec::new();
-    for r in sb
-        .kounta()
-        .request_log()
-        .into_iter()
-        .filter(|r| r.at >= since)
-    {
-        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
-            log.push((r.at, Side::Kounta, format!("crm {e:?}")));
-        }
-    }
-    for r in sb
-        .farmflow()
-        .request_log()
-        .into_iter()
-        .filter(|r| r.at >= since)
-    {
-        if let Some(e) = r.endpoint.filter(|e| e.access() == Access::Write) {
-            log.push((r.at, Side::Farmflow, format!("farmflow {e:?}")));
-        }
-    }
-    log.sort_by_key(|(at, _, _)| *at);
-    let (mut kounta, mut farmflow) = (0, 0);
-    log.into_iter()
-        .enumerate()
-        .map(|(i, (_, side, what))| {
-            let counter = match side {
-                Side::Kounta => &mut kounta,
-                Side::Farmflow => &mut farmflow,
-            };
-            *counter += 1;
-            (i + 1, side, *counter, what)
-        })
-        .collect()
 }
 
 /// One `farmsync sync` that is never killed: the writes of a first cycle, in order, and the
 /// outcome every crashed daemon must reach too (after the same faulty runs as a crashed one,
 /// with `faulty_listings`). (The daemon's start-up cycle is the same run.)
 async fn uncrashed(
-    data: &SampleData,
+    data: &Scenario,
     after_changes: bool,
     faulty_listings: bool,
 ) -> (Vec<CrashPoint>, World) {
@@ -272,42 +158,19 @@ async fn uncrashed(
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let points = writes_in_order(&sb, since)
         .into_iter()
-        .map(|(k, side, nth, what)| CrashPoint {
+        .map(|write| CrashPoint {
             after_changes,
-            k,
-            side,
-            nth,
-            what,
+            k: write.k,
+            side: write.side,
+            nth: write.nth,
+            what: write.what,
         })
         .collect();
     // A second run writes nothing; after faulty listings, one of the runs once they are whole.
-    let mut runs = 1;
-    if let Some(faults) = &faults {
-        sync_with_listing_faults(&sb, &w, &[], &faults.without_lag(), FAULTY_RERUNS).await;
-        runs = MAX_RERUNS;
-    }
-    let (unsettled, _) = converge(&sb, &w, &[], runs).await;
-    assert!(unsettled.is_empty(), "{unsettled:?}");
-    let world = sound_world(&sb, &w);
+    let recovery = faults.map(ListingFaults::without_lag);
+    let world = expected_outcome(&sb, &w, recovery.as_ref()).await;
     sb.shutdown().await;
     (points, world)
-}
-
-/// Both sides and the state DB of an uncrashed run, which must hold nobody twice and no broken
-/// link: the outcome crashed runs are held to.
-fn sound_world(sb: &Sandbox, w: &Workdir) -> World {
-    let world = World::read(sb, &w.state_path()).unwrap();
-    assert!(
-        world.duplicate_people().is_empty(),
-        "{:?}",
-        world.duplicate_people()
-    );
-    assert!(
-        world.broken_links().is_empty(),
-        "{:?}",
-        world.broken_links()
-    );
-    world
 }
 
 /// What one crash point came to.
@@ -327,7 +190,7 @@ struct Verdict {
 /// `faulty_listings`), and checks every invariant against `expected`.
 async fn crash_daemon_at(
     point: &CrashPoint,
-    data: &SampleData,
+    data: &Scenario,
     expected: &World,
     fault_env: &[(&str, &str)],
     faulty_listings: bool,
@@ -339,25 +202,17 @@ async fn crash_daemon_at(
     }
     let mut violations =
         kill_after_write(&sb, point.side, point.nth, point.k, "farmsync run", || {
-            spawn_daemon(&w, fault_env)
+            spawn_killable(&w, "run", fault_env)
         })
         .await;
-    let log = std::fs::read_to_string(killed_log(&w)).unwrap_or_default();
-    let mut confirmed_present = omissions_confirmed(&log);
-    if let Some(faults) = &faults {
-        confirmed_present +=
-            sync_with_listing_faults(&sb, &w, fault_env, &faults.without_lag(), FAULTY_RERUNS)
-                .await;
-    }
-    let listing_faults = listing_faults_served(&sb);
-
-    let (found, _) = converge_and_check(&sb, &w, fault_env, expected, MAX_RERUNS).await;
-    violations.extend(found);
+    let recovery = faults.map(ListingFaults::without_lag);
+    let recovery = recover_and_check(&sb, &w, fault_env, recovery.as_ref(), expected).await;
+    violations.extend(recovery.violations);
     sb.shutdown().await;
     Verdict {
         violations,
-        listing_faults,
-        confirmed_present,
+        listing_faults: recovery.listing_faults,
+        confirmed_present: recovery.confirmed_present,
     }
 }
 
@@ -419,8 +274,7 @@ async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
             .filter(|(p, _)| p.after_changes == after && p.side == side)
             .count()
     };
-    let kinds: std::collections::BTreeSet<&str> =
-        points.iter().map(|(p, _)| p.what.as_str()).collect();
+    let kinds: BTreeSet<String> = points.iter().map(|(p, _)| p.what.clone()).collect();
     println!(
         "daemon crash campaign: {total} crash points, every k — first cycle: {} crm + {} \
          farmflow writes; after changes: {} crm + {} farmflow writes; kinds {kinds:?}; {:.1} s",
@@ -434,30 +288,14 @@ async fn killing_the_daemon_after_any_write_loses_and_duplicates_nothing() {
         total >= 40,
         "the cycles need dozens of writes, made {total}"
     );
-    for kind in [
-        "crm Create",
-        "crm Update",
-        "farmflow Create",
-        "farmflow Update",
-        "farmflow Delete",
-    ] {
-        assert!(
-            kinds.contains(kind),
-            "no {kind} among the crash points: {kinds:?}"
-        );
-    }
+    assert_kinds(&kinds, EVERY_WRITE_KIND);
     for after in [false, true] {
         assert!(
             on(after, Side::Kounta) >= 3 && on(after, Side::Farmflow) >= 3,
             "both sides take writes (after changes: {after})"
         );
     }
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,14 +333,9 @@ async fn killing_the_daemon_while_listings_leave_customers_out_loses_and_duplica
     println!(
         "faulty-listing daemon crash campaign: {total} crash points; listing faults served \
          (customers left out, skipped by a drift or shown stale) / omissions confirmed present \
-         by a read by id — first cycle: {} points, {} / {}; after changes: {} points, {} / {}; \
-         {} crash points broke an invariant; {:.1} s",
-        first.0,
-        first.1,
-        first.2,
-        after.0,
-        after.1,
-        after.2,
+         by a read by id — {}; {}; {} crash points broke an invariant; {:.1} s",
+        listing_figures("first cycle", first),
+        listing_figures("after changes", after),
         failed.len(),
         started.elapsed().as_secs_f64()
     );
@@ -522,12 +355,7 @@ async fn killing_the_daemon_while_listings_leave_customers_out_loses_and_duplica
             .all(|(_, v)| v.confirmed_present >= 2),
         "linked customers left out were not confirmed present"
     );
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -552,16 +380,14 @@ fn quick_config(sb: &Sandbox, port: u16) -> String {
 
 /// A fresh sandbox seeded with `data`, synced until a run writes nothing, with the CRM's
 /// webhooks registered to the daemon's listener.
-async fn prepare_agreed(data: &SampleData) -> (Sandbox, Workdir) {
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.seed(data).unwrap();
+async fn prepare_agreed(data: &Scenario) -> (Sandbox, Workdir) {
+    let sb = data.sandbox().await;
     let w = Workdir::new(&quick_config(&sb, free_port()));
     let (unsettled, _) = converge(&sb, &w, &[], MAX_RERUNS).await;
     assert!(unsettled.is_empty(), "{unsettled:?}");
     let out = run_farmsync(&w, &["webhooks", "register"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    sb.kounta().reset_stats();
-    sb.farmflow().reset_stats();
+    reset_stats(&sb);
     (sb, w)
 }
 
@@ -599,49 +425,26 @@ async fn daemon_after_sweep(w: &Workdir) -> Daemon {
 /// deletion, which no webhook announces: the next `quick_cron` cycle finds them in FarmFlow's
 /// list.
 fn farmflow_people_change(sb: &Sandbox) {
-    let ff = sb.farmflow().customers();
-    let ff_id = |first: &str| ff.iter().find(|c| c.firstname == first).unwrap().id;
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Cy1"), |c| c.city = "Alice Springs".into())
-    );
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Ray2"), |c| c.phone = "03 7199 2222".into())
-    );
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Dee3"), |c| c.city = "Broome".into())
-    );
-    sb.farmflow().delete(ff_id("Ray0")).unwrap();
+    let people = People(sb);
+    people.edit_farmflow("Cy1", |c| c.city = "Alice Springs".into());
+    people.edit_farmflow("Ray2", |c| c.phone = "03 7199 2222".into());
+    people.edit_farmflow("Dee3", |c| c.city = "Broome".into());
+    people.delete_in_farmflow("Ray0");
 }
 
 /// People's second round: CRM edits, a person edited on both sides, and a CRM back-office
 /// deletion, each announced by a webhook delivery. Returns the CRM customers the deliveries
 /// name.
 fn crm_people_change(sb: &Sandbox) -> Vec<i64> {
-    let crm = sb.kounta().customers();
-    let ff = sb.farmflow().customers();
-    let crm_id = |first: &str| crm.iter().find(|c| c.first_name == first).unwrap().id;
-    let ff_id = |first: &str| ff.iter().find(|c| c.firstname == first).unwrap().id;
-    assert!(
-        sb.farmflow()
-            .edit(ff_id("Ray3"), |c| c.city = "Launceston".into())
-    );
-    assert!(sb.kounta().edit(crm_id("Ray3"), |c| c.email =
-        "ray3.new@daemon.example".into()));
-    assert!(
-        sb.kounta()
-            .edit(crm_id("Cy0"), |c| c.phone = "07 7199 0000".into())
-    );
-    assert!(
-        sb.kounta()
-            .edit(crm_id("Cy2"), |c| c.phone = "07 7199 0002".into())
-    );
-    assert!(sb.kounta().edit(crm_id("Dee2"), |c| c.email =
-        "dee2.new@daemon.example".into()));
-    assert!(sb.kounta().backoffice_delete(crm_id("Dee0")));
-    ["Ray3", "Cy0", "Cy2", "Dee2", "Dee0"].map(crm_id).to_vec()
+    let people = People(sb);
+    let announced = ["Ray3", "Cy0", "Cy2", "Dee2", "Dee0"].map(|name| people.crm_id(name));
+    people.edit_farmflow("Ray3", |c| c.city = "Launceston".into());
+    people.edit_crm("Ray3", |c| c.email = "ray3.new@daemon.example".into());
+    people.edit_crm("Cy0", |c| c.phone = "07 7199 0000".into());
+    people.edit_crm("Cy2", |c| c.phone = "07 7199 0002".into());
+    people.edit_crm("Dee2", |c| c.email = "dee2.new@daemon.example".into());
+    people.delete_in_crm("Dee0");
+    announced.to_vec()
 }
 
 /// Reads the daemon's log until a cycle has finished having written something (`writes` counts
@@ -696,7 +499,7 @@ struct UncrashedQuick {
 
 /// A daemon that is never killed: its start-up sweep finds the farm agreeing, then a quick
 /// cycle carries each round of people's changes.
-async fn uncrashed_quick(data: &SampleData) -> UncrashedQuick {
+async fn uncrashed_quick(data: &Scenario) -> UncrashedQuick {
     let (sb, w) = prepare_agreed(data).await;
     let mut d = daemon_after_sweep(&w).await;
     assert_eq!(
@@ -734,12 +537,12 @@ async fn uncrashed_quick(data: &SampleData) -> UncrashedQuick {
     }
     let points = writes_in_order(&sb, since)
         .into_iter()
-        .map(|(k, side, nth, what)| QuickPoint {
-            k,
-            side,
-            nth,
-            what,
-            first_round: k <= first_round,
+        .map(|write| QuickPoint {
+            k: write.k,
+            side: write.side,
+            nth: write.nth,
+            what: write.what,
+            first_round: write.k <= first_round,
         })
         .collect();
     // The quick cycles carried everything: a sweep after them writes nothing.
@@ -762,7 +565,7 @@ async fn uncrashed_quick(data: &SampleData) -> UncrashedQuick {
 /// runs after the kill.
 async fn crash_quick_cycle_at(
     point: &QuickPoint,
-    data: &SampleData,
+    data: &Scenario,
     expected: &World,
 ) -> (Vec<String>, usize) {
     let (sb, w) = prepare_agreed(data).await;
@@ -880,10 +683,5 @@ async fn quick_cycles_killed_after_any_write_lose_and_duplicate_nothing() {
             "no {kind} among the crash points: {kinds:?}"
         );
     }
-    assert!(
-        failed.is_empty(),
-        "{} of {total} crash points failed:\n{}",
-        failed.len(),
-        failed.join("\n")
-    );
+    assert_none_failed(total, &failed);
 }

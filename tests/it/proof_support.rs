@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Output;
 
-use farmsync::sandbox::{FarmflowRecord, KountaRecord, Sandbox};
+use farmsync::sandbox::{
+    FarmflowRecord, KountaRecord, SampleData, Sandbox, SandboxOptions, sample_farm,
+};
 use farmsync::store::{Intent, Link, LinkState, QueuedDelete, Store};
 
 use crate::support::Workdir;
@@ -34,9 +36,7 @@ pub async fn run_farmsync(w: &Workdir, args: &[&str], env: &[(&str, &str)]) -> O
         cmd.env(k, v);
     }
     cmd.arg("--config").arg(w.config_path()).args(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run farmsync"))
-        .await
-        .expect("join farmsync")
+    crate::support::output_of(cmd).await
 }
 
 /// Write requests both fakes have received so far (refused and faulted ones included).
@@ -677,4 +677,420 @@ pub async fn sync_with_listing_faults(
     sb.kounta().clear_faults();
     sb.farmflow().clear_faults();
     confirmed
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenario worlds: what the proof campaigns seed, what people change, and what an uncrashed
+// run comes to.
+
+/// Someone the scenarios seed or add: a name, an email made of it
+/// (`{first}@{last}.example`, in lower case) and a phone (or none).
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub first: String,
+    pub last: String,
+    pub email: String,
+    pub phone: String,
+}
+
+impl Person {
+    /// `first last`, on `phone` (empty: none).
+    pub fn new(first: &str, last: &str, phone: &str) -> Person {
+        Person {
+            first: first.into(),
+            last: last.into(),
+            email: format!("{}@{}.example", first.to_lowercase(), last.to_lowercase()),
+            phone: phone.into(),
+        }
+    }
+
+    /// `{first}{i} {last}` for i from 0 to `n - 1`, on `{phone}{i:02}` (no phone when `phone`
+    /// is empty), each with its number.
+    pub fn numbered(
+        first: &str,
+        last: &str,
+        phone: &str,
+        n: i64,
+    ) -> impl Iterator<Item = (i64, Person)> {
+        let (first, last, phone) = (first.to_owned(), last.to_owned(), phone.to_owned());
+        (0..n).map(move |i| {
+            let phone = if phone.is_empty() {
+                String::new()
+            } else {
+                format!("{phone}{i:02}")
+            };
+            (i, Person::new(&format!("{first}{i}"), &last, &phone))
+        })
+    }
+
+    /// The person as a CRM customer; other fields by struct update.
+    pub fn crm(&self) -> KountaRecord {
+        KountaRecord {
+            first_name: self.first.clone(),
+            last_name: self.last.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            ..KountaRecord::default()
+        }
+    }
+
+    /// The person as FarmFlow knows them when the CRM knows them too, spelt differently: the
+    /// email's name in capitals, no phone; other fields by struct update.
+    pub fn ff_twin(&self, id: i64) -> FarmflowRecord {
+        let (name, domain) = self.email.split_once('@').expect("an email");
+        FarmflowRecord {
+            email: format!("{}@{domain}", name.to_uppercase()),
+            phone: String::new(),
+            ..self.ff(id)
+        }
+    }
+
+    /// The person as FarmFlow customer `id` (0 lets the fake pick); other fields by struct
+    /// update.
+    pub fn ff(&self, id: i64) -> FarmflowRecord {
+        FarmflowRecord {
+            id,
+            firstname: self.first.clone(),
+            lastname: self.last.clone(),
+            email: self.email.clone(),
+            phone: self.phone.clone(),
+            ..FarmflowRecord::default()
+        }
+    }
+}
+
+/// The world a proof campaign starts from: the customers each side holds, in the order they
+/// are seeded (which decides the CRM's ids).
+#[derive(Debug, Clone, Default)]
+pub struct Scenario {
+    /// What both fakes are seeded with.
+    pub data: SampleData,
+}
+
+impl Scenario {
+    /// The sandbox's sample farm.
+    pub fn sample_farm() -> Scenario {
+        Scenario {
+            data: sample_farm(),
+        }
+    }
+
+    /// Nobody on either side.
+    pub fn empty() -> Scenario {
+        Scenario::default()
+    }
+
+    /// People only the CRM knows (so far).
+    pub fn in_crm(mut self, people: impl IntoIterator<Item = KountaRecord>) -> Scenario {
+        self.data.kounta.extend(people);
+        self
+    }
+
+    /// People only FarmFlow knows (so far).
+    pub fn in_farmflow(mut self, people: impl IntoIterator<Item = FarmflowRecord>) -> Scenario {
+        self.data.farmflow.extend(people);
+        self
+    }
+
+    /// People on both sides, each side's record as given (spelt alike or not).
+    pub fn on_both_sides(
+        mut self,
+        people: impl IntoIterator<Item = (KountaRecord, FarmflowRecord)>,
+    ) -> Scenario {
+        for (crm, ff) in people {
+            self.data.kounta.push(crm);
+            self.data.farmflow.push(ff);
+        }
+        self
+    }
+
+    /// A fresh sandbox seeded with this world.
+    pub async fn sandbox(&self) -> Sandbox {
+        let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+        sb.seed(&self.data).unwrap();
+        sb
+    }
+
+    /// A fresh sandbox seeded with this world and a workdir whose config points at it, with
+    /// `extra` (sections of the config) added.
+    pub async fn start(&self, extra: &str) -> (Sandbox, Workdir) {
+        let sb = self.sandbox().await;
+        let w = Workdir::new(&sandbox_config(&sb, extra));
+        (sb, w)
+    }
+}
+
+/// Forgets what both fakes have counted and logged so far: a campaign counts the writes of the
+/// run under test only.
+pub fn reset_stats(sb: &Sandbox) {
+    sb.kounta().reset_stats();
+    sb.farmflow().reset_stats();
+}
+
+/// Runs `farmsync sync` on `w`, which must exit 0.
+pub async fn sync_ok(w: &Workdir) {
+    let out = run_farmsync(w, &["sync"], &[]).await;
+    crate::support::assert_exit_0(&out, "farmsync sync");
+}
+
+/// People changing customers on either side by hand, naming them as people do: `"Kim3 Crash"`
+/// (first and last name) or `"Kim3"` (a first name no one else has). Each change must take.
+pub struct People<'a>(pub &'a Sandbox);
+
+impl People<'_> {
+    fn named(name: &str, first: &str, last: &str) -> bool {
+        match name.split_once(' ') {
+            Some((f, l)) => first == f && last == l,
+            None => first == name,
+        }
+    }
+
+    /// The CRM id of `name`.
+    pub fn crm_id(&self, name: &str) -> i64 {
+        self.0
+            .kounta()
+            .customers()
+            .into_iter()
+            .find(|c| Self::named(name, &c.first_name, &c.last_name))
+            .unwrap_or_else(|| panic!("no crm {name}"))
+            .id
+    }
+
+    /// The FarmFlow id of `name`.
+    pub fn ff_id(&self, name: &str) -> i64 {
+        self.0
+            .farmflow()
+            .customers()
+            .into_iter()
+            .find(|c| Self::named(name, &c.firstname, &c.lastname))
+            .unwrap_or_else(|| panic!("no farmflow {name}"))
+            .id
+    }
+
+    /// Deletes `name` in the CRM's back office.
+    pub fn delete_in_crm(&self, name: &str) {
+        assert!(self.0.kounta().backoffice_delete(self.crm_id(name)));
+    }
+
+    /// Deletes `name` in FarmFlow.
+    pub fn delete_in_farmflow(&self, name: &str) {
+        self.0.farmflow().delete(self.ff_id(name)).unwrap();
+    }
+
+    /// Edits `name` in the CRM.
+    pub fn edit_crm(&self, name: &str, edit: impl FnOnce(&mut KountaRecord)) {
+        assert!(self.0.kounta().edit(self.crm_id(name), edit));
+    }
+
+    /// Edits `name` in FarmFlow.
+    pub fn edit_farmflow(&self, name: &str, edit: impl FnOnce(&mut FarmflowRecord)) {
+        assert!(self.0.farmflow().edit(self.ff_id(name), edit));
+    }
+
+    /// Someone new in the CRM.
+    pub fn add_to_crm(&self, person: KountaRecord) {
+        self.0.kounta().insert(person);
+    }
+
+    /// Someone new in FarmFlow.
+    pub fn add_to_farmflow(&self, person: FarmflowRecord) {
+        self.0.farmflow().insert(person);
+    }
+}
+
+/// One write a fake took, in the order of all writes to both: the k-th (from 1), to `side`, the
+/// `nth` of that side (from 1), `what` (side and endpoint: `crm Create`) and the request path.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub k: usize,
+    pub side: Side,
+    pub nth: u64,
+    pub what: String,
+    pub path: String,
+}
+
+/// The writes both fakes took since `since`, in order.
+pub fn writes_in_order(sb: &Sandbox, since: tokio::time::Instant) -> Vec<Write> {
+    use farmsync::sandbox::{Access, Endpoint};
+    let mut log: Vec<(tokio::time::Instant, Side, String, String)> = Vec::new();
+    for r in sb.kounta().request_log() {
+        if let Some(e) = r
+            .endpoint
+            .filter(|e| r.at >= since && e.access() == Access::Write)
+        {
+            log.push((r.at, Side::Kounta, format!("crm {e:?}"), r.path));
+        }
+    }
+    for r in sb.farmflow().request_log() {
+        if let Some(e) = r
+            .endpoint
+            .filter(|e| r.at >= since && e.access() == Access::Write)
+        {
+            log.push((r.at, Side::Farmflow, format!("farmflow {e:?}"), r.path));
+        }
+    }
+    log.sort_by_key(|(at, _, _, _)| *at);
+    let (mut kounta, mut farmflow) = (0, 0);
+    log.into_iter()
+        .enumerate()
+        .map(|(i, (_, side, what, path))| {
+            let counter = match side {
+                Side::Kounta => &mut kounta,
+                Side::Farmflow => &mut farmflow,
+            };
+            *counter += 1;
+            Write {
+                k: i + 1,
+                side,
+                nth: *counter,
+                what,
+                path,
+            }
+        })
+        .collect()
+}
+
+/// Both sides and the state DB behind `w`, which must hold nobody twice and no broken link.
+pub fn sound_world(sb: &Sandbox, w: &Workdir) -> World {
+    let world = World::read(sb, &w.state_path()).unwrap();
+    assert!(
+        world.duplicate_people().is_empty(),
+        "{:?}",
+        world.duplicate_people()
+    );
+    assert!(
+        world.broken_links().is_empty(),
+        "{:?}",
+        world.broken_links()
+    );
+    world
+}
+
+/// Runs after a crash before one writes nothing: the first finishes the work, the journal
+/// settled; DESIGN.md allows a second to bring both sides into agreement; the third writes
+/// nothing.
+pub const MAX_RERUNS: usize = 3;
+
+/// The outcome an uncrashed run came to, every crashed one is held to: after the same faulty
+/// runs a crashed one gets (`recovery`, if any), `farmsync sync` reruns until one writes
+/// nothing (at once, with whole listings), and the world must be sound.
+pub async fn expected_outcome(
+    sb: &Sandbox,
+    w: &Workdir,
+    recovery: Option<&ListingFaults>,
+) -> World {
+    let mut runs = 1;
+    if let Some(faults) = recovery {
+        sync_with_listing_faults(sb, w, &[], faults, FAULTY_RERUNS).await;
+        runs = MAX_RERUNS;
+    }
+    let (unsettled, _) = converge(sb, w, &[], runs).await;
+    assert!(unsettled.is_empty(), "{unsettled:?}");
+    sound_world(sb, w)
+}
+
+/// Where the killed processes of a crash point log (appended, one after the other).
+pub fn killed_log(w: &Workdir) -> std::path::PathBuf {
+    w.dir.path().join("killed.log")
+}
+
+/// Starts `farmsync <command>` on `w` with `env` added, its log appended to `killed_log` (it is
+/// killed: nothing else reads its output).
+pub fn spawn_killable(w: &Workdir, command: &str, env: &[(&str, &str)]) -> tokio::process::Child {
+    use std::process::Stdio;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(killed_log(w))
+        .expect("killed process's log");
+    let mut cmd = crate::support::farmsync();
+    cmd.env_remove("FARMSYNC_TEST_FAULT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--config")
+        .arg(w.config_path())
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn farmsync {command}: {e}"))
+}
+
+/// What the runs after a kill came to.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Invariant violations; empty when the crash point passed.
+    pub violations: Vec<String>,
+    /// Runs after the kill, the last of which wrote nothing.
+    pub reruns: usize,
+    /// Live records the listings left out (or showed stale) while the faults were on.
+    pub listing_faults: u64,
+    /// Of those, the ones the killed processes and the faulty runs after them read by id and
+    /// found present (`sync.listing.omission`).
+    pub confirmed_present: u64,
+}
+
+/// After the kills of a crash point: `FAULTY_RERUNS` runs with `recovery`'s listing faults (if
+/// any), then `farmsync sync` until a run writes nothing, and every invariant checked against
+/// `expected`.
+pub async fn recover_and_check(
+    sb: &Sandbox,
+    w: &Workdir,
+    env: &[(&str, &str)],
+    recovery: Option<&ListingFaults>,
+    expected: &World,
+) -> Recovery {
+    let log = std::fs::read_to_string(killed_log(w)).unwrap_or_default();
+    let mut confirmed_present = omissions_confirmed(&log);
+    if let Some(faults) = recovery {
+        confirmed_present += sync_with_listing_faults(sb, w, env, faults, FAULTY_RERUNS).await;
+    }
+    let listing_faults = listing_faults_served(sb);
+    let (violations, reruns) = converge_and_check(sb, w, env, expected, MAX_RERUNS).await;
+    Recovery {
+        violations,
+        reruns,
+        listing_faults,
+        confirmed_present,
+    }
+}
+
+/// The kinds of write (side and endpoint) a two-sided farm's first sync and the sync after
+/// people's changes make between them.
+pub const EVERY_WRITE_KIND: &[&str] = &[
+    "crm Create",
+    "crm Update",
+    "farmflow Create",
+    "farmflow Update",
+    "farmflow Delete",
+];
+
+/// Fails unless each of `want` is among the crash points' `kinds`.
+pub fn assert_kinds(kinds: &BTreeSet<String>, want: &[&str]) {
+    for kind in want {
+        assert!(
+            kinds.contains(*kind),
+            "no {kind} among the crash points: {kinds:?}"
+        );
+    }
+}
+
+/// Fails listing every crash point that broke an invariant (`failed`, one line each) of `total`.
+pub fn assert_none_failed(total: usize, failed: &[String]) {
+    assert!(
+        failed.is_empty(),
+        "{} of {total} crash points failed:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+}
+
+/// One phase's figures of a faulty-listing campaign, as its report prints them: crash points,
+/// listing faults served / omissions confirmed present.
+pub fn listing_figures(phase: &str, (points, served, confirmed): (usize, u64, u64)) -> String {
+    format!("{phase}: {points} points, {served} / {confirmed}")
 }

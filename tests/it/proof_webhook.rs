@@ -10,9 +10,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use farmsync::sandbox::{
-    DeliveryOutcome, Sandbox, SandboxOptions, WebhookAction, WebhookFault, When, sample_farm,
-};
+use farmsync::sandbox::{DeliveryOutcome, Sandbox, WebhookAction, WebhookFault, When};
 use farmsync::webhook::{
     self, ListenerOptions, MAX_BODY_BYTES, SECRET_HEADER, SIGNATURE_HEADER, Topic,
 };
@@ -23,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::daemon_support::{Daemon, converge, event, farmsync_in, free_port, linked};
-use crate::proof_support::{World, sandbox_config, writes};
+use crate::proof_support::{Scenario, sandbox_config, sound_world, writes};
 use crate::support::{Workdir, text};
 use crate::webhook_listener::{Listener, SECRET, TOKEN};
 
@@ -387,8 +385,7 @@ fn cycles(d: &Daemon, trigger: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicated_delayed_dropped_and_replayed_deliveries_bring_each_edit_once() {
-    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
-    sb.seed(&sample_farm()).unwrap();
+    let sb = Scenario::sample_farm().sandbox().await;
     let port = free_port();
     let w = Workdir::new(&webhook_config(&sb, port, 3));
     converge(&w).await;
@@ -505,17 +502,7 @@ async fn duplicated_delayed_dropped_and_replayed_deliveries_bring_each_edit_once
         people,
         "no record added"
     );
-    let world = World::read(&sb, &w.state_path()).unwrap();
-    assert!(
-        world.duplicate_people().is_empty(),
-        "{:?}",
-        world.duplicate_people()
-    );
-    assert!(
-        world.broken_links().is_empty(),
-        "{:?}",
-        world.broken_links()
-    );
+    sound_world(&sb, &w);
 
     // Converged: a sync now writes nothing.
     let settled = writes(&sb);

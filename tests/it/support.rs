@@ -70,3 +70,21 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Runs `cmd` (the binary with its config and arguments) to completion off the async reactor.
+pub async fn output_of(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("run farmsync"))
+        .await
+        .expect("join farmsync")
+}
+
+/// Fails unless `out` exited 0, saying `what` ran and what it printed.
+pub fn assert_exit_0(out: &Output, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
