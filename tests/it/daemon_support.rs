@@ -121,12 +121,26 @@ pub fn linked(sb: &Sandbox) -> Vec<(i64, i64)> {
         .collect()
 }
 
-/// A TCP port free a moment ago on 127.0.0.1.
+/// A TCP port free a moment ago on 127.0.0.1, for a daemon to bind later. Taken below the
+/// kernel's ephemeral range (32768–60999 on Linux), from which every port-0 bind (the
+/// sandboxes) and every outgoing connection of the other tests running meanwhile is given: a
+/// port from that range, free when asked, could be handed to one of them before the daemon
+/// binds it, and the daemon would exit at start. Each call in this process gets a new port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start where another test process (a second checkout's suite) is unlikely to.
+    let offset = (std::process::id() * 97) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FIRST + (offset + n) % SPAN).expect("below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// The event name of a JSON log line (`message`), or "" for other lines.
