@@ -388,17 +388,27 @@ impl Engine {
         // 3. Read the CRM on a budget (a sweep), or only what changed (a quick cycle).
         let links = self.store.call(|s| s.links()).await.map_err(store_down)?;
         let hints = self.store.call(|s| s.hints()).await.map_err(store_down)?;
+        let (resolutions, queue) = self
+            .store
+            .call(|s| Ok((s.pending_resolutions()?, s.delete_queue()?)))
+            .await
+            .map_err(store_down)?;
         let mut hinted: Vec<KountaId> = hints.iter().map(|h| h.kounta_id).collect();
         let farmflow_changed = budget::kounta_reads_for_farmflow_changes(&farmflow, &links);
         let reads = if quick {
             // Hinted links, links whose FarmFlow side changed, and records a lost write may
             // have touched. A hint for a customer with no link waits for the next sweep, whose
             // matching sees both sides whole.
+            // Also the CRM side of each approved deletion of a CRM-deleted customer: an unread
+            // record stands in from its snapshot, so only the read's 404 lets this cycle carry
+            // the person's decision out.
             let linked: HashSet<KountaId> = links.iter().filter_map(|l| l.kounta_id).collect();
+            let approved = approved_crm_deletions(&queue);
             let mut reads: Vec<KountaId> = hinted
                 .iter()
                 .chain(&farmflow_changed)
                 .chain(&unsettled_kounta)
+                .chain(&approved)
                 .copied()
                 .filter(|k| linked.contains(k))
                 .collect();
@@ -452,12 +462,7 @@ impl Engine {
         let mut orders_tried = false;
         let mut direct = DirectReads::default();
         let mut farmflow_attempted: HashSet<FarmflowId> = HashSet::new();
-        let decisions = self
-            .store
-            .call(|s| Ok((s.pending_resolutions()?, s.delete_queue()?)))
-            .await
-            .map_err(store_down)?;
-        let decisions = to_decisions(decisions.0, decisions.1);
+        let decisions = to_decisions(resolutions, &queue);
         let mut current = loop {
             direct.kounta_gone.clone_from(&reads_done.gone);
             let input = PlanInput {
@@ -567,7 +572,7 @@ impl Engine {
         }
 
         if quick {
-            quick_only(&mut current, &links);
+            quick_only(&mut current, &links, &queue, &reads_done);
         }
 
         if let Some(guard) = &current.guard {
@@ -891,11 +896,46 @@ fn quick_listing(
         .collect()
 }
 
+/// The CRM customers whose deletion in the CRM a person approved: FarmFlow's twin is to go.
+fn approved_crm_deletions(queue: &[crate::store::QueuedDelete]) -> Vec<KountaId> {
+    queue
+        .iter()
+        .filter(|q| {
+            q.action == "delete_farmflow"
+                && q.decision == Some(crate::store::DeleteDecision::Approved)
+        })
+        .filter_map(|q| q.kounta_id.map(KountaId))
+        .collect()
+}
+
 /// Keeps what a quick cycle may do: the actions of existing links, but no creates (a
 /// recreation waits for the sweep, and so does whatever follows it for that link, such as
-/// taking a rejected deletion off the queue) and no new links.
-fn quick_only(plan: &mut Plan, links: &[crate::store::Link]) {
+/// taking a rejected deletion off the queue) and no new links. Nor does a quick cycle take a
+/// deletion of a CRM-deleted customer off the queue unless it read that customer by id: its
+/// stand-in listing shows every unread linked customer from the snapshot, which says nothing
+/// about whether the customer came back.
+fn quick_only(
+    plan: &mut Plan,
+    links: &[crate::store::Link],
+    queue: &[crate::store::QueuedDelete],
+    reads: &FullReads,
+) {
     use crate::sync::action::{Action, Subject};
+    let unseen_crm_deletions: HashSet<&str> = queue
+        .iter()
+        .filter(|q| q.action == "delete_farmflow")
+        .filter(|q| {
+            q.kounta_id
+                .is_none_or(|k| !reads.answered.contains(&KountaId(k)))
+        })
+        .map(|q| q.reference_id.as_str())
+        .collect();
+    plan.actions.retain(|a| match a {
+        Action::Unqueue { reference_id, .. } => {
+            !unseen_crm_deletions.contains(reference_id.as_str())
+        }
+        _ => true,
+    });
     let existing: HashSet<&crate::ids::ReferenceId> =
         links.iter().map(|l| &l.reference_id).collect();
     let creates = |a: &Action| {
@@ -937,7 +977,7 @@ fn with_direct_reads(list: &[FarmflowCustomer], direct: &DirectReads) -> Vec<Far
 /// farmsync cannot read is left out (and stays in the DB for a person to see).
 fn to_decisions(
     resolutions: Vec<crate::store::PendingResolution>,
-    queue: Vec<crate::store::QueuedDelete>,
+    queue: &[crate::store::QueuedDelete],
 ) -> crate::sync::plan::Decisions {
     let mut out = crate::sync::plan::Decisions::default();
     for r in resolutions {

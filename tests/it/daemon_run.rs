@@ -389,3 +389,111 @@ async fn sigterm_mid_listing_stops_a_sync_at_once_with_exit_0() {
     let out = farmsync_in(&w, &["sync"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+/// `farmsync run` holds the instance lock for its whole life; a person deciding beside it
+/// (`conflicts resolve`, `deletes approve`) writes one row under SQLite's own lock, and the
+/// daemon's next cycle — here a quick cycle, the sweep running at start only — carries it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_decides_while_the_daemon_runs_and_its_next_cycle_carries_it_out() {
+    let sb = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    sb.seed(&linked_farm(10)).unwrap();
+    let w = Workdir::new(&sandbox_config(
+        &sb,
+        "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"* * * * * *\"\n\
+         [sync]\ndeletes = \"approve\"\n",
+    ));
+    converge(&w).await;
+    let pairs = linked(&sb);
+    let (ana_k, ana_f) = *pairs.iter().find(|(_, f)| *f == 1_000).unwrap();
+    let (ben_k, ben_f) = *pairs.iter().find(|(_, f)| *f == 1_001).unwrap();
+
+    // Before the daemon starts: Ana's phone changed on both sides (the CRM wins by default),
+    // and Ben was deleted in the CRM's back office (his deletion waits for a person).
+    sb.kounta().edit(ana_k, |c| c.phone = "0400 000 111".into());
+    sb.farmflow()
+        .edit(ana_f, |c| c.phone = "0400 000 222".into());
+    assert!(sb.kounta().backoffice_delete(ben_k));
+    let out = farmsync_in(&w, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(sb.farmflow().get(ana_f).unwrap().phone, "0400 000 111");
+    assert!(sb.farmflow().get(ben_f).is_some(), "waits for a person");
+
+    let mut d = Daemon::spawn(&w, &[]);
+    // The start-up sweep and two quick cycles after it: the deletion still waits.
+    d.wait_for_count("sync.run.finished", 3, MINUTE).await;
+    assert!(sb.farmflow().get(ben_f).is_some(), "{}", d.dump());
+    let held = farmsync_in(&w, &["sync"]).await;
+    assert_eq!(held.status.code(), Some(4), "the daemon holds the lock");
+
+    let ana = format!("farmflow:{ana_f}");
+    let ben = format!("farmflow:{ben_f}");
+    let take = farmsync_in(
+        &w,
+        &["conflicts", "resolve", &ana, "phone", "--take", "farmflow"],
+    )
+    .await;
+    assert_eq!(take.status.code(), Some(0), "{}", text(&take.stderr));
+    let approve = farmsync_in(&w, &["deletes", "approve", &ben]).await;
+    assert_eq!(approve.status.code(), Some(0), "{}", text(&approve.stderr));
+
+    // The next cycles carry both out, without a restart.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sb.kounta().get(ana_k).unwrap().phone != "0400 000 222"
+        || sb.farmflow().get(ben_f).is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not carried out within 30 s:\n{}",
+            d.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    d.wait_for(MINUTE, |l| event(l) == "sync.run.finished")
+        .await;
+    assert_eq!(sb.farmflow().get(ana_f).unwrap().phone, "0400 000 222");
+
+    // Read beside the daemon: nothing open, nothing waiting, and the write in history.
+    for (args, empty) in [
+        (["conflicts", "--json"], true),
+        (["deletes", "--json"], true),
+    ] {
+        let out = farmsync_in(&w, &args).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v.as_array().unwrap().is_empty(), empty, "{args:?}: {v}");
+    }
+    let out = farmsync_in(&w, &["history", &ana, "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // FarmFlow had taken the CRM's value when the conflict was settled by rule: both sides now
+    // get FarmFlow's, each write kept with its before → after.
+    for side in ["kounta", "farmflow"] {
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["side"] == side && r["cycle"] == "quick")
+            .unwrap_or_else(|| panic!("no quick-cycle write to {side}: {rows:#}"));
+        let phone = row["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["field"] == "phone")
+            .expect("the phone change is kept");
+        assert_eq!(phone["before"], "0400 000 111", "{side}");
+        assert_eq!(phone["after"], "0400 000 222", "{side}");
+    }
+    let out = farmsync_in(&w, &["history", &ben, "--json"]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["action"], "delete", "{rows:#}");
+
+    d.signal("TERM");
+    let (status, _) = d.exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", d.dump());
+    assert_runs_finished_in_sequence(&w);
+    // Carried out once: a sync after the daemon writes nothing.
+    let before = writes(&sb);
+    let out = farmsync_in(&w, &["sync"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(writes(&sb), before, "{}", text(&out.stdout));
+}

@@ -461,6 +461,38 @@ async fn approve_all_applies_every_waiting_deletion_also_in_quick_cycles() {
     h.converge().await;
 }
 
+/// A quick cycle reads no CRM listing: every linked customer it did not read stands in from
+/// its snapshot, which is no sign that one deleted in the CRM came back. The deletion stays
+/// waiting through quick cycles, and one the person approves is carried out by the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_cycles_keep_a_crm_deletion_waiting_and_carry_out_its_approval() {
+    let h = Harness::with_settings(&[("sync.deletes", "approve")]).await;
+    let [(ana_k, ana_f), ..] = three_linked(&h).await;
+    linked_people(&h, 3).await;
+    h.sb.kounta().backoffice_delete(ana_k);
+    assert_eq!(h.run_ok().await.summary.queued, 1);
+    for _ in 0..2 {
+        assert_eq!(quick(&h).await.summary.deleted, 0);
+    }
+    assert!(h.sb.farmflow().get(ana_f).is_some(), "not deleted");
+    let queue = cli_json(&h, &["deletes", "--json"]);
+    assert_eq!(
+        queue.as_array().unwrap().len(),
+        1,
+        "still waiting: {queue:#}"
+    );
+
+    let ana = format!("farmflow:{ana_f}");
+    let out = cli(&h, &["deletes", "approve", &ana]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(quick(&h).await.summary.deleted, 1);
+    assert!(h.sb.farmflow().get(ana_f).is_none());
+    assert_eq!(link_state(&h, ana_f).await, LinkState::Tombstone);
+    assert_eq!(cli_json(&h, &["deletes", "--json"]), Value::Array(vec![]));
+    h.converge().await;
+    assert_settled_state(&h).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_deletion_whose_record_reappears_leaves_the_queue_by_itself() {
     let h = Harness::with_settings(&[("sync.deletes", "approve")]).await;
