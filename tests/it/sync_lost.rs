@@ -4,9 +4,12 @@
 //! journal entry by lookup, create no one twice, and converge.
 
 use farmsync::sandbox::{FarmflowEndpoint, Fault, FaultAction, KountaEndpoint, Target, When};
+use farmsync::store::LinkState;
 use farmsync::sync::engine::Outcome;
 
-use crate::sync_support::{Harness, assert_settled_state, crm_person, ff_person};
+use crate::sync_support::{
+    Harness, assert_settled_state, crm_person, ff_person, link_state, linked_people,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -352,4 +355,43 @@ async fn busy_day_killed_while_a_crm_write_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_day_killed_while_a_farmflow_write_is_answered() {
     killed_at_every_step(Scenario::BusyDay, Side::Farmflow).await;
+}
+
+/// The CRM tag showing a FarmFlow deletion lands, the process is killed waiting for its answer,
+/// and a person edits that CRM customer before the next run. The edit came after the sync
+/// showed the deletion: the next run makes the link a tombstone, as the killed run would have
+/// had the answer arrived, rather than recreate the customer in FarmFlow beside a CRM record
+/// tagged `farmflow-deleted`. Found by `sync_model_scope` (a lost answer alone does not show
+/// it: the tag is retried, and the retry's answer tombstones the link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_edit_after_a_tag_whose_run_was_killed_brings_nobody_back() {
+    let mut h = Harness::start().await;
+    let people = linked_people(&h, 3).await;
+    let (k, f) = people[1];
+    h.sb.farmflow().delete(f).expect("no order blocks it");
+    inject(&h, Side::Kounta, 1, FaultAction::ApplyThenHang);
+    let target = *h.sb.kounta().writes_applied().borrow() + 1;
+    tokio::select! {
+        report = h.run() => panic!("the run ended before its tag: {report:?}"),
+        () = h.sb.kounta().wait_for_writes(target) => {}
+    }
+    // A new process on the same state DB.
+    h.reconfigure(&[]);
+    let tagged = |h: &Harness| {
+        h.sb.kounta()
+            .get(k)
+            .expect("kept")
+            .tags
+            .contains(&"farmflow-deleted".to_owned())
+    };
+    assert!(tagged(&h), "the tag landed");
+    h.sb.kounta()
+        .edit(k, |c| c.email = "later@example.com".into());
+
+    h.converge().await;
+
+    assert_eq!(h.sb.farmflow().customers().len(), 2, "nobody recreated");
+    assert!(tagged(&h));
+    assert_eq!(link_state(&h, f).await, LinkState::Tombstone);
+    assert_settled_state(&h).await;
 }

@@ -470,6 +470,24 @@ fn an_already_tagged_customer_is_not_tagged_again() {
     assert_eq!(kinds(&p), vec!["tombstone"]);
 }
 
+/// A run tagged the CRM customer but lost the answer (or died waiting for it), so the link is
+/// still live; then a person edited the customer. The edit came after the deletion was shown:
+/// the link becomes a tombstone, as it would have had the answer arrived — not a FarmFlow
+/// customer recreated beside a CRM one tagged `farmflow-deleted`.
+#[test]
+fn a_crm_edit_after_a_tag_whose_answer_was_lost_does_not_recreate() {
+    let (mut sim, kid, fid) = linked();
+    sim.ff.remove(&fid);
+    let crm = sim.crm.get_mut(&kid).unwrap();
+    crm.tags.push("farmflow-deleted".into());
+    crm.email = "later@example.com".into();
+    let p = sim.sync(Reads::All);
+    assert_eq!(kinds(&p), vec!["tombstone"]);
+    assert_eq!(sim.link_of(fid).unwrap().state, LinkState::Tombstone);
+    assert_converged(&mut sim);
+    assert_eq!(sim.ff.len(), 3, "only the bystanders");
+}
+
 #[test]
 fn changed_in_farmflow_but_deleted_in_the_crm_is_recreated_in_the_crm() {
     let (mut sim, kid, fid) = linked();
