@@ -1,12 +1,13 @@
 //! A model-based test of the sync (DESIGN.md, step 5: "absence is a question").
 //!
 //! Random sequences of people's operations on both sides (create, edit any canonical field,
-//! delete, recurring and one-time orders), sync runs, and faults during runs (lost answers to
-//! writes, failing reads, runs cut short, a lost state DB; in `sync_model_omissions` also
-//! listings that leave live customers out, lag or drift between pages) are checked after every
-//! run against a small model of what a correct sync must show. The model is written from
-//! DESIGN.md's rules, not from the engine: it never looks at the link table, the plan or the
-//! engine's helpers, only at what both sandboxes hold and at what the people did.
+//! delete, recurring and one-time orders), sync runs — sweeps and the daemon's quick cycles —
+//! and faults during runs (lost answers to writes, failing reads, runs cut short, a lost state
+//! DB; in `sync_model_omissions` also listings that leave live customers out, lag or drift
+//! between pages) are checked after every run against a small model of what a correct sync
+//! must show. The model is written from DESIGN.md's rules, not from the engine: it never looks
+//! at the link table, the plan or the engine's helpers, only at what both sandboxes hold and at
+//! what the people did.
 //!
 //! The model, in short:
 //! - a person is a slot `0..PEOPLE`; each of their records has a first name `P<slot>-…` (edits
@@ -21,21 +22,42 @@
 //!   unless a rule says otherwise (see `check_settled`); both sides hold the same normalised
 //!   values; and for people nobody deleted, every value is one the model accepts (`Truth`).
 //!
+//! Quick cycles (DESIGN.md, "Sweeps and quick cycles"): `Op::Quick(fault, announced)` is drawn
+//! in every model test as often as a sweep (`Op::Sync`), with the same faults (a CRM listing
+//! fault does not bite: a quick cycle lists nothing of the CRM). `announced` says whether the
+//! CRM's creates, edits, tag changes and deletions since the last cycle were delivered by
+//! webhook: each is then stored as a hint naming the CRM customer, as the listener stores it;
+//! otherwise the deliveries never came. After a quick cycle every rule of a run holds (above,
+//! and the scope rules below), and two more (`check_quick_run`): it creates nobody on either
+//! side, and adds the `kounta_tag` to nobody — it creates nothing and links nothing. A quick
+//! cycle may leave things undone, so the settled checks come, as before, after the sweeps that
+//! settle a case. Nor does the model let a quick cycle prove what only a sweep proves: it
+//! reads only what hints name and links whose FarmFlow side changed, so even a clean one
+//! settles no pending edit, links nobody and sees no tag for the model (`Model::run_ended`),
+//! and it is not a run that reads everything (`Model::left_alone`).
+//!
 //! `sync_model_scope` runs the basic faults with `[sync] kounta_tag = "wholesale"`, and
 //! `deletes = "approve"` in two cases of three (DESIGN.md, "Operator control"). People also
 //! type in walk-ins (no tag) and twins whose CRM record lacks the tag, add and remove the tag
 //! and the pause tag, and approve or reject what waits in the deletion queue (`Decide`,
-//! `DecideAll`, through the store as `farmsync deletes` does). Its model adds
-//! (`check_scope_run`, `check_settled_scope`):
+//! `DecideAll`, through the store as `farmsync deletes` does; a person sees whatever the last
+//! run, sweep or quick cycle, left there). Its model adds (`check_scope_run`,
+//! `check_queue_run`, `check_settled_scope`):
 //! - with `approve`, nothing leaves FarmFlow and no CRM customer is tagged `farmflow-deleted`
 //!   unless a person approved that queued deletion;
 //! - nothing is created in FarmFlow from a CRM customer out of scope (untagged or paused);
 //! - a customer the sync must leave alone is written on neither side and deleted from neither:
 //!   a paused one always (every write needs a full read, which shows the tag), an untagged one
-//!   once linked — in a run that reads everything, or after a clean run saw it so with no tag
-//!   changed since (`Model::left_alone`); a parked link's FarmFlow customer is never deleted;
+//!   once linked — in a run that reads everything (a clean sweep), or after a clean sweep saw
+//!   it so with no tag changed since (`Model::left_alone`); a parked link's FarmFlow customer
+//!   is never deleted;
 //! - the tag is added only to a customer the sync creates in the CRM or links for the first
 //!   time, never put back on a linked one a person took it off;
+//! - a deletion leaves the queue only when it is carried out, undone (the deleted side's twin
+//!   recreated), its record reappears, or the other side is gone too — after every run, so a
+//!   person's decision, or the entry they were about to decide, is never dropped on the way
+//!   (this found the quick cycle that took a waiting CRM deletion off the queue because its
+//!   stand-in listing showed the customer from the snapshot);
 //! - once settled: in-scope pairs agree; a one-sided person is explained by a deletion shown,
 //!   blocked or still waiting for a person, a walk-in, a pause or a park; and every decision a
 //!   person made was carried out (a rejected deletion recreated, once: no duplicates).
@@ -43,9 +65,10 @@
 //! The scope model judges from the sandboxes, the people's operations and the queue a person
 //! sees, never from the link table.
 //!
-//! `sync_model_omissions` leaves out exactly the open limits below (see its doc for how); the
-//! `known_*` tests at the end replay, with every fault armed as written, shrunk failures it
-//! found that the engine now passes.
+//! `sync_model_omissions` leaves out exactly the open limits below (see its doc for how), in
+//! quick cycles as in sweeps (a quick cycle settles the journal too); the `known_*` tests at
+//! the end replay, with every fault armed as written, shrunk failures the models found that
+//! the engine now passes.
 //!
 //! # Open limits (not generated; see README)
 //!
@@ -78,7 +101,8 @@
 //! Replay and longer runs: a failing case is shrunk and its seed saved to
 //! `tests/proptest-regressions/sync_model_{basic,omissions,scope}.txt`, which the next run
 //! replays first. Each model test prints its figures (`-- --nocapture`): cases, operations,
-//! runs, listing faults armed and not armed, deletions queued and decided, seconds.
+//! runs (and how many were quick cycles), listing faults armed and not armed, deletions queued
+//! and decided, seconds.
 //! `FARMSYNC_MODEL_CASES=<n>` (or `PROPTEST_CASES=<n>`) runs n cases in each model test
 //! (default `DEFAULT_CASES`, `SCOPE_CASES` for `sync_model_scope`);
 //! `FARMSYNC_MODEL_OPS=<n>` allows up to n operations a case (default 25);
@@ -92,12 +116,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use chrono::{Days, NaiveDate};
+use farmsync::ids::KountaId;
 use farmsync::sandbox::{
     self as fake, FarmflowEndpoint, FarmflowRecord, FaultAction, KountaEndpoint, KountaRecord,
     KountaRecordAddress, RecurringStatus, SandboxOptions, Target, When,
 };
 use farmsync::store::{DeleteDecision, QueuedDelete};
-use farmsync::sync::engine::{Outcome, RunOptions, RunReport};
+use farmsync::sync::engine::{CycleKind, Outcome, RunOptions, RunReport};
+use farmsync::webhook::Topic;
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestRunner};
 use tokio_util::sync::CancellationToken;
@@ -241,8 +267,13 @@ enum Op {
     EndRecurring(u8),
     /// The grower adds a one-time order due in the past or the future.
     OneOff(u8, Due),
-    /// A sync run.
+    /// A sync run: a sweep (DESIGN.md, "Sweeps and quick cycles"; what `farmsync sync` runs).
     Sync(Fault),
+    /// A quick cycle of the daemon (DESIGN.md, "Sweeps and quick cycles"), with its fault, and
+    /// whether the CRM's creates, edits, tag changes and deletions since the last cycle were
+    /// announced by webhook deliveries (`true`: each stored as a hint, as the listener stores
+    /// it; `false`: deliveries that never came).
+    Quick(Fault, bool),
     /// The state DB is lost between runs.
     LoseDb,
     // `sync_model_scope` only:
@@ -431,9 +462,16 @@ fn scope_op(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Op> {
         3 => (slot(), tags).prop_map(|(p, t)| Op::Scope(p, t)),
         6 => (0..4u8, any::<bool>()).prop_map(|(n, a)| Op::Decide(n, a)),
         2 => any::<bool>().prop_map(Op::DecideAll),
-        6 => fault.prop_map(Op::Sync),
+        6 => fault.clone().prop_map(Op::Sync),
+        6 => quick(fault),
         1 => Just(Op::LoseDb),
     ]
+}
+
+/// A quick cycle with a fault drawn as a sweep's is (a CRM listing fault does not bite: a
+/// quick cycle lists nothing of the CRM), its CRM changes announced or not.
+fn quick(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Op> {
+    (fault, any::<bool>()).prop_map(|(f, announced)| Op::Quick(f, announced))
 }
 
 fn op(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Op> {
@@ -445,7 +483,8 @@ fn op(fault: BoxedStrategy<Fault>) -> impl Strategy<Value = Op> {
         1 => slot().prop_map(Op::EndRecurring),
         1 => (slot(), prop_oneof![Just(Due::Past), Just(Due::Future)])
             .prop_map(|(p, d)| Op::OneOff(p, d)),
-        6 => fault.prop_map(Op::Sync),
+        6 => fault.clone().prop_map(Op::Sync),
+        6 => quick(fault),
         1 => Just(Op::LoseDb),
     ]
 }
@@ -676,11 +715,13 @@ struct Edit {
 /// What one field of a person may end up as.
 ///
 /// `accepted` holds the values the field may show once synced. Edits wait in `crm`/`ff` until
-/// a clean run (no fault, applied), which certainly syncs them, settles them:
+/// a clean sweep (no fault, applied), which certainly syncs them, settles them (a quick cycle
+/// may not read a CRM edit nobody announced):
 /// - edits on one side only: that side's last value;
 /// - edits on both sides: the CRM's (the default `conflict_winner`) when its last edit is the
-///   later one or no run came between the two (a conflict); otherwise a faulty run between them
-///   may or may not have carried the CRM's value over before FarmFlow's edit, so either.
+///   later one or no run came between the two (a conflict); otherwise a faulty run or a quick
+///   cycle between them may or may not have carried the CRM's value over before FarmFlow's
+///   edit, so either.
 #[derive(Clone, Debug, Default)]
 struct Truth {
     accepted: BTreeSet<String>,
@@ -710,20 +751,21 @@ impl Truth {
 #[derive(Clone, Debug, Default)]
 struct Person {
     created: bool,
-    /// Typed into both sides and not yet through a clean run: nobody edits them meanwhile
-    /// (nothing would say the two records are one person).
+    /// Typed into both sides and not yet through a clean sweep (a quick cycle links nobody):
+    /// nobody edits them meanwhile (nothing would say the two records are one person).
     fresh_twins: bool,
     /// A person deleted their CRM record (at some point).
     crm_deleted: bool,
     /// A person deleted their FarmFlow record (at some point).
     ff_deleted: bool,
     fields: BTreeMap<Field, Truth>,
-    /// The link may be rebuilt without snapshots (see `Rebuild`); the first clean run settles
+    /// The link may be rebuilt without snapshots (see `Rebuild`); the first clean sweep settles
     /// it (see `Model::run_ended`).
     relink: Option<Rebuild>,
-    /// Clean runs in a row with the person on both sides before and after.
+    /// Clean sweeps in a row with the person on both sides before and after (a clean quick
+    /// cycle between them neither counts nor breaks the row, see `Model::run_ended`).
     settled_runs: u32,
-    /// A clean run ended with the person on both sides since the state DB was last lost: the
+    /// A clean sweep ended with the person on both sides since the state DB was last lost: the
     /// sync holds an id for each of their records, so it can ask by id when a listing hides one.
     synced: bool,
     /// Since the last run: the pair had settled (two clean runs) when it ended...
@@ -743,16 +785,16 @@ struct Person {
     /// The CRM record was out of scope at some point (a walk-in, the tag removed, a pause):
     /// values are not judged, and a one-sided end may be a park.
     out_of_scope_ever: bool,
-    /// A person changed the CRM record's tags since the last clean run: the sync may not have
-    /// read the change yet (only a full read shows tags).
+    /// A person changed the CRM record's tags since the last clean sweep: the sync may not have
+    /// read the change yet (only a full read shows tags, and a quick cycle reads only some).
     scope_touched: bool,
-    /// A clean run ended (since the state DB was last lost) with the person on both sides and
+    /// A clean sweep ended (since the state DB was last lost) with the person on both sides and
     /// the CRM record not paused: such a pair is linked, and a link outlives a pause or a lost
     /// tag.
     linked: bool,
-    /// The last clean run that saw the CRM record ended with the person linked and the record
-    /// out of scope: the link is parked (nothing written either way, nothing deleted) until a
-    /// run reads the record in scope again.
+    /// The last clean sweep that saw the CRM record ended with the person linked and the
+    /// record out of scope: the link is parked (nothing written either way, nothing deleted)
+    /// until a run reads the record in scope again.
     parked_seen: bool,
     /// What a person approved of the deletion queued for this person, while it waits.
     approved: Option<Queued>,
@@ -882,7 +924,7 @@ struct Model {
     /// Fresh-value counter for edits.
     edits: u32,
     today: NaiveDate,
-    /// FarmFlow's ids when the last clean run ended: the older ids the sync knows.
+    /// FarmFlow's ids when the last clean sweep ended: the older ids the sync knows.
     ff_at_clean: BTreeSet<i64>,
     /// The last run left a FarmFlow create unanswered, or its process died writing to FarmFlow.
     ff_write_lost: bool,
@@ -956,15 +998,18 @@ impl Model {
     }
 
     /// Whether the sync leaves the person alone this run, as far as the model can tell: the
-    /// CRM record is paused (every write needs a full read, which shows it), or out of scope
-    /// while linked and seen so — by this run, when it reads everything, or by the last clean
-    /// run with no tag changed since.
-    fn left_alone(&self, p: u8, c: &KountaRecord, clean: bool) -> bool {
+    /// CRM record is paused (every write needs a full read, which shows it — in a quick cycle
+    /// too: DESIGN.md has it read a CRM record in full before anything is written to the CRM),
+    /// or out of scope while linked and seen so — by this run, when it reads everything (a
+    /// clean sweep: `reads_all`), or by the last clean sweep with no tag changed since. A quick
+    /// cycle does not read everything: it may act on a link from its snapshot, which knows
+    /// nothing of a tag a person removed unannounced.
+    fn left_alone(&self, p: u8, c: &KountaRecord, reads_all: bool) -> bool {
         let person = &self.people[usize::from(p)];
         has_tag(c, PAUSE_TAG)
             || (!in_scope(c)
                 && person.linked
-                && (clean || (person.parked_seen && !person.scope_touched)))
+                && (reads_all || (person.parked_seen && !person.scope_touched)))
     }
 
     fn person(&mut self, p: u8) -> &mut Person {
@@ -1057,9 +1102,21 @@ impl Model {
         }
     }
 
-    /// After a run: a clean run settles every pending edit.
+    /// After a run: a clean sweep settles every pending edit.
+    ///
+    /// A quick cycle (DESIGN.md, "Sweeps and quick cycles") reads the CRM only by id, for the
+    /// customers hints name or whose FarmFlow side changed, and links and creates nothing. So
+    /// even a clean one proves less than a clean sweep: it may not have seen a CRM edit, a tag
+    /// change or a deletion nobody announced, and a pair on both sides after it may still be
+    /// unlinked (twins, or people a faulty run left half-done). It therefore settles no edit,
+    /// links nobody (`synced`, `linked`, `fresh_twins`, `relink`), sees no tag
+    /// (`scope_touched`, `parked_seen`) and teaches the sync no FarmFlow id (`ff_at_clean`).
+    /// It is still a run between people's operations: `runs` counts it (an edit before it and
+    /// one after it on the other side may both be carried, see `Truth`), and the
+    /// since-the-last-run flags start again after it.
     fn run_ended(&mut self, run: &RunSeen, before: &Census, after: &Census) {
-        let clean = run.clean;
+        // `clean`: the run settles what it saw; a clean sweep saw everything.
+        let clean = run.clean && !run.quick;
         for p in 0..PEOPLE {
             let person = &mut self.people[p as usize];
             let paired = |c: &Census| c.on_crm(p) && c.on_ff(p);
@@ -1070,6 +1127,12 @@ impl Model {
             }
             if clean && paired(before) && paired(after) {
                 person.settled_runs += 1;
+            } else if run.quick && run.clean && paired(before) && paired(after) {
+                // A clean quick cycle on a settled pair applies in full what it reads (DESIGN.md:
+                // it "plans and applies only those links"), so each side's snapshot still
+                // matches what that side held, or, for a change it did not read, what it held
+                // before: a later edit is still a change. It does not settle an unsettled pair
+                // either (it may not have read the CRM side).
             } else {
                 person.settled_runs = 0;
             }
@@ -1127,7 +1190,10 @@ impl Model {
         if clean {
             self.ff_at_clean = after.ff.values().flatten().map(|f| f.id).collect();
         }
-        self.ff_write_lost = run.ff_create_unanswered || run.ff_write_cut_short;
+        let lost = run.ff_create_unanswered || run.ff_write_cut_short;
+        // A quick cycle may settle a lost create's journal entry, but it links nothing: the
+        // sweep after it still has no id for that customer, so the limit holds until a sweep.
+        self.ff_write_lost = lost || (run.quick && self.ff_write_lost);
         self.runs += 1;
     }
 
@@ -1198,6 +1264,8 @@ impl Model {
 
 /// What a run did, as the sandboxes saw it.
 struct RunSeen {
+    /// A quick cycle, not a sweep.
+    quick: bool,
     /// No fault, not interrupted, applied (or stopped by the guard).
     clean: bool,
     /// A CRM create was stored but its answer lost (dropped, `500`, or the process died).
@@ -1263,8 +1331,10 @@ struct RunContext {
     deleted_mid_list: Option<u8>,
     /// FarmFlow's order lists were unreadable for the whole run: no delete may depend on them.
     orders_unreadable: bool,
-    /// No fault was armed: the run reads every CRM record in full (tags included).
-    clean: bool,
+    /// A sweep with no fault armed: the run reads every CRM record in full (tags included).
+    reads_all: bool,
+    /// A quick cycle.
+    quick: bool,
 }
 
 /// What every run must leave: no duplicates, nobody lost, no false tombstone tag.
@@ -1307,8 +1377,113 @@ fn check_run(model: &Model, run: &RunContext, after: &Census) -> Vec<String> {
             }
         }
     }
+    if run.quick {
+        out.extend(check_quick_run(run, after));
+    }
     if let Some(deletes) = model.scope {
         out.extend(check_scope_run(model, deletes, run, after));
+    }
+    out
+}
+
+/// What a quick cycle must not do besides (DESIGN.md, "Sweeps and quick cycles": "It creates
+/// nothing and links nothing: new customers wait for the next sweep"): no record new on either
+/// side, and no `kounta_tag` added (the sync adds it only to a customer it creates in the CRM or
+/// links).
+fn check_quick_run(run: &RunContext, after: &Census) -> Vec<String> {
+    let before = &run.before;
+    let mut out = Vec::new();
+    for (p, records) in &after.crm {
+        for a in records {
+            match before
+                .crm
+                .get(p)
+                .and_then(|v| v.iter().find(|b| b.id == a.id))
+            {
+                None => out.push(format!(
+                    "a quick cycle created P{p} in the CRM ({}): it creates nothing",
+                    a.id
+                )),
+                Some(b) if !has_tag(b, SCOPE_TAG) && has_tag(a, SCOPE_TAG) => out.push(format!(
+                    "a quick cycle put {SCOPE_TAG} on CRM {} (P{p}): it links nothing",
+                    a.id
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    for (p, records) in &after.ff {
+        for a in records {
+            if !before
+                .ff
+                .get(p)
+                .is_some_and(|v| v.iter().any(|b| b.id == a.id))
+            {
+                out.push(format!(
+                    "a quick cycle created P{p} in FarmFlow ({}): it creates nothing",
+                    a.id
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// How a run may take a deletion off the queue a person sees (DESIGN.md, "Operator control"):
+/// by carrying it out (approved), by recreating the deleted side's twin (rejected), or because
+/// its record reappeared ("leaves the queue by itself") — or because nothing is left to do:
+/// the other side is gone too. Any other departure loses what the person sees or decided: an
+/// approval made while the entry waited would be gone with it, and a later run would queue
+/// the deletion again for a person to decide once more. As `check_settled_scope` does, a
+/// person ever out of scope is not judged (a park holds their deletion back), nor one whose
+/// FarmFlow customer an order protects (a blocked delete is not the queue's).
+fn check_queue_run(
+    model: &Model,
+    h: &Harness,
+    before: &[QueuedDelete],
+    after_queue: &[QueuedDelete],
+    after: &Census,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let still = |q: &QueuedDelete| {
+        after_queue
+            .iter()
+            .any(|a| a.reference_id == q.reference_id && a.action == q.action)
+    };
+    let crm_record =
+        |k: i64| -> Option<&KountaRecord> { after.crm.values().flatten().find(|c| c.id == k) };
+    let ff_there = |f: i64| after.ff.values().flatten().any(|r| r.id == f);
+    for q in before.iter().filter(|q| !still(q)) {
+        let Some((p, kind)) = model.owner(q) else {
+            continue;
+        };
+        let person = &model.people[usize::from(p)];
+        if person.out_of_scope_ever || protected(h, q.farmflow_id, model.today) {
+            continue;
+        }
+        let done = match kind {
+            // The CRM customer is gone: FarmFlow's is deleted, or P is back in the CRM.
+            Queued::DeleteFf => !ff_there(q.farmflow_id) || after.on_crm(p),
+            // FarmFlow's customer is gone: the CRM one is tagged (or gone too), or P is back
+            // in FarmFlow.
+            Queued::TagCrm => {
+                q.kounta_id
+                    .map(crm_record)
+                    .is_none_or(|c| c.is_none_or(|c| has_tag(c, DELETED_TAG)))
+                    || after.on_ff(p)
+            }
+        };
+        if !done {
+            out.push(format!(
+                "the run took P{p}'s queued deletion ({kind:?}, {}) off the queue, yet it was \
+                 neither carried out nor undone and its record did not reappear: {q:?}",
+                match q.decision {
+                    Some(DeleteDecision::Approved) => "approved by a person",
+                    Some(DeleteDecision::Rejected) => "rejected by a person",
+                    None => "waiting for a person",
+                }
+            ));
+        }
     }
     out
 }
@@ -1354,7 +1529,7 @@ fn check_scope_run(
                     a.id
                 ));
             }
-            if model.left_alone(p, b, run.clean) || parked_unseen_since {
+            if model.left_alone(p, b, run.reads_all) || parked_unseen_since {
                 out.push(format!(
                     "the run tagged CRM {} (P{p}) {DELETED_TAG} although it is left alone",
                     a.id
@@ -1368,7 +1543,7 @@ fn check_scope_run(
             ));
         }
         if let Some(b) = before.crm(p)
-            && model.left_alone(p, b, run.clean)
+            && model.left_alone(p, b, run.reads_all)
         {
             if let Some(a) = after
                 .crm
@@ -1504,6 +1679,9 @@ struct Case {
     tally: Tally,
     /// Every deletion ever queued, by reference.
     queued: BTreeSet<String>,
+    /// The webhook deliveries of the CRM's changes since the last cycle: the customer and
+    /// the topic (stored as hints when a quick cycle is told of them).
+    deliveries: Vec<(i64, Topic)>,
 }
 
 /// Which listing faults a case arms.
@@ -1521,6 +1699,8 @@ struct Tally {
     cases: u64,
     ops: u64,
     runs: u64,
+    /// Runs that were quick cycles.
+    quick: u64,
     /// Listing faults armed, and drawn but not armed (open limits).
     lies_armed: u64,
     lies_not_armed: u64,
@@ -1534,6 +1714,7 @@ impl Tally {
         self.cases += other.cases;
         self.ops += other.ops;
         self.runs += other.runs;
+        self.quick += other.quick;
         self.lies_armed += other.lies_armed;
         self.lies_not_armed += other.lies_not_armed;
         self.queued += other.queued;
@@ -1577,9 +1758,11 @@ fn ff_id(h: &Harness, p: u8) -> Option<i64> {
     Census::take(h).ff(p).map(|f| f.id)
 }
 
+/// A person's operation; a change to the CRM leaves a webhook delivery in `Case::deliveries`.
 fn person_acts(case: &mut Case, op: &Op) {
     let h = &case.h;
     let model = &mut case.model;
+    let deliveries = &mut case.deliveries;
     model.seq += 1;
     match *op {
         Op::New(side, p, contact) => {
@@ -1592,7 +1775,7 @@ fn person_acts(case: &mut Case, op: &Op) {
                     if model.scope.is_some() {
                         c.tags.push(SCOPE_TAG.into());
                     }
-                    h.sb.kounta().insert(c.clone());
+                    deliveries.push((h.sb.kounta().insert(c.clone()), Topic::Created));
                     crm_canon(&c)
                 }
                 Side::Ff => {
@@ -1610,7 +1793,7 @@ fn person_acts(case: &mut Case, op: &Op) {
             let c = crm_new(p, Contact::Both, "Twin");
             let f = ff_new(p, Contact::Both, "Twin");
             assert_eq!(crm_canon(&c), ff_canon(&f), "twins are typed alike");
-            h.sb.kounta().insert(c.clone());
+            deliveries.push((h.sb.kounta().insert(c.clone()), Topic::Created));
             h.sb.farmflow().insert(f);
             model.created(p, &crm_canon(&c), true);
         }
@@ -1625,6 +1808,7 @@ fn person_acts(case: &mut Case, op: &Op) {
                     let Some(id) = crm_id(h, p) else { return };
                     let before = crm_canon(&h.sb.kounta().get(id).expect("listed"))[&field].clone();
                     h.sb.kounta().edit(id, |c| edit_crm(c, p, field, n));
+                    deliveries.push((id, Topic::Updated));
                     let after =
                         crm_canon(&h.sb.kounta().get(id).expect("just edited"))[&field].clone();
                     (before, after)
@@ -1649,6 +1833,7 @@ fn person_acts(case: &mut Case, op: &Op) {
             if let Some(id) = crm_id(h, p)
                 && h.sb.kounta().backoffice_delete(id)
             {
+                deliveries.push((id, Topic::Deleted));
                 model.deleted(p, Side::Crm);
             }
         }
@@ -1696,7 +1881,7 @@ fn person_acts(case: &mut Case, op: &Op) {
                 return;
             }
             let c = crm_new(p, contact, "Walk");
-            h.sb.kounta().insert(c.clone());
+            deliveries.push((h.sb.kounta().insert(c.clone()), Topic::Created));
             model.created(p, &crm_canon(&c), false);
             model.person(p).out_of_scope_ever = true;
         }
@@ -1714,12 +1899,13 @@ fn person_acts(case: &mut Case, op: &Op) {
                     c.tags.push(tag.into());
                 }
             });
+            deliveries.push((id, Topic::Updated));
             let now = h.sb.kounta().get(id).expect("just edited");
             let person = model.person(p);
             person.scope_touched = true;
             person.out_of_scope_ever |= !in_scope(&now);
         }
-        Op::Sync(_) | Op::LoseDb | Op::Decide(..) | Op::DecideAll(_) => {
+        Op::Sync(_) | Op::Quick(..) | Op::LoseDb | Op::Decide(..) | Op::DecideAll(_) => {
             unreachable!("not a person's operation on a customer")
         }
     }
@@ -1914,8 +2100,32 @@ fn heal(h: &Harness) {
     h.sb.farmflow().heal();
 }
 
+/// Which kind of cycle a run is (DESIGN.md, "Sweeps and quick cycles").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cycle {
+    Sweep,
+    /// Whether the CRM's changes since the last cycle were announced (see `Op::Quick`).
+    Quick(bool),
+}
+
 /// A run with its checks; a run without faults must apply (or be stopped by the guard).
-async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
+async fn sync(case: &mut Case, cycle: Cycle, drawn: Fault, options: RunOptions) {
+    let quick = matches!(cycle, Cycle::Quick(_));
+    let options = RunOptions {
+        kind: if quick {
+            CycleKind::Quick
+        } else {
+            CycleKind::Sweep
+        },
+        ..options
+    };
+    let shown = |fault: Fault| match cycle {
+        Cycle::Sweep => Op::Sync(fault),
+        Cycle::Quick(announced) => Op::Quick(fault, announced),
+    };
+    // A quick cycle was told of the deliveries since the last cycle (stored by `step`); a
+    // sweep reads everything. The next cycle is told of what happens after this one.
+    case.deliveries.clear();
     let before = Census::take(&case.h);
     let not_armed = match case.arming {
         Arming::AsWritten => None,
@@ -1927,6 +2137,7 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
         drawn
     };
     case.tally.runs += 1;
+    case.tally.quick += u64::from(quick);
     if lies(drawn) {
         if not_armed.is_some() {
             case.tally.lies_not_armed += 1;
@@ -1935,6 +2146,10 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
         }
     }
     let protect = protected_people(&case.h, &before, case.model.today);
+    let queue_before = match case.model.scope {
+        Some(_) => delete_queue(&case.h).await,
+        None => Vec::new(),
+    };
     case.model.run_starts(&before);
     let crm_log = case.h.sb.kounta().request_log().len();
     let ff_log = case.h.sb.farmflow().request_log().len();
@@ -1944,11 +2159,11 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
     let after = Census::take(&case.h);
     let outcome = report.as_ref().map(|r| r.outcome.clone());
     case.done.push(match &not_armed {
-        None => format!("{:?} -> {outcome:?}", Op::Sync(fault)),
+        None => format!("{:?} -> {outcome:?}", shown(fault)),
         Some(why) => format!(
             "{:?} not armed ({why}), so {:?} -> {outcome:?}",
-            Op::Sync(drawn),
-            Op::Sync(fault)
+            shown(drawn),
+            shown(fault)
         ),
     });
     // A deletion armed for a page the listing never reached did not happen.
@@ -1965,9 +2180,24 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
         protect,
         deleted_mid_list,
         orders_unreadable: matches!(fault, Fault::OrdersEmpty(_)),
-        clean: fault == Fault::Clean,
+        reads_all: fault == Fault::Clean && !quick,
+        quick,
     };
-    let violations = check_run(&case.model, &run, &after);
+    let mut violations = check_run(&case.model, &run, &after);
+    let queue = match case.model.scope {
+        Some(_) => {
+            let queue = delete_queue(&case.h).await;
+            violations.extend(check_queue_run(
+                &case.model,
+                &case.h,
+                &queue_before,
+                &queue,
+                &after,
+            ));
+            queue
+        }
+        None => Vec::new(),
+    };
     fail_if_any(case, "after a run", &violations);
     let before = run.before;
     let clean = fault == Fault::Clean
@@ -1986,6 +2216,7 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
         );
     }
     let seen = RunSeen {
+        quick,
         clean,
         crm_create_unanswered: create_unanswered(
             &case.h.sb.kounta().request_log(),
@@ -2001,7 +2232,6 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
     };
     case.model.run_ended(&seen, &before, &after);
     if case.model.scope.is_some() {
-        let queue = delete_queue(&case.h).await;
         for q in &queue {
             if case.queued.insert(q.reference_id.clone()) {
                 case.tally.queued += 1;
@@ -2009,6 +2239,22 @@ async fn sync(case: &mut Case, drawn: Fault, options: RunOptions) {
         }
         case.model.prune_approvals(&queue);
     }
+}
+
+/// Stores a hint for each delivery, as the webhook listener does before it answers 200
+/// (DESIGN.md, "Sweeps and quick cycles").
+async fn announce(h: &Harness, deliveries: &[(i64, Topic)]) {
+    let deliveries = deliveries.to_vec();
+    h.engine
+        .store
+        .call(move |s| {
+            for (id, topic) in &deliveries {
+                s.add_hint(KountaId(*id), topic.kounta_name())?;
+            }
+            Ok(())
+        })
+        .await
+        .expect("hints stored");
 }
 
 /// The deletion queue, as `farmsync deletes` shows it.
@@ -2021,7 +2267,11 @@ async fn delete_queue(h: &Harness) -> Vec<QueuedDelete> {
 }
 
 /// A person decides queued deletions that wait for them, through the store, as `farmsync
-/// deletes approve|reject` does: the `nth` (counting round), or all of them (`None`).
+/// deletes approve|reject` does: the `nth` (counting round), or all of them (`None`). They see
+/// what the last run left in the queue, a quick cycle's included: DESIGN.md queues every
+/// confirmed deletion, and a quick cycle confirms deletions too (a `customers/deleted` hint's
+/// read, a FarmFlow customer gone from FarmFlow's list). A decision is carried out by a later
+/// run; until then it waits in the queue (see `check_queue_run`).
 async fn decide(case: &mut Case, nth: Option<u8>, approve: bool) {
     let census = Census::take(&case.h);
     case.model.remember_ids(&census);
@@ -2062,7 +2312,13 @@ async fn decide(case: &mut Case, nth: Option<u8>, approve: bool) {
 async fn step(case: &mut Case, op: &Op) {
     match *op {
         Op::Sync(fault) => {
-            sync(case, fault, RunOptions::default()).await;
+            sync(case, Cycle::Sweep, fault, RunOptions::default()).await;
+        }
+        Op::Quick(fault, announced) => {
+            if announced {
+                announce(&case.h, &case.deliveries).await;
+            }
+            sync(case, Cycle::Quick(announced), fault, RunOptions::default()).await;
         }
         Op::Decide(n, approve) => {
             decide(case, Some(n), approve).await;
@@ -2097,10 +2353,10 @@ async fn settle(case: &mut Case) {
         ..RunOptions::default()
     };
     for _ in 0..2 {
-        sync(case, Fault::Clean, allow.clone()).await;
+        sync(case, Cycle::Sweep, Fault::Clean, allow.clone()).await;
     }
     let writes = case.h.writes();
-    sync(case, Fault::Clean, allow).await;
+    sync(case, Cycle::Sweep, Fault::Clean, allow).await;
     let wrote = case.h.writes() - writes;
     fail_if_any(
         case,
@@ -2273,6 +2529,7 @@ async fn scenario(ops: Vec<Op>, arming: Arming, scope: Option<Deletes>) -> Tally
             ..Tally::default()
         },
         queued: BTreeSet::new(),
+        deliveries: Vec::new(),
     };
     for op in &ops {
         step(&mut case, op).await;
@@ -2380,11 +2637,13 @@ fn run_model(
     });
     let t = total.into_inner();
     println!(
-        "{name}: {} cases passed ({} operations, {} runs); listing faults armed {}, not armed \
-         {} (open limits); {} deletions queued for a person, {} decided; {:.1} s",
+        "{name}: {} cases passed ({} operations, {} runs, {} of them quick cycles); listing \
+         faults armed {}, not armed {} (open limits); {} deletions queued for a person, {} \
+         decided; {:.1} s",
         t.cases,
         t.ops,
         t.runs,
+        t.quick,
         t.lies_armed,
         t.lies_not_armed,
         t.queued,
@@ -2578,6 +2837,45 @@ fn known_scope_a_queued_deletion_whose_customer_goes_from_both_sides_leaves_the_
             Op::Del(Side::Ff, 3),
             Op::Sync(Fault::Clean),
             Op::DecideAll(false),
+        ],
+    );
+}
+
+/// A deletion made in the CRM is queued by a quick cycle that a webhook told of it; a person
+/// approves it; the next quick cycle, told of nothing, shows the deleted customer from its
+/// snapshot, and must not take the deletion off the queue as if the customer had come back
+/// (the person's approval went with it, and the next sweep queued the deletion again).
+#[test]
+fn known_scope_a_quick_cycle_keeps_an_approved_crm_deletion_it_did_not_read() {
+    replay_scope(
+        Deletes::Approve,
+        vec![
+            Op::New(Side::Crm, 2, Contact::Both),
+            Op::New(Side::Crm, 0, Contact::Both),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Crm, 2),
+            Op::Quick(Fault::Clean, true),
+            Op::Decide(0, true),
+            Op::Quick(Fault::Clean, false),
+        ],
+    );
+}
+
+/// A person deletes P3 in FarmFlow; the run's tag of P3's CRM customer lands, but the process
+/// dies waiting for its answer; then a person edits P3 in the CRM. The edit came after the
+/// sync showed the deletion: P3 must not come back to FarmFlow beside a CRM customer tagged
+/// `farmflow-deleted` (the link becomes a tombstone, as without the crash).
+#[test]
+fn known_scope_a_crm_edit_after_a_tag_whose_run_died() {
+    replay_scope(
+        Deletes::Auto,
+        vec![
+            Op::New(Side::Crm, 0, Contact::Both),
+            Op::New(Side::Crm, 3, Contact::Both),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Ff, 3),
+            Op::Sync(Fault::Crash(Side::Crm, 1)),
+            Op::Edit(Side::Crm, 3, Field::First),
         ],
     );
 }
