@@ -981,17 +981,23 @@ impl<'a> Planner<'a> {
                 .kounta_snapshot
                 .as_ref()
                 .is_some_and(|s| !k.eq_normalised(s));
-        // The deletion was shown already: the CRM customer carries `deleted_tag` (a tag whose
-        // answer was lost, or whose run died before it could tombstone the link). A change made
-        // since came after the sync acted on the deletion, as an edit of a tombstone's customer
-        // does: the link becomes a tombstone, as it would have had the answer arrived.
+        // The deletion was shown already: the CRM customer carries `deleted_tag`, or under
+        // `unlink` its `reference_id` is empty (a tag or unlink whose answer was
+        // lost, or whose run died before it could tombstone the link). A change made since came
+        // after the sync acted on the deletion, as an edit of a tombstone's customer does: the
+        // link becomes a tombstone, as it would have had the answer arrived.
         let deleted_tag = self.w.policy.deleted_tag.trim();
-        let shown = self.w.policy.kounta_on_farmflow_delete == KountaOnFarmflowDelete::Tag
-            && !deleted_tag.is_empty()
-            && full
-                .tags
-                .iter()
-                .any(|t| t.trim().eq_ignore_ascii_case(deleted_tag));
+        let shown = match self.w.policy.kounta_on_farmflow_delete {
+            KountaOnFarmflowDelete::Tag => {
+                !deleted_tag.is_empty()
+                    && full
+                        .tags
+                        .iter()
+                        .any(|t| t.trim().eq_ignore_ascii_case(deleted_tag))
+            }
+            KountaOnFarmflowDelete::Unlink => full.reference_id.trim().is_empty(),
+            KountaOnFarmflowDelete::Ignore => false,
+        };
         // A blocked delete was seen before: changed-beats-deleted applies only at first sight.
         if crm_changed && !shown && link.state == LinkState::Active {
             if !self.w.policy.create_in_farmflow {

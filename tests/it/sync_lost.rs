@@ -395,3 +395,34 @@ async fn a_crm_edit_after_a_tag_whose_run_was_killed_brings_nobody_back() {
     assert_eq!(link_state(&h, f).await, LinkState::Tombstone);
     assert_settled_state(&h).await;
 }
+
+/// The same under `kounta_on_farmflow_delete = "unlink"`: the unlink (the CRM customer's
+/// `reference_id` cleared) lands, the process is killed waiting for its answer, and a person
+/// edits that CRM customer before the next run. Nobody is recreated in FarmFlow, the CRM
+/// customer stays unlinked, and the link is a tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crm_edit_after_an_unlink_whose_run_was_killed_brings_nobody_back() {
+    let unlink = [("sync.kounta_on_farmflow_delete", "unlink")];
+    let mut h = Harness::with_settings(&unlink).await;
+    let people = linked_people(&h, 3).await;
+    let (k, f) = people[1];
+    h.sb.farmflow().delete(f).expect("no order blocks it");
+    inject(&h, Side::Kounta, 1, FaultAction::ApplyThenHang);
+    let target = *h.sb.kounta().writes_applied().borrow() + 1;
+    tokio::select! {
+        report = h.run() => panic!("the run ended before its unlink: {report:?}"),
+        () = h.sb.kounta().wait_for_writes(target) => {}
+    }
+    h.reconfigure(&unlink);
+    let reference = |h: &Harness| h.sb.kounta().get(k).expect("kept").reference_id;
+    assert_eq!(reference(&h), "", "the unlink landed");
+    h.sb.kounta()
+        .edit(k, |c| c.email = "later@example.com".into());
+
+    h.converge().await;
+
+    assert_eq!(h.sb.farmflow().customers().len(), 2, "nobody recreated");
+    assert_eq!(reference(&h), "");
+    assert_eq!(link_state(&h, f).await, LinkState::Tombstone);
+    assert_settled_state(&h).await;
+}

@@ -488,6 +488,24 @@ fn a_crm_edit_after_a_tag_whose_answer_was_lost_does_not_recreate() {
     assert_eq!(sim.ff.len(), 3, "only the bystanders");
 }
 
+/// The same under `unlink`: the CRM customer's `reference_id` was cleared but the answer lost,
+/// then a person edited the customer. The link becomes a tombstone; nothing is recreated.
+#[test]
+fn a_crm_edit_after_an_unlink_whose_answer_was_lost_does_not_recreate() {
+    let (mut sim, kid, fid) = linked();
+    sim.policy.kounta_on_farmflow_delete = KountaOnFarmflowDelete::Unlink;
+    sim.ff.remove(&fid);
+    let crm = sim.crm.get_mut(&kid).unwrap();
+    crm.reference_id = String::new();
+    crm.email = "later@example.com".into();
+    let p = sim.sync(Reads::All);
+    assert_eq!(kinds(&p), vec!["tombstone"]);
+    assert_eq!(sim.link_of(fid).unwrap().state, LinkState::Tombstone);
+    assert_converged(&mut sim);
+    assert_eq!(sim.ff.len(), 3, "only the bystanders");
+    assert_eq!(sim.crm[&kid].reference_id, "");
+}
+
 #[test]
 fn changed_in_farmflow_but_deleted_in_the_crm_is_recreated_in_the_crm() {
     let (mut sim, kid, fid) = linked();
