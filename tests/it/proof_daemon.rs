@@ -35,8 +35,9 @@ use crate::support::{Workdir, text};
 
 /// Once a year: only the start-up cycle runs while the test watches.
 const YEARLY: &str = "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"\"\n";
-/// Crash points tried at once; each has its own sandbox, state DB and daemon.
-static GATE: Semaphore = Semaphore::const_new(3);
+/// Crash points tried at once; each has its own sandbox, state DB and daemon. Shared with
+/// `proof_daemon_scope`, so the daemon campaigns together run no more at once.
+pub static GATE: Semaphore = Semaphore::const_new(3);
 
 /// CRM pages of five: the scenario's 21 CRM customers span five pages. After page 2 the later
 /// pages skip two customers; after page 3 they step back two, listing two customers twice.
@@ -87,7 +88,7 @@ struct CrashPoint {
 
 /// The sample farm plus people on one side only and people on both sides that differ, so that
 /// the first cycle links, creates and updates on both sides.
-fn scenario() -> Scenario {
+pub fn scenario() -> Scenario {
     Scenario::sample_farm()
         .in_crm(Person::numbered("Dee", "Daemon", "02 7100 10", 5).map(|(_, p)| p.crm()))
         .in_farmflow(
@@ -362,27 +363,27 @@ async fn killing_the_daemon_while_listings_leave_customers_out_loses_and_duplica
 // Quick cycles
 
 /// How long the quick campaign waits for the daemon's log before giving up.
-const MINUTE: Duration = Duration::from_secs(60);
+pub const MINUTE: Duration = Duration::from_secs(60);
 
-/// A sweep once a year (so only the start-up one), a quick cycle every second, and webhooks
-/// delivered to `port`.
-fn quick_config(sb: &Sandbox, port: u16) -> String {
+/// A sweep once a year (so only the start-up one), a quick cycle every second, webhooks
+/// delivered to `port`, and `extra` (more sections of the config, such as `[sync]`).
+fn quick_config(sb: &Sandbox, port: u16, extra: &str) -> String {
     sandbox_config(
         sb,
         &format!(
             "[schedule]\ncron = \"0 0 0 1 1 *\"\nquick_cron = \"* * * * * *\"\n\
              [webhooks]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n\
-             signature_token = {:?}\nshared_secret = \"the-quick-campaign-secret\"\n",
+             signature_token = {:?}\nshared_secret = \"the-quick-campaign-secret\"\n{extra}",
             sb.kounta().signature_token()
         ),
     )
 }
 
 /// A fresh sandbox seeded with `data`, synced until a run writes nothing, with the CRM's
-/// webhooks registered to the daemon's listener.
-async fn prepare_agreed(data: &Scenario) -> (Sandbox, Workdir) {
+/// webhooks registered to the daemon's listener; `extra` is added to the quick config.
+pub async fn prepare_agreed(data: &Scenario, extra: &str) -> (Sandbox, Workdir) {
     let sb = data.sandbox().await;
-    let w = Workdir::new(&quick_config(&sb, free_port()));
+    let w = Workdir::new(&quick_config(&sb, free_port(), extra));
     let (unsettled, _) = converge(&sb, &w, &[], MAX_RERUNS).await;
     assert!(unsettled.is_empty(), "{unsettled:?}");
     let out = run_farmsync(&w, &["webhooks", "register"], &[]).await;
@@ -391,20 +392,28 @@ async fn prepare_agreed(data: &Scenario) -> (Sandbox, Workdir) {
     (sb, w)
 }
 
-/// Reads the daemon's log until the run it started with `started` has finished.
-async fn finished(d: &mut Daemon, started: &serde_json::Value) {
+/// Reads the daemon's log until the run it started with `started` has finished; returns the
+/// run's `sync.run.finished` line.
+pub async fn finished(d: &mut Daemon, started: &serde_json::Value) -> serde_json::Value {
     let run_id = started["run_id"].clone();
     assert!(run_id.is_string(), "{started}");
     d.wait_for(MINUTE, |l| {
         event(l) == "sync.run.finished" && l["run_id"] == run_id
     })
-    .await;
+    .await
+}
+
+/// Whether a run's `sync.run.finished` line counts a write.
+pub fn wrote(finished: &serde_json::Value) -> bool {
+    ["created", "updated", "deleted", "linked"]
+        .iter()
+        .any(|n| finished[n].as_u64().unwrap_or(0) > 0)
 }
 
 /// Starts `farmsync run` and waits until its start-up sweep has finished, then a quick cycle
 /// started after it: the farm agrees, and what people change now waits for the next quick
 /// cycle (within a second, or half a second after a webhook delivery).
-async fn daemon_after_sweep(w: &Workdir) -> Daemon {
+pub async fn daemon_after_sweep(w: &Workdir) -> Daemon {
     let mut d = Daemon::spawn(w, &[]);
     let sweep = d
         .wait_for(MINUTE, |l| {
@@ -500,7 +509,7 @@ struct UncrashedQuick {
 /// A daemon that is never killed: its start-up sweep finds the farm agreeing, then a quick
 /// cycle carries each round of people's changes.
 async fn uncrashed_quick(data: &Scenario) -> UncrashedQuick {
-    let (sb, w) = prepare_agreed(data).await;
+    let (sb, w) = prepare_agreed(data, "").await;
     let mut d = daemon_after_sweep(&w).await;
     assert_eq!(
         writes(&sb),
@@ -525,11 +534,7 @@ async fn uncrashed_quick(data: &Scenario) -> UncrashedQuick {
     for l in &d.log[mark..] {
         match event(l) {
             "daemon.cycle.started" => trigger = l["trigger"].as_str().unwrap_or("").to_owned(),
-            "sync.run.finished"
-                if ["created", "updated", "deleted", "linked"]
-                    .iter()
-                    .any(|n| l[n].as_u64().unwrap_or(0) > 0) =>
-            {
+            "sync.run.finished" if wrote(l) => {
                 *writing_cycles.entry(trigger.clone()).or_default() += 1;
             }
             _ => {}
@@ -568,7 +573,7 @@ async fn crash_quick_cycle_at(
     data: &Scenario,
     expected: &World,
 ) -> (Vec<String>, usize) {
-    let (sb, w) = prepare_agreed(data).await;
+    let (sb, w) = prepare_agreed(data, "").await;
     let mut d = daemon_after_sweep(&w).await;
     let mut violations = Vec::new();
     if writes(&sb) != 0 {
