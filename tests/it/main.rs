@@ -23,6 +23,7 @@ mod ops_surprises;
 mod proof_crash;
 mod proof_crash_scope;
 mod proof_daemon;
+mod proof_daemon_scope;
 mod proof_input;
 mod proof_security;
 mod proof_soak;

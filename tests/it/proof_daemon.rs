@@ -15,7 +15,9 @@
 //! edit and delete in FarmFlow (the next `quick_cron` cycle carries it), then edit on both sides
 //! and delete in the CRM's back office (webhook deliveries announce it; a quick cycle carries
 //! it). The fault is armed only after the start-up sweep has finished, so every write killed is
-//! a quick cycle's; the same checks follow.
+//! a quick cycle's; the same checks follow. `proof_daemon_scope` runs quick cycles the same way
+//! on a wholesale farm (`deletes = "approve"`, `kounta_tag`), with a person deciding beside the
+//! daemon.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
