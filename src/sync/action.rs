@@ -345,6 +345,8 @@ pub enum SkipReason {
     NoKountaId,
     /// A record is missing from a listing and has not been read by id yet: absence is a
     /// question, never an answer (DESIGN.md step 5). The read comes before anything is done.
+    /// Also a queued deletion's record that a FarmFlow list shows again: the list may lag behind
+    /// the deletion, so the entry leaves the queue only once the record reads back by id.
     AbsenceUnconfirmed,
     /// Out of scope (DESIGN.md, "Operator control"): left alone until that changes.
     Parked {

@@ -771,6 +771,13 @@ impl<'a> Planner<'a> {
                     .queued
                     .contains_key(&link.reference_id)
                 {
+                    if !self.w.input.direct.farmflow.contains_key(&link.farmflow_id) {
+                        // A read by id confirmed a queued deletion; a list showing the record
+                        // again may lag behind it. Reappearing is a question too: read it.
+                        self.needs_farmflow_reads.insert(link.farmflow_id);
+                        self.skip_link(link, SkipReason::AbsenceUnconfirmed);
+                        return;
+                    }
                     // The record a deletion was queued for reads back: it reappeared.
                     self.actions.push(Action::Unqueue {
                         reference_id: link.reference_id.clone(),

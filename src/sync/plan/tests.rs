@@ -1641,3 +1641,80 @@ fn with_approve_a_confirmed_deletion_is_queued_not_applied() {
     )));
     assert!(sim.ff.contains_key(&fid));
 }
+
+/// A queued deletion's record that a FarmFlow list shows again (a list that lags behind the
+/// person's delete) has not reappeared until it reads back by id: the entry stays queued, the
+/// person's decision with it, and the plan asks for the read. A `404` keeps it queued; a read
+/// that answers takes it off. `sync_model_scope_omissions` found it: [New(Crm, 0), Twins(0),
+/// New(Crm, 2), Sync(Clean), Del(Ff, 2), Sync(Clean), Quick(FfLag(1), false)] under approve.
+#[test]
+fn a_queued_deletion_whose_record_a_lagging_list_shows_stays_queued_until_read() {
+    let (mut sim, _, fid) = linked();
+    sim.policy.deletes = crate::sync::policy::DeleteMode::Approve;
+    let record = sim.ff.remove(&fid).unwrap();
+    let p = sim.sync(Reads::All);
+    assert_eq!(p.counts.queued, 1, "{:#?}", p.actions);
+    let reference = ReferenceId::for_farmflow(fid);
+    // The list lags: it still shows the deleted customer.
+    let (links, list) = (sim.link_rows(), sim.kounta_list());
+    let lagging = vec![FarmflowCustomer {
+        id: fid,
+        fields: record.clone(),
+    }];
+    let full: HashMap<KountaId, KountaCustomer> =
+        sim.crm.iter().map(|(k, c)| (*k, c.clone())).collect();
+    let unqueued = |p: &Plan| {
+        p.actions.iter().any(
+            |a| matches!(a, Action::Unqueue { reference_id, .. } if *reference_id == reference),
+        )
+    };
+    for decision in [
+        Some(DeleteDecision::Approved),
+        Some(DeleteDecision::Rejected),
+        None,
+    ] {
+        let decisions = Decisions {
+            queued: [(reference.clone(), decision)].into(),
+            ..Decisions::default()
+        };
+        let with = |direct: &DirectReads| {
+            plan(
+                &PlanInput {
+                    farmflow: &lagging,
+                    kounta_list: &list,
+                    kounta_list_complete: true,
+                    kounta_full: &full,
+                    links: &links,
+                    orders: Some(&sim.orders),
+                    direct,
+                    decisions: &decisions,
+                    today: sim.today,
+                },
+                &sim.policy,
+            )
+        };
+        let p = with(&DirectReads::default());
+        assert!(!unqueued(&p), "{decision:?}: {:#?}", p.actions);
+        assert_eq!(p.needs_farmflow_reads, vec![fid], "{decision:?}");
+        assert_eq!(p.remote_writes(), 0, "{decision:?}: {:#?}", p.actions);
+        let gone = DirectReads {
+            farmflow_gone: [fid].into(),
+            ..DirectReads::default()
+        };
+        let p = with(&gone);
+        assert!(!unqueued(&p), "{decision:?}: {:#?}", p.actions);
+        let read_back = DirectReads {
+            farmflow: [(
+                fid,
+                FarmflowCustomer {
+                    id: fid,
+                    fields: record.clone(),
+                },
+            )]
+            .into(),
+            ..DirectReads::default()
+        };
+        let p = with(&read_back);
+        assert!(unqueued(&p), "{decision:?}: {:#?}", p.actions);
+    }
+}
