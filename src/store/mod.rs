@@ -469,6 +469,12 @@ impl Store {
             [old.as_str()],
         )?;
         upsert_link(&tx, link)?;
+        // A deletion waiting on the replaced link (a rejected one, whose recreation this is)
+        // is settled with it: no later run visits the old reference to take it off the queue.
+        tx.execute(
+            "DELETE FROM delete_queue WHERE reference_id = ?1",
+            [old.as_str()],
+        )?;
         decisions::record_history(&tx, id, Written::Applied, Some(link))?;
         tx.commit()?;
         Ok(())

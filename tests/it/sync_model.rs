@@ -2921,3 +2921,46 @@ fn known_scope_a_lagging_list_keeps_a_queued_farmflow_deletion() {
         ],
     );
 }
+
+/// After a lost state DB, P2's FarmFlow deletion is queued from a dangling reference; a person
+/// rejects it; the run that recreates P2 in FarmFlow is cancelled after that write, before it
+/// takes the entry off the queue. The recreation replaced the link, so no later run visits the
+/// old reference: the entry must not wait there for ever.
+#[test]
+fn known_scope_a_rejected_deletion_whose_recreation_replaced_the_link_leaves_the_queue() {
+    replay_scope(
+        Deletes::Approve,
+        vec![
+            Op::New(Side::Crm, 2, Contact::Both),
+            Op::New(Side::Crm, 0, Contact::Both),
+            Op::New(Side::Crm, 0, Contact::Both),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Ff, 2),
+            Op::LoseDb,
+            Op::Sync(Fault::Clean),
+            Op::Decide(0, false),
+            Op::Sync(Fault::Cancel(Side::Crm, 1)),
+        ],
+    );
+}
+
+/// A person rejects P1's queued deletion; the run carrying it out recreates P1 in FarmFlow and
+/// is cancelled; then the person deletes the recreated P1 in FarmFlow again.
+#[test]
+fn known_scope_a_recreated_customer_deleted_again() {
+    replay_scope(
+        Deletes::Approve,
+        vec![
+            Op::New(Side::Ff, 2, Contact::Both),
+            Op::New(Side::Crm, 1, Contact::Both),
+            Op::New(Side::Crm, 0, Contact::Both),
+            Op::Sync(Fault::Clean),
+            Op::Del(Side::Ff, 1),
+            Op::Edit(Side::Crm, 2, Field::First),
+            Op::Quick(Fault::Clean, false),
+            Op::Decide(0, false),
+            Op::Sync(Fault::Cancel(Side::Ff, 2)),
+            Op::Del(Side::Ff, 1),
+        ],
+    );
+}
