@@ -564,6 +564,40 @@ async fn uncrashed_quick(data: &Scenario) -> UncrashedQuick {
     }
 }
 
+/// Runs `crash` at every point, a few at a time (`GATE`): how many runs each point needed after
+/// its kill, and for each point that broke an invariant a line (`label` names the point) saying
+/// how, sorted.
+pub async fn crash_every_point<P, Fut>(
+    points: &[P],
+    label: impl Fn(&P) -> String,
+    crash: impl Fn(P) -> Fut,
+) -> (Vec<usize>, Vec<String>)
+where
+    P: Clone + Send + 'static,
+    Fut: std::future::Future<Output = (Vec<String>, usize)> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    for point in points.iter().cloned() {
+        let run = crash(point.clone());
+        tasks.spawn(async move {
+            let _permit = GATE.acquire().await.unwrap();
+            let (violations, runs) = run.await;
+            (point, violations, runs)
+        });
+    }
+    let mut runs = Vec::new();
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (point, violations, after) = joined.expect("crash point task");
+        runs.push(after);
+        if !violations.is_empty() {
+            failed.push(format!("{}: {}", label(&point), violations.join("\n    ")));
+        }
+    }
+    failed.sort();
+    (runs, failed)
+}
+
 /// Kills `farmsync run` right after the write at `point` of its quick cycles is applied (armed
 /// once the start-up sweep has finished), reruns `farmsync sync` until a run writes nothing, and
 /// checks every invariant against `expected`. People make their second round of changes after
@@ -619,31 +653,15 @@ async fn quick_cycles_killed_after_any_write_lose_and_duplicate_nothing() {
         world: expected,
     } = uncrashed_quick(&data).await;
     let expected = Arc::new(expected);
-    let mut tasks = tokio::task::JoinSet::new();
-    for point in points.clone() {
-        let (data, expected) = (data.clone(), expected.clone());
-        tasks.spawn(async move {
-            let _permit = GATE.acquire().await.unwrap();
-            let (violations, runs) = crash_quick_cycle_at(&point, &data, &expected).await;
-            (point, violations, runs)
-        });
-    }
-    let mut runs = Vec::new();
-    let mut failed = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (point, violations, after) = joined.expect("crash point task");
-        runs.push(after);
-        if !violations.is_empty() {
-            failed.push(format!(
-                "k={} ({}, write {} of its side): {}",
-                point.k,
-                point.what,
-                point.nth,
-                violations.join("\n    ")
-            ));
-        }
-    }
-    failed.sort();
+    let (runs, failed) = crash_every_point(
+        &points,
+        |p| format!("k={} ({}, write {} of its side)", p.k, p.what, p.nth),
+        |point| {
+            let (data, expected) = (data.clone(), expected.clone());
+            async move { crash_quick_cycle_at(&point, &data, &expected).await }
+        },
+    )
+    .await;
     let total = points.len();
     let on = |first_round: bool, side| {
         points

@@ -26,7 +26,7 @@ use farmsync::sandbox::{FarmflowRecord, KountaRecord, Sandbox};
 
 use crate::daemon_support::{Daemon, event};
 use crate::proof_daemon::{
-    GATE, MINUTE, daemon_after_sweep, finished, prepare_agreed, scenario, wrote,
+    MINUTE, crash_every_point, daemon_after_sweep, finished, prepare_agreed, scenario, wrote,
 };
 use crate::proof_support::{
     ArmedWrite, MAX_RERUNS, People, Person, Scenario, Side, World, assert_none_failed, converge,
@@ -352,31 +352,15 @@ async fn quick_cycles_carrying_a_decided_deletion_killed_after_any_write_lose_no
     let data = Arc::new(wholesale_scenario());
     let (points, writing_cycles, expected) = uncrashed(&data).await;
     let expected = Arc::new(expected);
-    let mut tasks = tokio::task::JoinSet::new();
-    for point in points.clone() {
-        let (data, expected) = (data.clone(), expected.clone());
-        tasks.spawn(async move {
-            let _permit = GATE.acquire().await.unwrap();
-            let (violations, runs) = crash_at(&point, &data, &expected).await;
-            (point, violations, runs)
-        });
-    }
-    let mut runs = Vec::new();
-    let mut failed = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (point, violations, after) = joined.expect("crash point task");
-        runs.push(after);
-        if !violations.is_empty() {
-            failed.push(format!(
-                "k={} ({}, write {} of its side): {}",
-                point.k,
-                point.what,
-                point.nth,
-                violations.join("\n    ")
-            ));
-        }
-    }
-    failed.sort();
+    let (runs, failed) = crash_every_point(
+        &points,
+        |p| format!("k={} ({}, write {} of its side)", p.k, p.what, p.nth),
+        |point| {
+            let (data, expected) = (data.clone(), expected.clone());
+            async move { crash_at(&point, &data, &expected).await }
+        },
+    )
+    .await;
     let total = points.len();
     let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &points {
