@@ -606,23 +606,35 @@ pub(crate) fn oauth_tokens(
         )),
         Err(held) => {
             let store: Arc<dyn TokenStore> = Arc::new(SharedStore::new(open_store(settings)?));
-            let probe = KountaClient::new(engine::kounta_options(settings), store.clone())
-                .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
-            let needs = rt
-                .block_on(probe.needs_refresh())
-                .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
-            if needs {
-                return Err(CliError::new(
-                    Exit::Unavailable,
-                    format!(
-                        "{}; the Kounta token needs a refresh, which only the lock holder may do — try again while the daemon is running a sync, or stop it",
-                        held.message
-                    ),
-                ));
-            }
+            without_a_refresh(settings, rt, &store, &held)?;
             Ok((store, None))
         }
     }
+}
+
+/// With the lock held elsewhere, the stored access token serves only while it needs no refresh
+/// (a refresh rotates the refresh token, which only the lock holder may do): else exit 4.
+fn without_a_refresh(
+    settings: &Settings,
+    rt: &tokio::runtime::Runtime,
+    store: &Arc<dyn TokenStore>,
+    held: &CliError,
+) -> Result<(), CliError> {
+    let probe = KountaClient::new(engine::kounta_options(settings), store.clone())
+        .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
+    let needs = rt
+        .block_on(probe.needs_refresh())
+        .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
+    if needs {
+        return Err(CliError::new(
+            Exit::Unavailable,
+            format!(
+                "{}; the Kounta token needs a refresh, which only the lock holder may do — try again while the daemon is running a sync, or stop it",
+                held.message
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// [`oauth_tokens`] for `check`, which only reads the state DB: tokens are read read-only, and
@@ -639,20 +651,7 @@ fn oauth_tokens_read_only(
     match take_lock(settings) {
         Ok(lock) => Ok((store, Some(lock))),
         Err(held) => {
-            let probe = KountaClient::new(engine::kounta_options(settings), store.clone())
-                .map_err(|e| CliError::new(Exit::Config, e.to_string()))?;
-            let needs = rt
-                .block_on(probe.needs_refresh())
-                .map_err(|e| CliError::new(Exit::Unavailable, e.to_string()))?;
-            if needs {
-                return Err(CliError::new(
-                    Exit::Unavailable,
-                    format!(
-                        "{}; the Kounta token needs a refresh, which only the lock holder may do — try again while the daemon is running a sync, or stop it",
-                        held.message
-                    ),
-                ));
-            }
+            without_a_refresh(settings, rt, &store, &held)?;
             Ok((store, None))
         }
     }
