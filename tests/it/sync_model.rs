@@ -820,6 +820,29 @@ enum Deletes {
     Approve,
 }
 
+/// What a settled pair on both sides may not show: a field that differs, or the CRM record
+/// tagged as deleted in FarmFlow while P is there.
+fn pair_disagreements(p: u8, c: &KountaRecord, f: &FarmflowRecord) -> Vec<String> {
+    let (cv, fv) = (crm_canon(c), ff_canon(f));
+    let mut out: Vec<String> = FIELDS
+        .into_iter()
+        .filter(|field| cv[field] != fv[field])
+        .map(|field| {
+            format!(
+                "P{p} disagrees on {field:?}: CRM {:?}, FarmFlow {:?}",
+                cv[&field], fv[&field]
+            )
+        })
+        .collect();
+    if has_tag(c, DELETED_TAG) {
+        out.push(format!(
+            "P{p} is in FarmFlow ({}) yet CRM {} is tagged {DELETED_TAG}",
+            f.id, c.id
+        ));
+    }
+    out
+}
+
 fn has_tag(c: &KountaRecord, tag: &str) -> bool {
     c.tags.iter().any(|t| t.trim().eq_ignore_ascii_case(tag))
 }
@@ -1599,21 +1622,8 @@ fn check_settled(model: &Model, h: &Harness, census: &Census) -> Vec<String> {
         let tagged = |c: &KountaRecord| c.tags.iter().any(|t| t == DELETED_TAG);
         match (census.crm(p), census.ff(p)) {
             (Some(c), Some(f)) => {
-                let (cv, fv) = (crm_canon(c), ff_canon(f));
-                for field in FIELDS {
-                    if cv[&field] != fv[&field] {
-                        out.push(format!(
-                            "P{p} disagrees on {field:?}: CRM {:?}, FarmFlow {:?}",
-                            cv[&field], fv[&field]
-                        ));
-                    }
-                }
-                if tagged(c) {
-                    out.push(format!(
-                        "P{p} is in FarmFlow ({}) yet CRM {} is tagged {DELETED_TAG}",
-                        f.id, c.id
-                    ));
-                }
+                out.extend(pair_disagreements(p, c, f));
+                let cv = crm_canon(c);
                 // Values are judged only for people nobody deleted: a recreation copies the
                 // surviving side, whatever the deleted side had been told.
                 if !person.crm_deleted && !person.ff_deleted {
@@ -2416,21 +2426,8 @@ fn check_settled_scope(
         let tagged = |c: &KountaRecord| has_tag(c, DELETED_TAG);
         match (census.crm(p), census.ff(p)) {
             (Some(c), Some(f)) if in_scope(c) => {
-                let (cv, fv) = (crm_canon(c), ff_canon(f));
-                for field in FIELDS {
-                    if cv[&field] != fv[&field] {
-                        out.push(format!(
-                            "P{p} disagrees on {field:?}: CRM {:?}, FarmFlow {:?}",
-                            cv[&field], fv[&field]
-                        ));
-                    }
-                }
-                if tagged(c) {
-                    out.push(format!(
-                        "P{p} is in FarmFlow ({}) yet CRM {} is tagged {DELETED_TAG}",
-                        f.id, c.id
-                    ));
-                }
+                out.extend(pair_disagreements(p, c, f));
+                let cv = crm_canon(c);
                 if !person.crm_deleted && !person.ff_deleted && !person.out_of_scope_ever {
                     for (field, truth) in &person.fields {
                         if !truth.accepted.contains(&cv[field]) {
